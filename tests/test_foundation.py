@@ -1,0 +1,113 @@
+"""The package's shell: CLI help, config validation, atomic writes, the local S3 fixture."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from objathor_release.config import UploadConfig, adjust_part_size, parse_size, validate_version
+from objathor_release.errors import UsageError
+from objathor_release.fsutil import atomic_write
+from objathor_release.sample import make_sample_dataset
+from tests.conftest import run_cli
+from tests.faultproxy import PASS, FaultProxy, status
+
+MiB = 1024 * 1024
+
+
+def test_help_lists_every_subcommand() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for name in ("prepare-annotations", "tar", "manifest", "verify", "upload", "cleanup",
+                 "download", "release", "sample-dataset", "demo"):
+        assert name in result.stdout
+        sub = run_cli(name, "--help")
+        assert sub.returncode == 0, sub.stderr
+        assert f"usage: objathor-release {name}" in sub.stdout
+
+
+def test_console_script_and_version() -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "objathor-release"
+    assert exe.exists() or shutil.which("objathor-release")
+    out = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert out.stdout.startswith("objathor-release 0.")
+
+
+@pytest.mark.parametrize("text", ["2024_02_30", "2024-02-01", "24_02_01", "", "2024_13_01"])
+def test_bad_versions_are_refused(text: str) -> None:
+    with pytest.raises(UsageError, match="version|VERSION"):
+        validate_version(text)
+
+
+def test_good_version() -> None:
+    assert validate_version("2023_09_23") == "2023_09_23"
+
+
+@pytest.mark.parametrize(("text", "value"), [("64M", 64 * MiB), ("5MiB", 5 * MiB), ("1G", 1024 * MiB),
+                                              ("1.5K", 1536), ("4096", 4096)])
+def test_parse_size(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+def test_parse_size_rejects_garbage() -> None:
+    with pytest.raises(UsageError, match="not understood"):
+        parse_size("lots")
+
+
+def test_part_size_adjuster_keeps_s3_limits() -> None:
+    assert adjust_part_size(100 * MiB, 1 * MiB) == 5 * MiB
+    big = 1024 * 1024 * MiB  # 1 TiB at 64 MiB would need 16384 parts
+    size = adjust_part_size(big, 64 * MiB)
+    assert size % MiB == 0 and -(-big // size) <= 10_000
+    with pytest.raises(UsageError, match="5 MiB to 5 GiB"):
+        UploadConfig(chunk_size=4 * MiB)
+    with pytest.raises(UsageError, match="--transfers"):
+        UploadConfig(transfers=0)
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError), atomic_write(target) as fh:
+        fh.write(b"half")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_write(target) as fh:
+        fh.write(b"whole")
+    assert target.read_bytes() == b"whole"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_sample_dataset_is_deterministic(tmp_path: Path) -> None:
+    a = make_sample_dataset(tmp_path / "a", 5, seed=3)
+    b = make_sample_dataset(tmp_path / "b", 5, seed=3)
+    assert a == b
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*"))
+    files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*"))
+    assert files_a == files_b
+    for rel in files_a:
+        if (tmp_path / "a" / rel).is_file():
+            assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+    ann = json.loads(gzip.decompress((tmp_path / "a" / a[0] / "annotations.json.gz").read_bytes()))
+    assert ann["uid"] == a[0]
+
+
+def test_moto_server_fixture_and_proxy(s3_client, bucket, s3_server) -> None:  # type: ignore[no-untyped-def]
+    import boto3
+    from botocore.config import Config
+
+    s3_client.put_object(Bucket=bucket, Key="k", Body=b"hello")
+    assert s3_client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"hello"
+    # One injected 503 is retried by botocore; the proxy saw it.
+    with FaultProxy(s3_server.endpoint_url, lambda r: status(503) if r.index == 0 else PASS) as proxy:
+        client = boto3.client("s3", endpoint_url=proxy.url, region_name="us-east-1",
+                              config=Config(retries={"mode": "standard", "max_attempts": 3}))
+        assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"hello"
+        assert len(proxy.log) == 2

@@ -31,3 +31,129 @@ def prepare_annotations(c: Context, save_dir: str, output_file: str, skip_invali
     """Validate and merge every asset's annotations into annotations.json.gz."""
     _run(c, "prepare-annotations", "--save-dir", save_dir, "--output-file", output_file,
          "--skip-invalid" if skip_invalid else None, *(["--report", report] if report else []))
+
+
+@task(help={
+    "assets_dir": "directory to archive (its base name becomes the top-level folder)",
+    "output": "the .tar to write, e.g. release/2024_02_01/assets.tar",
+    "exclude": "another name pattern to leave out (repeatable)",
+    "source_date_epoch": "mtime for every member (default $SOURCE_DATE_EPOCH, else 0)",
+}, iterable=["exclude"])
+def tar(c: Context, assets_dir: str, output: str, exclude: list[str] | None = None,
+        source_date_epoch: int | None = None) -> None:
+    """Build a byte-for-byte reproducible tar of a directory, hashing every member."""
+    excludes = [w for pattern in exclude or [] for w in ("--exclude", pattern)]
+    _run(c, "tar", "--assets-dir", assets_dir, "--output", output, *excludes,
+         *(["--source-date-epoch", source_date_epoch] if source_date_epoch is not None else []))
+
+
+@task(help={"release_dir": "the release directory", "version": "dataset version, YYYY_MM_DD"})
+def manifest(c: Context, release_dir: str, version: str) -> None:
+    """Write manifest.json and SHA256SUMS for a release directory."""
+    _run(c, "manifest", "--release-dir", release_dir, "--version", version)
+
+
+@task(help={"release_dir": "the release directory", "members": "also re-hash every tar member"})
+def verify(c: Context, release_dir: str, members: bool = False) -> None:
+    """Re-hash a release directory against its manifest."""
+    _run(c, "verify", "--release-dir", release_dir, "--members" if members else None)
+
+
+def _s3_words(bucket: str, endpoint_url: str, profile: str, remote: str) -> list[object]:
+    return [*(["--bucket", bucket] if bucket else []),
+            *(["--endpoint-url", endpoint_url] if endpoint_url else []),
+            *(["--profile", profile] if profile else []),
+            *(["--remote", remote] if remote else [])]
+
+
+S3_HELP = {
+    "bucket": "bucket name (default $BUCKET)",
+    "endpoint_url": "S3 API endpoint (default $AWS_ENDPOINT_URL_S3/$AWS_ENDPOINT_URL, else R2)",
+    "profile": "credentials profile",
+    "remote": "an rclone S3 remote, NAME:bucket/prefix",
+}
+
+
+@task(help={
+    "release_dir": "the release directory (with manifest.json)",
+    "prefix": "key prefix (default: the manifest's version)",
+    "chunk_size": "part size, 5M to 5G",
+    "upload_concurrency": "parts of one file in flight at once",
+    "transfers": "files at once",
+    "force": "overwrite differing objects or a published version",
+    "dry_run": "print what would be uploaded and stop",
+    **S3_HELP,
+})
+def upload(c: Context, release_dir: str, bucket: str = "", endpoint_url: str = "", profile: str = "",
+           remote: str = "", prefix: str = "", chunk_size: str = "64M", upload_concurrency: int = 16,
+           transfers: int = 4, force: bool = False, dry_run: bool = False) -> None:
+    """Resumable, verified multipart upload of a release to R2 or any S3 endpoint."""
+    _run(c, "upload", "--release-dir", release_dir, *_s3_words(bucket, endpoint_url, profile, remote),
+         *(["--prefix", prefix] if prefix else []), "--chunk-size", chunk_size,
+         "--upload-concurrency", upload_concurrency, "--transfers", transfers,
+         "--force" if force else None, "--dry-run" if dry_run else None)
+
+
+@task(help={"older_than": "only uploads started longer ago than this (30m, 24h, 7d)",
+            "prefix": "only uploads under this key prefix", "dry_run": "list only", **S3_HELP})
+def cleanup(c: Context, bucket: str = "", endpoint_url: str = "", profile: str = "", remote: str = "",
+            prefix: str = "", older_than: str = "24h", dry_run: bool = False) -> None:
+    """List and abort abandoned multipart uploads."""
+    _run(c, "cleanup", *_s3_words(bucket, endpoint_url, profile, remote),
+         *(["--prefix", prefix] if prefix else []), "--older-than", older_than,
+         "--dry-run" if dry_run else None)
+
+
+@task(help={
+    "version": "dataset version, e.g. 2023_09_23",
+    "what": "annotations, assets, features, holodeck-base or all (default all)",
+    "path": "where versions live (default ~/.objathor-assets)",
+    "base_url": "serve files from {URL}/{VERSION}/... (default: the public table)",
+    "uids": "fetch only these assets, comma-separated",
+    "uids_file": "fetch only the uids listed in this file",
+    "require_checksums": "refuse a version without manifest.json",
+})
+def download(c: Context, version: str, what: str = "all", path: str = "", base_url: str = "",
+             uids: str = "", uids_file: str = "", require_checksums: bool = False) -> None:
+    """Download a dataset version into ~/.objathor-assets, verified and resumable."""
+    _run(c, "download", what, "--version", version, *(["--path", path] if path else []),
+         *(["--base-url", base_url] if base_url else []), *(["--uids", uids] if uids else []),
+         *(["--uids-file", uids_file] if uids_file else []),
+         "--require-checksums" if require_checksums else None)
+
+
+@task(help={
+    "version": "dataset version, YYYY_MM_DD",
+    "assets_dir": "optimized assets directory",
+    "features_dir": "features directory (optional)",
+    "release_dir": "where artifacts are built (default release/VERSION)",
+    "config": "release.toml to read settings from",
+    "chunk_size": "part size, 5M to 5G",
+    "upload_concurrency": "parts of one file in flight at once",
+    "transfers": "files at once",
+    "force": "overwrite a published version",
+    "dry_run": "do everything local and print what the upload would do",
+    **S3_HELP,
+})
+def release(c: Context, version: str, assets_dir: str = "", features_dir: str = "",
+            release_dir: str = "", config: str = "", bucket: str = "", endpoint_url: str = "",
+            profile: str = "", remote: str = "", chunk_size: str = "", upload_concurrency: int = 0,
+            transfers: int = 0, force: bool = False, dry_run: bool = False) -> None:
+    """Release a version: annotations, tar, manifest, verify, upload, remote verify."""
+    _run(c, "release", "--version", version, *(["--assets-dir", assets_dir] if assets_dir else []),
+         *(["--features-dir", features_dir] if features_dir else []),
+         *(["--release-dir", release_dir] if release_dir else []),
+         *(["--config", config] if config else []), *_s3_words(bucket, endpoint_url, profile, remote),
+         *(["--chunk-size", chunk_size] if chunk_size else []),
+         *(["--upload-concurrency", upload_concurrency] if upload_concurrency else []),
+         *(["--transfers", transfers] if transfers else []),
+         "--force" if force else None, "--dry-run" if dry_run else None)
+
+
+@task(help={"workdir": "scratch directory (default demo/)", "assets": "number of sample assets"})
+def demo(c: Context, workdir: str = "demo", assets: int = 50) -> None:
+    """Release a generated sample to an embedded local S3 endpoint and download it back."""
+    _run(c, "demo", "--workdir", workdir, "--assets", assets)
+
+
+# ---------------------------------------------------------------- docker tasks (see Dockerfile)

@@ -12,7 +12,7 @@ import math
 import re
 import sys
 from dataclasses import dataclass, field, fields
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -127,7 +127,7 @@ class UploadConfig:
 # JSON Schemas shipped with the package
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict[str, Any]:
     """Load ``schemas/<name>.schema.json`` (shipped inside the package)."""
     text = resources.files("objathor_release.schemas").joinpath(f"{name}.schema.json").read_text()
@@ -193,5 +193,7 @@ class ReleaseConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise UsageError(f"unknown release setting {unknown[0]!r}: see schemas/release-config.schema.json")
+            raise UsageError(
+                f"unknown release setting {unknown[0]!r}: see schemas/release-config.schema.json"
+            )
         return cls(**data)

@@ -29,7 +29,7 @@ _JPEG_MAGIC = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"
 
 
 def make_uid(rng: random.Random) -> str:
-    return "%032x" % rng.getrandbits(128)
+    return f"{rng.getrandbits(128):032x}"
 
 
 def make_annotation(uid: str, rng: random.Random) -> dict[str, Any]:

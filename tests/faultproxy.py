@@ -10,6 +10,7 @@ cut the response body after N bytes. ``proxy.log`` records every request seen.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import threading
@@ -113,10 +114,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _abort(self) -> None:
         self.close_connection = True
-        try:
+        with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
 

@@ -71,9 +71,12 @@ class _Lines(Progress):
     def _line(self) -> str:
         elapsed = max(time.monotonic() - self.start, 1e-9)
         parts = [f"{self.desc}:"]
-        if self.total:
+        if self.total and self.unit == "B":
             parts.append(f"{100.0 * self.done / self.total:.0f}%")
             parts.append(f"{self._fmt(self.done)}/{self._fmt(self.total)}")
+        elif self.total:
+            parts.append(f"{100.0 * self.done / self.total:.0f}%")
+            parts.append(f"{self.done}/{self.total} {self.unit}")
         else:
             parts.append(self._fmt(self.done))
         if self.unit == "B":

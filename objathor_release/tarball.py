@@ -1,0 +1,721 @@
+"""Build a byte-for-byte reproducible tar of a directory in one pass, hashing as it goes.
+
+The archive is exactly what GNU tar 1.34 writes for::
+
+    tar --sort=name --mtime=@EPOCH --owner=0 --group=0 --numeric-owner \\
+        --mode=go=rX,u+rw,a-s --format=gnu --hard-dereference \\
+        --exclude=PATTERN ... -C PARENT -cf OUTPUT BASENAME
+
+(see ``gnu_tar_command``): one top-level folder named after DIR, members in
+GNU tar's ``--sort=name`` order, GNU headers written by hand from a template
+(the slow part of ``tarfile.add`` is skipped), 10240-byte records.
+
+While writing, every regular file's sha256, size and data offset are recorded
+and the whole archive is hashed in a second thread (hashlib releases the GIL),
+so the manifest never has to read the archive again: the figures are kept in
+a hidden sidecar (``.NAME.index.json``) beside the tar.
+
+``scan_tar`` reads any tar (ours, GNU tar's, Python's) in one streaming pass
+and gives the same figures; the manifest and ``verify --members`` use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import re
+import stat
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .config import format_size
+from .errors import InputError, ReleaseError, UsageError
+from .fsutil import atomic_path, atomic_write
+from .progress import progress
+
+#: The seed release process's exclude list, exact and in its order.
+DEFAULT_EXCLUDES: tuple[str, ...] = (
+    "annotations.json.gz",
+    "thor_metadata.json",
+    ".DS_Store",
+    "._*",
+    ".Spotlight-V100",
+    ".Trashes",
+    ".fseventsd",
+    ".VolumeIcon.icns",
+    ".apdisk",
+    ".TemporaryItems",
+    "*.lock",
+)
+
+BLOCK = 512
+RECORD = 20 * BLOCK  # GNU tar's default blocking factor
+BUFFER = 4 * 1024 * 1024  # bytes handed to the writer thread at a time (a multiple of BLOCK)
+MAX_OCTAL_11 = 8**11  # first value that no longer fits 11 octal digits
+SIDECAR_FORMAT = 1
+
+_ZEROS = bytes(RECORD)
+_GNU_MAGIC = b"ustar  \x00"
+_UID_GID = b"0000000\x00" * 2
+_AFTER_TYPE = bytes(100) + _GNU_MAGIC + bytes(32 + 32 + 8 + 8 + 167)  # linkname .. end of block
+_CHK_BLANK = b" " * 8
+_EXTENSION_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class TarResult:
+    """What ``build_tar`` wrote: the archive's size and sha256 and every regular file in it."""
+
+    path: Path
+    size: int
+    sha256: str
+    members: list[dict[str, Any]]
+    excludes: list[str]
+    directories: int = 0
+    excluded: int = 0
+    seconds: float = 0.0
+    source_date_epoch: int = 0
+
+    def summary(self) -> str:
+        """One line for the CLI."""
+        rate = self.size / self.seconds / 1e6 if self.seconds > 0 else 0.0
+        return (
+            f"wrote {self.path}: {len(self.members)} files in {self.directories} folders, "
+            f"{format_size(self.size)}, sha256 {self.sha256}, {self.excluded} excluded, "
+            f"{self.seconds:.1f} s ({rate:.0f} MB/s)"
+        )
+
+
+# --------------------------------------------------------------------------- patterns
+
+
+def _translate(pattern: str) -> str:
+    """A GNU fnmatch pattern (no flags: ``*`` also matches ``/``, backslash escapes) as a regex."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "\\" and i < n:
+            out.append(re.escape(pattern[i]))
+            i += 1
+        elif c == "[":
+            j = i
+            if j < n and pattern[j] in "!^":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 2 if pattern[j] == "\\" else 1
+            if j >= n:  # no closing bracket: a literal '['
+                out.append("\\[")
+                continue
+            body = pattern[i:j]
+            i = j + 1
+            negate = body[:1] in ("!", "^")
+            if negate:
+                body = body[1:]
+            chars = []
+            k = 0
+            while k < len(body):
+                ch = body[k]
+                if ch == "\\" and k + 1 < len(body):
+                    k += 1
+                    ch = body[k]
+                chars.append("\\" + ch if ch in "\\^]-[" else ch)
+                if k + 2 < len(body) and body[k + 1] == "-":
+                    chars.append("-")
+                    k += 1
+                k += 1
+            out.append(("[^" if negate else "[") + "".join(chars) + "]")
+        else:
+            out.append(re.escape(c))
+    return "".join(out)
+
+
+def compile_excludes(patterns: Iterable[str]) -> Callable[[str], bool]:
+    """A predicate: is this archive path excluded, matched the way GNU tar's ``--exclude`` does.
+
+    A pattern matches the whole path (``assets/<uid>/x.lock``) or any tail of
+    it that starts after a ``/``; for a pattern without ``/`` that is simply a
+    file or folder name anywhere in the tree. ``*`` and ``?`` match any
+    character, dots and ``/`` included (GNU tar's defaults).
+    """
+    pats = [p for p in patterns]
+    if not pats:
+        return lambda path: False
+    regex = re.compile("(?:\\A|(?<=/))(?:" + "|".join(_translate(p) for p in pats) + ")\\Z", re.DOTALL)
+    search = regex.search
+    return lambda path: search(path) is not None
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def normalize_mode(mode: int, is_dir: bool) -> int:
+    """The permission bits GNU tar stores with ``--mode=go=rX,u+rw,a-s``.
+
+    Group and other get read, plus execute for a directory or when anyone could
+    execute; the owner keeps its bits and gains read and write; set-user-ID,
+    set-group-ID and sticky bits are dropped.
+    """
+    x = is_dir or bool(mode & 0o111)
+    return (mode & 0o700) | 0o600 | (0o055 if x else 0o044)
+
+
+def _number(value: int, width: int) -> bytes:
+    """A numeric header field as GNU tar writes it: octal with a NUL, or base-256 when too big."""
+    if 0 <= value < 8 ** (width - 1):
+        return b"%0*o\x00" % (width - 1, value)
+    if value < 0 or value >= 256 ** (width - 1):
+        raise UsageError(f"value {value} does not fit a tar header field")
+    return b"\x80" + value.to_bytes(width - 1, "big")
+
+
+class _Headers:
+    """Builds GNU headers from a template; the checksum is summed from precomputed parts."""
+
+    def __init__(self, mtime: int) -> None:
+        self.mtime_field = _number(mtime, 12)
+        self._const = sum(_UID_GID) + sum(self.mtime_field) + sum(_CHK_BLANK) + sum(_AFTER_TYPE)
+        self._modes: dict[int, tuple[bytes, int]] = {}
+
+    def _mode(self, mode: int) -> tuple[bytes, int]:
+        got = self._modes.get(mode)
+        if got is None:
+            f = _number(mode, 8)
+            got = self._modes[mode] = (f, sum(f))
+        return got
+
+    def header(self, name: bytes, mode: int, size: int, typeflag: bytes, mtime: bytes | None = None) -> bytes:
+        """One 512-byte header (``name`` already fits 100 bytes)."""
+        mode_field, mode_sum = self._mode(mode)
+        size_field = _number(size, 12)
+        mtime_field = self.mtime_field if mtime is None else mtime
+        chk = self._const + sum(name) + mode_sum + sum(size_field) + typeflag[0]
+        if mtime is not None:
+            chk += sum(mtime) - sum(self.mtime_field)
+        return b"".join((
+            name, bytes(100 - len(name)), mode_field, _UID_GID, size_field, mtime_field,
+            b"%06o\x00 " % chk, typeflag, _AFTER_TYPE,
+        ))
+
+    def entry(self, name: bytes, mode: int, size: int, typeflag: bytes) -> bytes:
+        """The header block(s) of one member: a GNU ``././@LongLink`` first when the name is long."""
+        if len(name) <= 100:
+            return self.header(name, mode, size, typeflag)
+        data = name + b"\x00"
+        pad = -len(data) % BLOCK
+        long = self.header(b"././@LongLink", 0o644, len(data), b"L", mtime=_number(0, 12))
+        return long + data + bytes(pad) + self.header(name[:100], mode, size, typeflag)
+
+
+# --------------------------------------------------------------------------- the writer thread
+
+
+class _Writer(threading.Thread):
+    """Hashes and writes full buffers while the main thread reads and hashes files."""
+
+    def __init__(self, fh: BinaryIO, n_buffers: int = 4) -> None:
+        super().__init__(name="tar-writer", daemon=True)
+        self.fh = fh
+        self.sha = hashlib.sha256()
+        self.full: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        self.free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(n_buffers):
+            self.free.put(bytearray(BUFFER))
+        self.error: BaseException | None = None
+        self.written = 0
+
+    def run(self) -> None:
+        while (item := self.full.get()) is not None:
+            buf, n = item
+            if self.error is None:
+                try:
+                    view = memoryview(buf)[:n]
+                    self.sha.update(view)
+                    self.fh.write(view)
+                    self.written += n
+                except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                    self.error = exc
+            self.free.put(buf)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise ReleaseError(
+                f"cannot write {getattr(self.fh, 'name', 'the archive')}: {self.error}: "
+                "free some space or choose another --output"
+            )
+
+
+class _Out:
+    """The archive being written: a current buffer, its position and the bytes already handed off."""
+
+    def __init__(self, writer: _Writer) -> None:
+        self.writer = writer
+        self.buf = writer.free.get()
+        self.view = memoryview(self.buf)
+        self.pos = 0
+        self.flushed = 0
+
+    @property
+    def offset(self) -> int:
+        return self.flushed + self.pos
+
+    def flush(self) -> None:
+        self.writer.check()
+        self.view.release()
+        self.writer.full.put((self.buf, self.pos))
+        self.flushed += self.pos
+        self.buf = self.writer.free.get()
+        self.view = memoryview(self.buf)
+        self.pos = 0
+
+    def write(self, data: bytes) -> None:
+        start = 0
+        while start < len(data):
+            if self.pos == BUFFER:
+                self.flush()
+            n = min(len(data) - start, BUFFER - self.pos)
+            self.buf[self.pos:self.pos + n] = data[start:start + n]
+            self.pos += n
+            start += n
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _display(path: str) -> str:
+    """A path fit for a one-line message, even when it holds bytes that are not UTF-8."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _encode(path: str, rel: str) -> bytes:
+    try:
+        return rel.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(
+            f"{_display(path)}: file name is not valid UTF-8: rename it (archive names must be UTF-8)"
+        ) from None
+
+
+def _special(path: str) -> str:
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    kinds = [(stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device")]
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"is {kind}"
+
+
+def resolve_epoch(source_date_epoch: int | None) -> int:
+    """``source_date_epoch``, else ``$SOURCE_DATE_EPOCH``, else 0; checked to fit a tar header."""
+    if source_date_epoch is None:
+        text = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+        if not text:
+            return 0
+        try:
+            source_date_epoch = int(text)
+        except ValueError:
+            raise UsageError(
+                f"SOURCE_DATE_EPOCH={text!r} is not a whole number of seconds: set e.g. 1700000000"
+            ) from None
+    if not 0 <= source_date_epoch < MAX_OCTAL_11:
+        raise UsageError(
+            f"source date epoch {source_date_epoch} is out of range: use seconds since 1970, >= 0"
+        )
+    return source_date_epoch
+
+
+def sidecar_path(tar_path: str | Path) -> Path:
+    """Where ``build_tar`` keeps a tar's one-pass figures: ``.NAME.index.json`` beside it."""
+    p = Path(tar_path)
+    return p.with_name(f".{p.name}.index.json")
+
+
+def _check_source(src: Path) -> None:
+    try:
+        st = os.lstat(src)
+    except FileNotFoundError:
+        raise InputError(f"{src}: no such directory: pass the folder of assets to archive") from None
+    except OSError as exc:
+        raise InputError(
+            f"{src}: cannot be read ({exc.strerror}): check the path and its permissions"
+        ) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise InputError(
+            f"{src}: is a symlink (to {os.readlink(src)}): pass the real directory, whose name becomes "
+            "the archive's top-level folder"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{src}: is not a directory: pass the folder of assets to archive")
+
+
+class _Builder:
+    """One archive being built: the walk, the headers and the member records."""
+
+    def __init__(self, root: Path, excluded: Callable[[str], bool], headers: _Headers, out: _Out) -> None:
+        self.root = root
+        self.excluded = excluded
+        self.h = headers
+        self.out = out
+        self.members: list[dict[str, Any]] = []
+        self.directories = 0
+        self.n_excluded = 0
+
+    def add_dir(self, path: str, rel: str, mode: int) -> None:
+        name = _encode(path, rel) + b"/"
+        self.out.write(self.h.entry(name, normalize_mode(mode, True), 0, b"5"))
+        self.directories += 1
+
+    def add_file(self, path: str, rel: str) -> int:
+        """Write one regular file's header and data; record its hash and offset; return its size."""
+        name = _encode(path, rel)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError as exc:
+            raise InputError(
+                f"{_display(path)}: cannot be read ({exc.strerror}): fix its permissions or exclude it"
+            ) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise InputError(f"{_display(path)}: {_special(path)}: remove it or --exclude it")
+            size = st.st_size
+            out = self.out
+            out.write(self.h.entry(name, normalize_mode(st.st_mode, False), size, b"0"))
+            offset = out.offset
+            sha = hashlib.sha256()
+            remaining = size
+            while remaining:
+                if out.pos == BUFFER:
+                    out.flush()
+                n = min(remaining, BUFFER - out.pos)
+                got = os.readv(fd, [out.view[out.pos:out.pos + n]])
+                if got == 0:
+                    raise InputError(
+                        f"{_display(path)}: changed while being archived (shrank by {remaining} bytes): "
+                        "stop whatever writes to the tree and run again"
+                    )
+                sha.update(out.view[out.pos:out.pos + got])
+                out.pos += got
+                remaining -= got
+            if os.read(fd, 1):
+                raise InputError(
+                    f"{_display(path)}: changed while being archived (grew): "
+                    "stop whatever writes to the tree and run again"
+                )
+            after = os.fstat(fd)
+            if after.st_size != size or after.st_mtime_ns != st.st_mtime_ns:
+                raise InputError(
+                    f"{_display(path)}: changed while being archived: stop whatever writes to the tree "
+                    "and run again"
+                )
+        except OSError as exc:
+            raise InputError(
+                f"{_display(path)}: cannot be read ({exc.strerror}): fix it or exclude it"
+            ) from None
+        finally:
+            os.close(fd)
+        pad = -size % BLOCK
+        if pad:
+            out.buf[out.pos:out.pos + pad] = _ZEROS[:pad]  # pos + pad <= BUFFER: both are block aligned
+            out.pos += pad
+        self.members.append({"path": rel, "size": size, "sha256": sha.hexdigest(), "offset": offset})
+        return size
+
+    def scan(self, path: str, rel: str) -> list[tuple[str, str, os.DirEntry[str]]]:
+        """The kept entries of one directory, in GNU ``--sort=name`` order, checked for bad kinds."""
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise InputError(
+                f"{_display(path)}: cannot be read ({exc.strerror}): fix its permissions or exclude it"
+            ) from None
+        kept = []
+        for e in entries:
+            child_rel = f"{rel}/{e.name}"
+            if self.excluded(child_rel):
+                self.n_excluded += 1
+                continue
+            if e.is_symlink():
+                raise InputError(
+                    f"{_display(e.path)}: is a symlink (to {_display(os.readlink(e.path))}): symlinks "
+                    "are not archived; copy the file in or --exclude it"
+                )
+            if not (e.is_dir(follow_symlinks=False) or e.is_file(follow_symlinks=False)):
+                raise InputError(f"{_display(e.path)}: {_special(e.path)}: remove it or --exclude it")
+            kept.append((e.path, child_rel, e))
+        return kept
+
+    def walk(self, top_entries: list[tuple[str, str, os.DirEntry[str]]], tick: Callable[[int], None]) -> None:
+        """Archive the tree below the top folder, depth first, each directory's entries sorted by name.
+
+        ``top_entries`` is ``scan`` of the top folder; ``tick(1)`` is called as each one is done.
+        """
+        stack: list[Iterator[tuple[str, str, os.DirEntry[str]]]] = [iter(top_entries)]
+        while stack:
+            entry = next(stack[-1], None)
+            if entry is None:
+                stack.pop()
+                if len(stack) == 1:
+                    tick(1)  # a top-level folder is done
+                continue
+            path, rel, e = entry
+            if e.is_dir(follow_symlinks=False):
+                self.add_dir(path, rel, e.stat(follow_symlinks=False).st_mode)
+                stack.append(iter(self.scan(path, rel)))
+            else:
+                self.add_file(path, rel)
+                if len(stack) == 1:
+                    tick(1)
+        if not self.members:
+            raise InputError(
+                f"{self.root}: holds no files to archive (empty, or everything excluded): "
+                "check --assets-dir and the exclude list"
+            )
+
+
+def _finish_record(out: _Out) -> None:
+    """Two zero blocks, then zeros up to a whole 10240-byte record, as GNU tar ends an archive."""
+    end = out.offset + 2 * BLOCK
+    out.write(_ZEROS[: 2 * BLOCK + (-end % RECORD)])
+
+
+def build_tar(
+    src_dir: str | Path,
+    output: str | Path,
+    *,
+    extra_excludes: Iterable[str] = (),
+    source_date_epoch: int | None = None,
+    verbose: bool = False,
+    show_progress: bool = True,
+    fsync: bool = True,
+) -> TarResult:
+    """Archive ``src_dir`` to ``output`` (atomically) and return its figures; see the module docstring.
+
+    ``source_date_epoch=None`` means ``$SOURCE_DATE_EPOCH``, else 0. The
+    figures are also saved in ``sidecar_path(output)`` for ``write_manifest``.
+    Bad input (symlink, special file, unreadable or changing file, name that is
+    not UTF-8, empty or missing directory) raises InputError naming the path;
+    nothing is left under ``output`` then.
+    """
+    started = time.monotonic()
+    src = Path(os.path.abspath(src_dir))
+    out_path = Path(os.path.abspath(output))
+    _check_source(src)
+    if out_path == src or src in out_path.parents:
+        raise UsageError(f"--output {output} is inside {src_dir}: write the archive outside the tree")
+    epoch = resolve_epoch(source_date_epoch)
+    excludes = list(DEFAULT_EXCLUDES) + [p for p in extra_excludes if p not in DEFAULT_EXCLUDES]
+    if verbose:
+        for pattern in excludes:
+            print(f"exclude: {pattern}", file=sys.stderr)
+    excluded = compile_excludes(excludes)
+    if excluded(src.name):
+        raise InputError(f"{src}: its own name matches an exclude pattern: rename it or drop the --exclude")
+    sidecar = sidecar_path(out_path)
+    headers = _Headers(epoch)
+    with atomic_path(out_path) as tmp:
+        with open(tmp, "wb", buffering=0) as fh:
+            writer = _Writer(fh)
+            writer.start()
+            out = _Out(writer)
+            builder = _Builder(src, excluded, headers, out)
+            try:
+                builder.add_dir(str(src), src.name, os.lstat(src).st_mode)
+                top = builder.scan(str(src), src.name)
+                with progress(len(top), f"tar {out_path.name}", unit="entries", enabled=show_progress) as bar:
+                    builder.walk(top, bar.update)
+                    _finish_record(out)
+                    out.flush()
+            finally:
+                writer.full.put(None)
+                writer.join()
+            writer.check()
+            if fsync:
+                os.fsync(fh.fileno())
+        with contextlib.suppress(FileNotFoundError):
+            sidecar.unlink()  # a stale sidecar must never describe the new archive
+    st = os.stat(out_path)
+    result = TarResult(
+        path=out_path, size=writer.written, sha256=writer.sha.hexdigest(), members=builder.members,
+        excludes=excludes, directories=builder.directories, excluded=builder.n_excluded,
+        seconds=time.monotonic() - started, source_date_epoch=epoch,
+    )
+    write_sidecar(result, st)
+    return result
+
+
+def write_sidecar(result: TarResult, st: os.stat_result) -> None:
+    """Keep ``result``'s figures beside the tar, tied to its current size and mtime."""
+    index = {
+        "format": SIDECAR_FORMAT, "tar": result.path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+        "sha256": result.sha256, "excludes": result.excludes, "source_date_epoch": result.source_date_epoch,
+        "members": result.members,
+    }
+    with atomic_write(sidecar_path(result.path)) as fh:
+        fh.write(json.dumps(index, separators=(",", ":")).encode())
+
+
+def read_sidecar(tar_path: str | Path) -> dict[str, Any] | None:
+    """The sidecar of ``tar_path`` if it still describes the file on disk (same size and mtime), else None."""
+    side = sidecar_path(tar_path)
+    try:
+        index: dict[str, Any] = json.loads(side.read_bytes())
+        st = os.stat(tar_path)
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(index, dict) or index.get("format") != SIDECAR_FORMAT
+        or index.get("size") != st.st_size or index.get("mtime_ns") != st.st_mtime_ns
+        or not isinstance(index.get("members"), list) or not isinstance(index.get("sha256"), str)
+    ):
+        return None
+    return index
+
+
+# --------------------------------------------------------------------------- reading any tar back
+
+
+@dataclass
+class ScanResult:
+    """A tar read back in one pass: its size and sha256 and every regular file's figures."""
+
+    size: int
+    sha256: str
+    members: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _HashingReader:
+    """Reads a file sequentially, hashing every byte consumed."""
+
+    def __init__(self, fh: BinaryIO, on_bytes: Callable[[int], None]) -> None:
+        self.fh = fh
+        self.sha = hashlib.sha256()
+        self.pos = 0
+        self.on_bytes = on_bytes
+
+    def read(self, n: int) -> bytes:
+        data = self.fh.read(n)
+        self.sha.update(data)
+        self.pos += len(data)
+        self.on_bytes(len(data))
+        return data
+
+    def exact(self, n: int, what: str) -> bytes:
+        data = self.read(n)
+        if len(data) != n:
+            raise EOFError(what)
+        return data
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """Parse a pax extended header's ``LEN key=value\\n`` records."""
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(data) and data[pos:pos + 1] != b"\x00":
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+def _cstr(raw: bytes) -> str:
+    return raw.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def scan_tar(path: str | Path, *, on_bytes: Callable[[int], None] = lambda n: None) -> ScanResult:
+    """Read a tar in one streaming pass: whole-file sha256 plus every regular member's figures.
+
+    Understands ustar, GNU (long names) and pax headers. ``members`` holds
+    ``{"path", "size", "sha256", "offset"}`` for each regular file, ``offset``
+    being where its data starts. A file that is not a tar raises InputError.
+    """
+    members: list[dict[str, Any]] = []
+    with open(path, "rb", buffering=1024 * 1024) as raw:
+        r = _HashingReader(raw, on_bytes)
+        long_name: str | None = None
+        pax: dict[str, str] = {}
+        try:
+            while True:
+                block = r.read(BLOCK)
+                if len(block) < BLOCK or block == _ZEROS[:BLOCK]:
+                    break
+                try:
+                    info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+                except tarfile.HeaderError as exc:
+                    raise InputError(
+                        f"{path}: not a valid tar archive (bad header at byte {r.pos - BLOCK}: {exc}): "
+                        "rebuild it with `objathor-release tar`"
+                    ) from None
+                size = int(pax.get("size", info.size))
+                kind = info.type
+                if kind in _EXTENSION_TYPES:
+                    data = r.exact(size, "extended header")
+                    r.exact(-size % BLOCK, "padding")
+                    if kind == tarfile.GNUTYPE_LONGNAME:
+                        long_name = _cstr(data)
+                    elif kind == tarfile.XHDTYPE:
+                        pax = _pax_records(data)
+                    continue
+                if kind in (tarfile.GNUTYPE_SPARSE,) or "GNU.sparse.major" in pax:
+                    raise InputError(f"{path}: holds sparse member {info.name}: rebuild it without --sparse")
+                name = pax.get("path") or long_name or info.name
+                if info.isdir() and not name.endswith("/"):
+                    name += "/"
+                long_name, pax = None, {}
+                offset = r.pos
+                if kind in tarfile.REGULAR_TYPES:
+                    sha = hashlib.sha256()
+                    left = size
+                    while left:
+                        chunk = r.read(min(left, 1024 * 1024))
+                        if not chunk:
+                            raise EOFError(name)
+                        sha.update(chunk)
+                        left -= len(chunk)
+                    members.append({"path": name, "size": size, "sha256": sha.hexdigest(), "offset": offset})
+                    r.exact(-size % BLOCK, "padding")
+                elif size and kind not in (tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.DIRTYPE):
+                    r.exact(size + (-size % BLOCK), "data")
+            while r.read(1024 * 1024):
+                pass
+        except EOFError as exc:
+            raise InputError(
+                f"{path}: truncated tar archive (ends inside {exc}): rebuild or download it again"
+            ) from None
+    return ScanResult(size=r.pos, sha256=r.sha.hexdigest(), members=members)
+
+
+def gnu_tar_command(src_dir: str | Path, output: str | Path, excludes: Iterable[str],
+                    source_date_epoch: int = 0) -> list[str]:
+    """The GNU tar command line that writes the same bytes as ``build_tar`` (for tests and docs)."""
+    src = Path(os.path.abspath(src_dir))
+    return [
+        "tar", "--sort=name", f"--mtime=@{source_date_epoch}", "--owner=0", "--group=0", "--numeric-owner",
+        "--mode=go=rX,u+rw,a-s", "--format=gnu", "--hard-dereference",
+        *(f"--exclude={p}" for p in excludes),
+        "-C", str(src.parent), "-cf", str(output), src.name,
+    ]

@@ -1,0 +1,430 @@
+"""objathor-release tar: equality with GNU tar, determinism, exclusion, one-pass figures, bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import stat
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from objathor_release.errors import InputError, UsageError
+from objathor_release.sample import make_sample_dataset
+from objathor_release.tarball import (
+    DEFAULT_EXCLUDES,
+    build_tar,
+    compile_excludes,
+    normalize_mode,
+    read_sidecar,
+    scan_tar,
+    sidecar_path,
+)
+from tests.tarball_helpers import (
+    SEED_EXCLUDES,
+    gnu_tar,
+    gnu_tar_available,
+    leftovers,
+    make_messy_tree,
+    run_cli_unprivileged,
+    sha256_of,
+    tarfile_members,
+    write,
+)
+
+needs_gnu_tar = pytest.mark.skipif(not gnu_tar_available(), reason="GNU tar is not installed")
+ROOT = os.geteuid() == 0
+
+
+def _uid_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def build(src: Path, out: Path, **kw: object):  # type: ignore[no-untyped-def]
+    return build_tar(src, out, show_progress=False, **kw)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- equality with GNU tar
+
+
+@needs_gnu_tar
+def test_default_excludes_are_the_seeds_list() -> None:
+    assert list(DEFAULT_EXCLUDES) == SEED_EXCLUDES
+
+
+@needs_gnu_tar
+@pytest.mark.parametrize("epoch", [0, 1_700_000_000])
+def test_identical_to_gnu_tar_on_an_awkward_tree(tmp_path: Path, epoch: int) -> None:
+    src = make_messy_tree(tmp_path / "assets")
+    ours = build(src, tmp_path / "out" / "assets.tar", source_date_epoch=epoch, extra_excludes=["a*z"])
+    theirs = gnu_tar(src, tmp_path / "gnu.tar", SEED_EXCLUDES + ["a*z"], epoch)
+    assert ours.path.read_bytes() == theirs.read_bytes()
+    assert ours.size == theirs.stat().st_size and ours.size % 10240 == 0
+    assert ours.sha256 == sha256_of(theirs)
+    names = [m["path"] for m in ours.members]
+    assert "assets/ab/cz" not in names and "assets/.lock" not in names  # GNU whole-path matching
+    assert any(len(n.encode()) > 800 for n in names)  # a multi-block ././@LongLink name
+
+
+@needs_gnu_tar
+def test_identical_to_gnu_tar_on_a_sample_dataset(tmp_path: Path, sample_assets: Path) -> None:
+    ours = build(sample_assets, tmp_path / "assets.tar")
+    assert ours.path.read_bytes() == gnu_tar(sample_assets, tmp_path / "gnu.tar").read_bytes()
+
+
+@needs_gnu_tar
+def test_features_tar_from_a_features_directory(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    make_sample_dataset(tmp_path / "assets", 2, features_dir=tmp_path / "features")
+    out = tmp_path / "rel" / "features.tar"
+    r = cli("tar", "--dir", str(tmp_path / "features"), "--output", str(out), "-q")
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == gnu_tar(tmp_path / "features", tmp_path / "gnu.tar").read_bytes()
+    with tarfile.open(out) as tf:
+        assert tf.getnames() == ["features", "features/clip_features.pkl", "features/sbert_features.pkl"]
+
+
+def test_one_top_level_folder_and_name_order(tmp_path: Path) -> None:
+    src = make_messy_tree(tmp_path / "assets")
+    result = build(src, tmp_path / "a.tar")
+    with tarfile.open(result.path) as tf:
+        names = tf.getnames()
+    assert {n.split("/")[0] for n in names} == {"assets"}
+    # lod/ and what is inside it come before lod-2 (GNU --sort=name walks directory by directory).
+    assert names.index("assets/lod/x/f") < names.index("assets/lod-2") < names.index("assets/lod.b")
+    assert names.index("assets/Lod") < names.index("assets/ab")  # bytewise: upper case first
+
+
+def test_modes_are_normalized_like_gnu_tar() -> None:
+    assert normalize_mode(0o100600, False) == 0o644
+    assert normalize_mode(0o100000, False) == 0o644
+    assert normalize_mode(0o100700, False) == 0o755
+    assert normalize_mode(0o100001, False) == 0o655  # group and others get x; the owner keeps its bits
+    assert normalize_mode(0o104755, False) == 0o755  # setuid dropped
+    assert normalize_mode(0o041777, True) == 0o755  # sticky dropped
+    assert normalize_mode(0o040600, True) == 0o655  # the owner's bits are kept (plus rw)
+
+
+def test_environment_epoch_and_flag(tmp_path: Path, sample_assets: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1234567890")
+    with tarfile.open(build(sample_assets, tmp_path / "env.tar").path) as tf:
+        assert {m.mtime for m in tf} == {1234567890}
+        assert {(m.uid, m.gid, m.uname, m.gname) for m in tf} == {(0, 0, "", "")}
+    with tarfile.open(build(sample_assets, tmp_path / "flag.tar", source_date_epoch=42).path) as tf:
+        assert {m.mtime for m in tf} == {42}
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    with tarfile.open(build(sample_assets, tmp_path / "zero.tar").path) as tf:
+        assert {m.mtime for m in tf} == {0}
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(UsageError, match="SOURCE_DATE_EPOCH"):
+        build(sample_assets, tmp_path / "bad.tar")
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def _copy_tree(src: Path, dst: Path, *, reverse: bool, mode_shift: bool, owner: int | None) -> None:
+    """Copy ``src`` to ``dst`` creating entries in another order, with other mtimes, modes and owners."""
+    paths = sorted(src.rglob("*"), reverse=reverse)
+    for p in sorted(paths, key=lambda p: len(p.parts)):  # parents first, siblings in the chosen order
+        q = dst / p.relative_to(src)
+        if p.is_dir():
+            q.mkdir(parents=True, exist_ok=True)
+        else:
+            q.parent.mkdir(parents=True, exist_ok=True)
+            q.write_bytes(p.read_bytes())
+    for p in sorted(dst.rglob("*")) + [dst]:
+        if mode_shift:  # modes that normalize the same: 0600 -> 0644, 0700 -> 0755
+            os.chmod(p, 0o700 if p.is_dir() else 0o600)
+        else:
+            os.chmod(p, 0o755 if p.is_dir() else 0o664)
+        os.utime(p, (1_000_000_000 if reverse else 1_600_000_000,) * 2)
+        if owner is not None:
+            os.chown(p, owner, owner)
+
+
+def test_two_copies_give_identical_archives(tmp_path: Path) -> None:
+    make_sample_dataset(tmp_path / "orig", 8, seed=5, asset_bytes=8 * 1024)
+    old = os.umask(0o077)
+    try:
+        _copy_tree(tmp_path / "orig", tmp_path / "one" / "assets", reverse=False, mode_shift=True,
+                   owner=1234 if ROOT else None)
+    finally:
+        os.umask(0o002)
+    try:
+        _copy_tree(tmp_path / "orig", tmp_path / "two" / "assets", reverse=True, mode_shift=False, owner=None)
+    finally:
+        os.umask(old)
+    one = tmp_path / "one" / "assets"
+    two = tmp_path / "two" / "assets"
+    assert os.stat(one / os.listdir(one)[0]).st_mtime != os.stat(two / os.listdir(two)[0]).st_mtime
+    a = build(one, tmp_path / "a.tar")
+    b = build(two, tmp_path / "b.tar")
+    assert a.path.read_bytes() == b.path.read_bytes()
+    assert a.sha256 == b.sha256 and a.members == b.members
+
+
+# --------------------------------------------------------------------------- exclusion
+
+
+def test_exclusion_defaults_and_extra_patterns(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    src = make_messy_tree(tmp_path / "assets")
+    out = tmp_path / "rel" / "assets.tar"
+    r = cli("tar", "--assets-dir", str(src), "--output", str(out), "--exclude", "s0*", "--exclude", "modes",
+            "--verbose")
+    assert r.returncode == 0, r.stderr
+    for pattern in [*SEED_EXCLUDES, "s0*", "modes"]:
+        assert f"exclude: {pattern}\n" in r.stderr
+    with tarfile.open(out) as tf:
+        names = tf.getnames()
+    base = {n.rsplit("/", 1)[-1] for n in names}
+    assert not base & {"annotations.json.gz", "thor_metadata.json", ".DS_Store", "._albedo.jpg", "x.lock",
+                       ".Trashes", "inside", ".lock", "modes", "m0", "s00000", "s00512"}
+    assert "assets/uid1/albedo.jpg" in names and "assets/sizes" in names
+    side = json.loads(sidecar_path(out).read_text())
+    assert side["excludes"] == [*SEED_EXCLUDES, "s0*", "modes"]
+
+
+@pytest.mark.parametrize(("pattern", "path", "hit"), [
+    ("*.lock", "assets/u/a.lock", True),
+    ("*.lock", "assets/u/.lock", True),
+    ("._*", "assets/u/._x", True),
+    ("._*", "assets/u/x._y", False),
+    ("a*z", "assets/ab/cz", True),  # '*' matches '/', as in GNU tar
+    ("b/cz", "assets/ab/cz", False),  # a tail must start after a '/'
+    ("ab/cz", "assets/ab/cz", True),
+    ("k?", "assets/k2", True),
+    ("[!k]eep", "assets/keep", False),
+    ("[a-c]x", "assets/bx", True),
+    ("\\*x", "assets/*x", True),
+    ("\\*x", "assets/ax", False),
+    ("[", "assets/[", True),
+])
+def test_exclude_patterns_match_like_gnu_tar(pattern: str, path: str, hit: bool) -> None:
+    assert compile_excludes([pattern])(path) is hit
+
+
+# --------------------------------------------------------------------------- one-pass figures
+
+
+def test_members_sizes_hashes_and_offsets(tmp_path: Path) -> None:
+    src = make_messy_tree(tmp_path / "assets")
+    result = build(src, tmp_path / "a.tar")
+    assert result.members == tarfile_members(result.path)  # offsets and hashes read back independently
+    raw = result.path.read_bytes()
+    for m in result.members:
+        original = (tmp_path / m["path"]).read_bytes()
+        assert raw[m["offset"]:m["offset"] + m["size"]] == original
+        assert m["sha256"] == hashlib.sha256(original).hexdigest()
+    assert result.sha256 == hashlib.sha256(raw).hexdigest()
+    assert result.excludes == list(DEFAULT_EXCLUDES)
+    assert str(result.path) in result.summary() and result.sha256 in result.summary()
+
+
+def test_sidecar_ties_figures_to_the_file(tmp_path: Path, sample_assets: Path) -> None:
+    result = build(sample_assets, tmp_path / "assets.tar")
+    side = read_sidecar(result.path)
+    assert side is not None
+    assert (side["sha256"], side["size"], side["members"]) == (result.sha256, result.size, result.members)
+    os.utime(result.path, ns=(1, 1))  # touched: no longer trusted
+    assert read_sidecar(result.path) is None
+
+
+@needs_gnu_tar
+@pytest.mark.parametrize("fmt", ["gnu", "pax", "ustar"])
+def test_scan_reads_other_tools_tars(tmp_path: Path, fmt: str) -> None:
+    src = tmp_path / "features"
+    write(src / "clip_features.pkl", os.urandom(3000))
+    write(src / ("long" * 30) / "x.pkl", os.urandom(600))  # long name: GNU LongLink / pax path record
+    write(src / "empty.pkl", b"")
+    if fmt == "ustar":
+        shutil.rmtree(src / ("long" * 30))
+    tar = gnu_tar(src, tmp_path / "features.tar", [], extra=(f"--format={fmt}",))
+    scan = scan_tar(tar)
+    assert scan.members == tarfile_members(tar)
+    assert (scan.size, scan.sha256) == (tar.stat().st_size, sha256_of(tar))
+
+
+def test_scan_names_a_file_that_is_not_a_tar(tmp_path: Path) -> None:
+    bad = write(tmp_path / "features.tar", os.urandom(2048))
+    with pytest.raises(InputError, match="features.tar: not a valid tar"):
+        scan_tar(bad)
+
+
+def test_progress_lines_when_not_on_a_terminal(tmp_path: Path, sample_assets: Path,
+                                               cli) -> None:  # type: ignore[no-untyped-def]
+    r = cli("tar", "--assets-dir", str(sample_assets), "--output", str(tmp_path / "a.tar"))
+    assert r.returncode == 0, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("tar a.tar: 100% ") and "12" in last and last.endswith("done")
+    assert r.stdout.startswith(f"wrote {tmp_path / 'a.tar'}: ") and len(r.stdout.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _assert_refused(r, out: Path, *needles: str) -> None:  # type: ignore[no-untyped-def]
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("objathor-release: error: "), r.stderr
+    assert "Traceback" not in r.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not out.exists()
+    assert leftovers(out.parent) == []  # no temporary, no sidecar
+
+
+@pytest.fixture
+def out_path(tmp_path: Path) -> Path:
+    out = tmp_path / "release" / "assets.tar"
+    out.parent.mkdir()
+    return out
+
+
+def tar_cli(cli, src: Path, out: Path):  # type: ignore[no-untyped-def]
+    return cli("tar", "--assets-dir", str(src), "--output", str(out), "-q")
+
+
+def test_symlink_inside_the_tree_is_refused(sample_assets: Path, out_path: Path, tmp_path: Path,
+                                            cli) -> None:  # type: ignore[no-untyped-def]
+    outside = write(tmp_path / "secret.txt", "never archived")
+    link = _uid_dirs(sample_assets)[3] / "albedo-link.jpg"
+    link.symlink_to(outside)
+    _assert_refused(tar_cli(cli, sample_assets, out_path), out_path, str(link), "symlink", str(outside))
+
+
+def test_symlinked_assets_dir_is_refused(sample_assets: Path, out_path: Path, tmp_path: Path,
+                                         cli) -> None:  # type: ignore[no-untyped-def]
+    link = tmp_path / "linked"
+    link.symlink_to(sample_assets)
+    _assert_refused(tar_cli(cli, link, out_path), out_path, str(link), "symlink")
+
+
+def test_fifo_is_refused(sample_assets: Path, out_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    fifo = _uid_dirs(sample_assets)[2] / "pipe"
+    os.mkfifo(fifo)
+    _assert_refused(tar_cli(cli, sample_assets, out_path), out_path, str(fifo), "FIFO")
+
+
+def test_socket_is_refused(sample_assets: Path, out_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    path = sample_assets / "s.sock"
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(path))
+        _assert_refused(tar_cli(cli, sample_assets, out_path), out_path, str(path), "socket")
+    finally:
+        sock.close()
+
+
+def test_device_file_is_refused(sample_assets: Path, out_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    dev = sample_assets / "null"
+    try:
+        os.mknod(dev, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("cannot create a device file here (needs CAP_MKNOD)")
+    _assert_refused(tar_cli(cli, sample_assets, out_path), out_path, str(dev), "character device")
+
+
+def test_unreadable_file_is_refused(sample_assets: Path, out_path: Path) -> None:
+    victim = _uid_dirs(sample_assets)[1] / "normal.jpg"
+    os.chmod(victim, 0)
+    r = run_cli_unprivileged("tar", "--assets-dir", str(sample_assets), "--output", str(out_path), "-q")
+    _assert_refused(r, out_path, str(victim), "cannot be read", "Permission denied")
+
+
+def test_unreadable_folder_is_refused(sample_assets: Path, out_path: Path) -> None:
+    victim = _uid_dirs(sample_assets)[4]
+    os.chmod(victim, 0)
+    try:
+        r = run_cli_unprivileged("tar", "--assets-dir", str(sample_assets), "--output", str(out_path), "-q")
+    finally:
+        os.chmod(victim, 0o755)
+    _assert_refused(r, out_path, str(victim), "cannot be read")
+
+
+@contextlib.contextmanager
+def _changing(path: Path, grow: bool) -> Iterator[None]:
+    """Keep ``path`` growing (or shrinking) by 4 KiB a millisecond from another thread while the body runs."""
+    stop = threading.Event()
+
+    def churn() -> None:
+        with open(path, "r+b") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            while not stop.is_set():
+                size = size + 4096 if grow else max(size - 4096, 0)
+                fh.truncate(size)
+                time.sleep(0.001)
+
+    t = threading.Thread(target=churn, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+
+
+@pytest.mark.parametrize("grow", [True, False], ids=["grows", "shrinks"])
+def test_file_changing_while_archived_is_refused(tmp_path: Path, out_path: Path, grow: bool,
+                                                 cli) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "assets"
+    victim = write(src / "uid" / "big.pkl.gz", bytes(96 * 1024 * 1024))  # ~50 ms to read: ~50 changes
+    with _changing(victim, grow):
+        r = tar_cli(cli, src, out_path)
+    _assert_refused(r, out_path, str(victim), "changed while being archived")
+
+
+def test_name_that_is_not_utf8_is_refused(sample_assets: Path, out_path: Path,
+                                          cli) -> None:  # type: ignore[no-untyped-def]
+    folder = _uid_dirs(sample_assets)[0]
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.jpg"), "wb") as fh:
+        fh.write(b"latin-1 name")
+    _assert_refused(tar_cli(cli, sample_assets, out_path), out_path, f"{folder}/caf\\xe9.jpg", "UTF-8")
+
+
+def test_missing_dir_is_refused(tmp_path: Path, out_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    _assert_refused(tar_cli(cli, tmp_path / "nope", out_path), out_path, str(tmp_path / "nope"),
+                    "no such directory")
+
+
+def test_empty_dir_is_refused(tmp_path: Path, out_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "assets").mkdir()
+    _assert_refused(tar_cli(cli, tmp_path / "assets", out_path), out_path, str(tmp_path / "assets"),
+                    "no files to archive")
+
+
+def test_dir_of_only_excluded_files_is_refused(tmp_path: Path, out_path: Path,
+                                               cli) -> None:  # type: ignore[no-untyped-def]
+    write(tmp_path / "assets" / "uid" / "annotations.json.gz", b"x")
+    write(tmp_path / "assets" / ".DS_Store", b"x")
+    _assert_refused(tar_cli(cli, tmp_path / "assets", out_path), out_path, "no files to archive")
+
+
+def test_file_instead_of_dir_is_refused(tmp_path: Path, out_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    f = write(tmp_path / "assets.zip", b"x")
+    _assert_refused(tar_cli(cli, f, out_path), out_path, str(f), "not a directory")
+
+
+def test_output_inside_the_tree_is_refused(sample_assets: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    out = sample_assets / "assets.tar"
+    r = tar_cli(cli, sample_assets, out)
+    assert r.returncode == 2 and "inside" in r.stderr and not out.exists()
+
+
+def test_failed_build_keeps_the_previous_archive(sample_assets: Path, out_path: Path) -> None:
+    good = build(sample_assets, out_path)
+    before = out_path.read_bytes()
+    os.mkfifo(sample_assets / "pipe")
+    with pytest.raises(InputError, match="FIFO"):
+        build(sample_assets, out_path)
+    assert out_path.read_bytes() == before and read_sidecar(out_path) is not None
+    assert sorted(leftovers(out_path.parent)) == sorted([out_path.name, sidecar_path(out_path).name])
+    assert good.sha256 == sha256_of(out_path)

@@ -1,0 +1,390 @@
+"""The release pipeline: annotations, tars, manifest, local verify, upload, remote verify, summary.
+
+``objathor-release release`` runs every step and skips the ones whose outputs
+are up to date: a hidden state file in the release directory records, per
+step, a fingerprint of its inputs (paths, sizes and mtimes, plus the settings
+that shape the output) and the size and mtime of what it wrote. ``make
+release`` runs the same steps as file targets; its last one is ``publish``.
+``objathor-release demo`` runs it all against an embedded local S3 endpoint
+and downloads the version back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ReleaseConfig, UploadConfig, format_size, parse_size, validate_version
+from .errors import InputError, UsageError
+from .fsutil import atomic_write
+
+STATE_FILE = ".release-state.json"
+ANNOTATION_FILES = ("annotations.json.gz", "thor_metadata.json")
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def settings_from_args(args: argparse.Namespace) -> ReleaseConfig:
+    """The release config: ``--config`` file, overridden by flags; validated before any work."""
+    overrides = {
+        "version": args.version, "assets_dir": args.assets_dir, "features_dir": args.features_dir,
+        "release_dir": args.release_dir, "bucket": args.bucket, "prefix": getattr(args, "prefix", None),
+        "endpoint_url": args.endpoint_url, "profile": args.profile,
+        "chunk_size": getattr(args, "chunk_size", None),
+        "upload_concurrency": getattr(args, "upload_concurrency", None),
+        "transfers": getattr(args, "transfers", None),
+        "public_base_url": getattr(args, "public_base_url", None),
+    }
+    cfg = ReleaseConfig.load(getattr(args, "config", None), overrides)
+    check_settings(cfg, need_assets=getattr(args, "need_assets", True),
+                   need_bucket=not getattr(args, "remote", None))
+    return cfg
+
+
+def check_settings(cfg: ReleaseConfig, *, need_assets: bool = True, need_bucket: bool = True) -> None:
+    """Stop with one clear line on a missing or malformed setting."""
+    validate_version(cfg.version)
+    if need_assets:
+        if not cfg.assets_dir:
+            raise UsageError("ASSETS_DIR is not set: pass --assets-dir (make: ASSETS_DIR=...)")
+        if not Path(cfg.assets_dir).is_dir():
+            raise UsageError(f"{cfg.assets_dir}: assets directory not found: check ASSETS_DIR / --assets-dir")
+        if cfg.features_dir and not Path(cfg.features_dir).is_dir():
+            raise UsageError(f"{cfg.features_dir}: features directory not found: check FEATURES_DIR")
+    if need_bucket and not cfg.bucket:
+        raise UsageError("BUCKET is not set: pass --bucket (make: BUCKET=...) or set $BUCKET")
+    upload_config(cfg)  # validates the tunables
+
+
+def upload_config(cfg: ReleaseConfig) -> UploadConfig:
+    chunk = parse_size(cfg.chunk_size)
+    return UploadConfig(chunk_size=chunk, upload_concurrency=cfg.upload_concurrency, transfers=cfg.transfers,
+                        multipart_threshold=max(chunk, 5 * 1024 * 1024))
+
+
+def release_dir_of(cfg: ReleaseConfig) -> Path:
+    return Path(cfg.release_dir or Path("release") / str(cfg.version))
+
+
+# --------------------------------------------------------------------------- up-to-date checks
+
+
+def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Every regular file below ``root`` as (relative path, stat), in sorted order."""
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        with os.scandir(root / rel_dir) as it:
+            entries = sorted(it, key=lambda e: e.name, reverse=True)
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(rel)
+            else:
+                yield rel, entry.stat(follow_symlinks=False)
+
+
+def fingerprint(root: Path, keep: Callable[[str], bool], *settings: object) -> str:
+    """A hash of the paths, sizes and mtimes of the files under ``root`` that ``keep`` accepts."""
+    h = hashlib.sha256(json.dumps([str(s) for s in settings]).encode())
+    for rel, st in _walk(root):
+        if keep(rel):
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode())
+    return h.hexdigest()
+
+
+class State:
+    """The release directory's record of what each step built from what."""
+
+    def __init__(self, release_dir: Path) -> None:
+        self.path = release_dir / STATE_FILE
+        try:
+            self.data: dict[str, Any] = json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            self.data = {}
+
+    @staticmethod
+    def _stat(path: Path) -> list[int] | None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return [st.st_size, st.st_mtime_ns]
+
+    def fresh(self, step: str, inputs: str, output: Path) -> bool:
+        entry: dict[str, Any] = self.data.get(step) or {}
+        return bool(entry) and entry["inputs"] == inputs and entry["output"] == self._stat(output)
+
+    def record(self, step: str, inputs: str, output: Path) -> None:
+        self.data[step] = {"inputs": inputs, "output": self._stat(output)}
+        with atomic_write(self.path) as fh:
+            fh.write((json.dumps(self.data, indent=2, sort_keys=True) + "\n").encode())
+
+
+# --------------------------------------------------------------------------- the local steps
+
+
+@dataclass
+class LocalBuild:
+    release_dir: Path
+    built: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool = False) -> LocalBuild:
+    """Prepare annotations, build the tars, write the manifest and verify, skipping what is up to date."""
+    from .annotations import prepare_annotations
+    from .manifest import verify_release, write_manifest
+    from .tarball import DEFAULT_EXCLUDES, build_tar, compile_excludes, resolve_epoch
+
+    assert cfg.assets_dir and cfg.version
+    assets = Path(cfg.assets_dir)
+    rdir = release_dir_of(cfg)
+    rdir.mkdir(parents=True, exist_ok=True)
+    state = State(rdir)
+    out = LocalBuild(rdir)
+    epoch = resolve_epoch(cfg.source_date_epoch)
+    excludes = [*DEFAULT_EXCLUDES, *cfg.excludes]
+    excluded = compile_excludes(excludes)
+
+    def step(name: str, inputs: str, output: Path, run: Callable[[], object]) -> None:
+        if state.fresh(name, inputs, output):
+            out.skipped.append(name)
+            _say(f"{name}: up to date")
+            return
+        run()
+        state.record(name, inputs, output)
+        out.built.append(name)
+
+    top = assets.resolve().name
+    step("annotations.json.gz",
+         fingerprint(assets, lambda rel: rel.rsplit("/", 1)[-1] in ANNOTATION_FILES or rel.endswith(".tar")),
+         rdir / "annotations.json.gz",
+         lambda: _say(prepare_annotations(assets, rdir / "annotations.json.gz",
+                                          show_progress=show_progress).summary()))
+    step("assets.tar", fingerprint(assets, lambda rel: not excluded(f"{top}/{rel}"), epoch, excludes),
+         rdir / "assets.tar",
+         lambda: _say(build_tar(assets, rdir / "assets.tar", extra_excludes=cfg.excludes,
+                                source_date_epoch=epoch, verbose=verbose,
+                                show_progress=show_progress).summary()))
+    if cfg.features_dir:
+        features = Path(cfg.features_dir)
+        ftop = features.resolve().name
+        step("features.tar",
+             fingerprint(features, lambda rel: not excluded(f"{ftop}/{rel}"), epoch, excludes),
+             rdir / "features.tar",
+             lambda: _say(build_tar(features, rdir / "features.tar", extra_excludes=cfg.excludes,
+                                    source_date_epoch=epoch, verbose=verbose,
+                                    show_progress=show_progress).summary()))
+    artifacts = fingerprint(rdir, lambda rel: not rel.startswith(".") and rel not in ("manifest.json",
+                                                                                      "SHA256SUMS"),
+                            cfg.version, epoch)
+    step("manifest.json", artifacts, rdir / "manifest.json",
+         lambda: write_manifest(rdir, cfg.version or "", show_progress=show_progress))
+    step("verify", fingerprint(rdir, lambda rel: not rel.startswith(".")), rdir / "manifest.json",
+         lambda: verify_release(rdir, show_progress=show_progress))
+    return out
+
+
+# --------------------------------------------------------------------------- publish
+
+
+@dataclass
+class Summary:
+    version: str
+    bucket: str
+    prefix: str
+    endpoint_url: str
+    rows: list[dict[str, Any]]
+    dry_run: bool
+    upload_summary: str
+
+    def table(self) -> str:
+        head = ("artifact", "size", "sha256", "parts", "status")
+        body = [(r["name"], format_size(r["size"]), r["sha256"][:12], str(r["parts"]), r["status"])
+                for r in self.rows]
+        widths = [max(len(c) for c in col) for col in zip(head, *body, strict=True)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                 for row in (head, *body)]
+        return "\n".join(lines)
+
+    def text(self) -> str:
+        lines = [f"release {self.version} -> s3://{self.bucket}/{self.prefix}/ at {self.endpoint_url}",
+                 self.table(), self.upload_summary]
+        if not self.dry_run:
+            lines.append("public URLs:")
+            lines += [f"  {r['url']}" for r in self.rows]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "bucket": self.bucket, "prefix": self.prefix,
+                "endpoint_url": self.endpoint_url, "dry_run": self.dry_run, "artifacts": self.rows}
+
+
+def _public_url(cfg: ReleaseConfig, endpoint_url: str, bucket: str, key: str) -> str:
+    if cfg.public_base_url:
+        return f"{cfg.public_base_url.rstrip('/')}/{key}"
+    return f"{endpoint_url.rstrip('/')}/{bucket}/{key}"
+
+
+def publish(cfg: ReleaseConfig, *, remote: str | None = None, rclone_config: str | None = None,
+            force: bool = False, dry_run: bool = False, show_progress: bool = True,
+            verbose: bool = False) -> Summary:
+    """Upload the built release (refusing to change a published version without ``force``),
+    then HEAD every object against the manifest. Nothing is reported as published before that."""
+    from .manifest import load_manifest
+    from .s3 import make_client, redact, resolve_target
+    from .upload import upload_release, verify_remote
+
+    rdir = release_dir_of(cfg)
+    manifest = load_manifest(rdir)
+    if manifest["version"] != cfg.version:
+        raise InputError(f"{rdir}/manifest.json is for version {manifest['version']}, not {cfg.version}: "
+                         "rebuild it or check VERSION")
+    config = upload_config(cfg)
+    target = resolve_target(bucket=cfg.bucket, prefix=cfg.prefix or cfg.version,
+                            endpoint_url=cfg.endpoint_url, profile=cfg.profile, remote=remote,
+                            rclone_config=rclone_config, require_credentials=not dry_run)
+    client = None if dry_run else make_client(
+        target, max_pool_connections=config.transfers * config.upload_concurrency + 8)
+    prefix = target.prefix or str(cfg.version)
+    try:
+        report = upload_release(client, rdir, target, config, force=force, dry_run=dry_run,
+                                show_progress=show_progress, verbose=verbose)
+        checks = {} if dry_run else {
+            c.name: c for c in verify_remote(client, target.bucket, prefix, manifest, release_dir=rdir,
+                                             expected_etags=report.etags(), config=config)}
+    except Exception as exc:
+        exc.args = tuple(redact(str(a), target.secrets()) for a in exc.args)
+        raise
+    rows = []
+    for r in report.results:
+        status = r.status if dry_run else (f"{r.status}, verified" if r.name in checks else r.status)
+        rows.append({"name": r.name, "size": r.size, "sha256": r.sha256, "parts": r.parts,
+                     "status": status, "etag": r.etag,
+                     "url": _public_url(cfg, target.endpoint_url, target.bucket, r.key)})
+    summary = Summary(str(cfg.version), target.bucket, prefix, target.endpoint_url, rows, dry_run,
+                      report.summary())
+    if not dry_run:
+        stamp = rdir / f".published-{target.bucket}"
+        with atomic_write(stamp) as fh:
+            fh.write((json.dumps(summary.to_json(), indent=2) + "\n").encode())
+    return summary
+
+
+def _finish(summary: Summary, summary_file: str | None) -> None:
+    print(summary.text())
+    if summary_file:
+        with atomic_write(summary_file) as fh:
+            fh.write((json.dumps(summary.to_json(), indent=2) + "\n").encode())
+
+
+def run_release_command(args: argparse.Namespace) -> int:
+    """``objathor-release release``: every step, skipping what is up to date."""
+    cfg = settings_from_args(args)
+    if getattr(args, "check_only", False):
+        print(f"settings OK: version {cfg.version}, assets {cfg.assets_dir}, "
+              f"release dir {release_dir_of(cfg)}")
+        return 0
+    build = build_local(cfg, show_progress=not args.quiet, verbose=args.verbose)
+    if build.built:
+        _say(f"built: {', '.join(build.built)}")
+    summary = publish(cfg, remote=args.remote, rclone_config=args.rclone_config, force=args.force,
+                      dry_run=args.dry_run, show_progress=not args.quiet, verbose=args.verbose)
+    _finish(summary, args.summary)
+    return 0
+
+
+def run_publish_command(args: argparse.Namespace) -> int:
+    """``objathor-release publish``: upload an already built release dir and verify it remotely."""
+    args.need_assets = False
+    args.assets_dir = args.features_dir = None
+    cfg = settings_from_args(args)
+    summary = publish(cfg, remote=args.remote, rclone_config=args.rclone_config, force=args.force,
+                      dry_run=args.dry_run, show_progress=not args.quiet, verbose=args.verbose)
+    _finish(summary, args.summary)
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def compare_trees(source: Path, copy: Path, keep: Callable[[str], bool]) -> list[str]:
+    """Differences between the files of ``source`` that ``keep`` accepts and all files of ``copy``."""
+    want = {rel for rel, _ in _walk(source) if keep(rel)}
+    have = {rel for rel, _ in _walk(copy)}
+    problems = [f"missing {rel}" for rel in sorted(want - have)]
+    problems += [f"unexpected {rel}" for rel in sorted(have - want)]
+    problems += [f"differs {rel}" for rel in sorted(want & have)
+                 if not filecmp.cmp(source / rel, copy / rel, shallow=False)]
+    return problems
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    """Release a generated sample to an embedded moto server, download it back, compare."""
+    from .download import download_version
+    from .locals3 import DUMMY_CREDENTIALS, LocalS3
+    from .sample import make_sample_dataset
+    from .tarball import DEFAULT_EXCLUDES, compile_excludes
+
+    version = validate_version(args.version)
+    work = Path(args.workdir)
+    if work.exists():
+        shutil.rmtree(work)
+    assets, features = work / "assets", work / "features"
+    _say(f"demo: generating {args.assets} sample assets in {assets}")
+    make_sample_dataset(assets, args.assets, seed=2024, asset_bytes=256 * 1024, features_dir=features)
+    os.environ.update(DUMMY_CREDENTIALS)  # the local server takes any keys; never real ones
+    for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "R2_ACCOUNT_ID",
+                "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY"):
+        os.environ.pop(var, None)
+    with LocalS3(log=work / "s3-server.log") as s3:
+        _say(f"demo: local S3 endpoint at {s3.endpoint_url} (moto), bucket objathor-demo")
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name="us-east-1")
+        client.create_bucket(Bucket="objathor-demo")
+        # Public reads, like an R2 bucket served on r2.dev: the download uses plain HTTPS GETs.
+        client.put_bucket_policy(Bucket="objathor-demo", Policy=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+                           "Resource": "arn:aws:s3:::objathor-demo/*"}]}))
+        cfg = ReleaseConfig(version=version, assets_dir=str(assets), features_dir=str(features),
+                            release_dir=str(work / "release" / version), bucket="objathor-demo",
+                            endpoint_url=s3.endpoint_url, chunk_size="5M")
+        check_settings(cfg)
+        build_local(cfg, show_progress=not args.quiet)
+        summary = publish(cfg, show_progress=not args.quiet)
+        print(summary.text())
+        _say("demo: downloading the version back with 'objathor-release download all'")
+        result = download_version("all", version, path=work / "download",
+                                  base_url=f"{s3.endpoint_url}/objathor-demo", show_progress=not args.quiet)
+    excluded = compile_excludes(DEFAULT_EXCLUDES)
+    got = work / "download" / version
+    problems = compare_trees(assets, got / "assets", lambda rel: not excluded(f"assets/{rel}"))
+    problems += compare_trees(features, got / "features", lambda rel: True)
+    if not filecmp.cmp(work / "release" / version / "annotations.json.gz", got / "annotations.json.gz",
+                       shallow=False):
+        problems.append("differs annotations.json.gz")
+    if problems or not result.verified:
+        for p in problems:
+            _say(f"demo: {p}")
+        raise InputError(f"demo: the downloaded copy differs from the source in {len(problems)} places")
+    files = sum(1 for _ in _walk(got))
+    print(f"demo: OK: released {version} to a local S3 endpoint, downloaded {files} files back into "
+          f"{got}, every byte verified and equal to the source")
+    return 0

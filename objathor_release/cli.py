@@ -108,7 +108,10 @@ def _run_tar(args: argparse.Namespace) -> int:
 
 
 def _add_manifest(sub: Any) -> None:
-    p = sub.add_parser("manifest", help="write manifest.json and SHA256SUMS for a release directory")
+    p = sub.add_parser("manifest", help="write manifest.json and SHA256SUMS for a release directory",
+                       description="List every file of the release directory (hidden ones aside) with its "
+                       "size and sha256, and every member of each tar with its data offset, in "
+                       "manifest.json (schemas/manifest.schema.json) and SHA256SUMS (sha256sum -c format).")
     p.add_argument("--release-dir", required=True, metavar="DIR", help="the release directory")
     p.add_argument("--version", default=_env("VERSION"), metavar="YYYY_MM_DD",
                    help="dataset version (default: $VERSION)")
@@ -119,13 +122,18 @@ def _run_manifest(args: argparse.Namespace) -> int:
     from .config import validate_version
     from .manifest import write_manifest
 
-    manifest = write_manifest(args.release_dir, validate_version(args.version))
-    print(f"wrote manifest.json and SHA256SUMS for {len(manifest['artifacts'])} artifacts")
+    manifest = write_manifest(args.release_dir, validate_version(args.version), show_progress=not args.quiet)
+    arts = manifest["artifacts"]
+    members = sum(len(a["members"]) for a in arts)
+    print(f"wrote {args.release_dir}/manifest.json and SHA256SUMS: {len(arts)} artifacts, "
+          f"{members} tar members")
     return 0
 
 
 def _add_verify(sub: Any) -> None:
-    p = sub.add_parser("verify", help="re-hash a release directory against its manifest")
+    p = sub.add_parser("verify", help="re-hash a release directory against its manifest",
+                       description="Re-hash every artifact against manifest.json and name every mismatch, "
+                       "missing or extra file (one per line on stderr); exit 1 if there is any.")
     p.add_argument("--release-dir", required=True, metavar="DIR", help="the release directory")
     p.add_argument("--members", action="store_true", help="also re-hash every member of every tar")
     p.set_defaults(func=_run_verify)

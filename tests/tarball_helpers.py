@@ -38,6 +38,7 @@ def gnu_tar(src: Path, output: Path, excludes: list[str] | None = None, epoch: i
         *(f"--exclude={p}" for p in excludes),
         "-C", str(src.parent), "-cf", str(output), src.name,
     ]
+    output.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(cmd, check=True, capture_output=True)
     return output
 

@@ -1,0 +1,519 @@
+"""HTTP for downloads: pooled urllib3, explicit timeouts, bounded retries, Range + If-Range resume.
+
+One :class:`Http` (a urllib3 PoolManager with ``retries=False``) is shared by a
+whole download. Retries live here, pooch style: only connection errors,
+timeouts, cut bodies and the statuses in ``RETRY_STATUS`` are retried, with
+exponential backoff, at most ``HttpConfig.attempts`` times in a row without
+progress. A cut body resumes from the byte it stopped at with ``Range`` and
+``If-Range`` (the ETag, else Last-Modified), so nothing is fetched twice; if the
+server says the file changed meanwhile, :class:`ResourceChanged` tells the
+caller to start that file over.
+
+:func:`download_file` fetches one file with parallel Range requests into a
+preallocated ``NAME.part`` beside the target; a ``NAME.part.json`` beside it
+records the finished pieces and the validator, so an interrupted run continues
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import urllib3
+
+from . import __version__
+from .config import MiB
+from .errors import TransferError, UsageError
+from .progress import Progress
+
+RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+RETRY_ERRORS: tuple[type[BaseException], ...] = (
+    urllib3.exceptions.TimeoutError,  # connect and read timeouts
+    urllib3.exceptions.NewConnectionError,  # refused, unreachable
+    urllib3.exceptions.ProtocolError,  # reset, cut body (IncompleteRead)
+    http.client.HTTPException,
+    ConnectionError,
+)
+T = TypeVar("T")
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+class NotFound(TransferError):
+    """The server answered 404 (or 403/410, as buckets do for a missing key)."""
+
+    def __init__(self, url: str, status: int) -> None:
+        super().__init__(f"{url} was not found (HTTP {status})")
+        self.url, self.status = url, status
+
+
+class ResourceChanged(TransferError):
+    """The file changed on the server between two requests (If-Range failed)."""
+
+
+class _RetryableStatus(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+_RETRYABLE: tuple[type[BaseException], ...] = (*RETRY_ERRORS, _RetryableStatus)
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """Tunables for one download; checked once here."""
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    attempts: int = 5  # tries in a row without progress before giving up
+    backoff: float = 0.5  # first wait in seconds; doubles each time
+    max_backoff: float = 15.0
+    connections: int = 8  # parallel Range requests for one file
+    part_size: int = 32 * MiB  # bytes per Range request
+    read_size: int = 4 * MiB  # bytes per read from a response
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.connections <= 64:
+            raise UsageError(f"--connections must be 1 to 64, got {self.connections}")
+        if self.attempts < 1 or self.connect_timeout <= 0 or self.read_timeout <= 0 or self.backoff < 0:
+            raise UsageError("attempts, timeouts and backoff must be positive")
+        if self.part_size < 1 * MiB or self.read_size < 64 * 1024:
+            raise UsageError("part_size must be at least 1 MiB and read_size at least 64 KiB")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> HttpConfig:
+        """Defaults, then ``OBJATHOR_DOWNLOAD_<NAME>`` (attempts, backoff, timeouts), then overrides."""
+        values: dict[str, Any] = {}
+        for name, kind in (("attempts", int), ("backoff", float), ("connect_timeout", float),
+                           ("read_timeout", float)):
+            raw = os.environ.get(f"OBJATHOR_DOWNLOAD_{name.upper()}")
+            if raw:
+                try:
+                    values[name] = kind(raw)
+                except ValueError:
+                    raise UsageError(f"OBJATHOR_DOWNLOAD_{name.upper()}={raw!r} is not a number") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def wait(self, failures: int) -> float:
+        return float(min(self.backoff * 2 ** (failures - 1), self.max_backoff))
+
+
+@dataclass
+class Info:
+    """What a response says about the file: full size, validator for If-Range, content type."""
+
+    url: str
+    size: int | None
+    validator: str | None
+    content_type: str
+    ranges: bool
+
+
+def _validator(resp: urllib3.BaseHTTPResponse) -> str | None:
+    etag = resp.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return str(etag)
+    modified = resp.headers.get("Last-Modified")
+    return str(modified) if modified else None
+
+
+class Http:
+    """A pooled urllib3 client with the retry policy; safe to share between threads."""
+
+    def __init__(self, config: HttpConfig | None = None, pool: urllib3.PoolManager | None = None) -> None:
+        self.config = config or HttpConfig()
+        self.pool = pool or urllib3.PoolManager(
+            num_pools=8, maxsize=self.config.connections + 2, block=False, retries=False,
+            timeout=urllib3.Timeout(connect=self.config.connect_timeout, read=self.config.read_timeout),
+            headers={"User-Agent": f"objathor-release/{__version__}", "Accept-Encoding": "identity"},
+        )
+
+    # ------------------------------------------------------------------ single requests
+
+    def request(self, url: str, *, method: str = "GET", start: int = 0, end: int | None = None,
+                validator: str | None = None) -> urllib3.BaseHTTPResponse:
+        """One attempt. Returns a streaming response with status 200 or 206; raises otherwise."""
+        headers = {}
+        if start or end is not None:
+            headers["Range"] = f"bytes={start}-{'' if end is None else end}"
+            if validator:
+                headers["If-Range"] = validator
+        resp = self.pool.request(method, url, headers=headers, preload_content=False, decode_content=False,
+                                 redirect=True)
+        if resp.status in (200, 206):
+            return resp
+        status = resp.status
+        _discard(resp)
+        if status in (403, 404, 410):
+            raise NotFound(url, status)
+        if status in RETRY_STATUS:
+            raise _RetryableStatus(status)
+        if status == 416:
+            raise TransferError(f"{url}: the server refused byte range {start}-{end} (HTTP 416): delete "
+                                "the .part file beside the target and run again")
+        raise TransferError(f"{url} answered HTTP {status}: check --base-url and --version")
+
+    def _failed(self, url: str, exc: BaseException, failures: int) -> None:
+        """After the ``failures``-th failure in a row: give up with a clear error, or wait."""
+        if failures >= self.config.attempts:
+            raise TransferError(f"{url}: {_describe(exc)} ({failures} attempts in a row without progress): "
+                                "check the network and run the command again to resume") from None
+        time.sleep(self.config.wait(failures))
+
+    def retrying(self, url: str, attempt: Callable[[], T]) -> T:
+        """Call ``attempt`` until it returns, retrying only the errors we know are passing."""
+        failures = 0
+        while True:
+            try:
+                return attempt()
+            except _RETRYABLE as exc:
+                failures += 1
+                self._failed(url, exc, failures)
+
+    def info(self, url: str) -> Info:
+        """HEAD the file (with retries); raises NotFound when it is not there."""
+        def attempt() -> Info:
+            resp = self.request(url, method="HEAD")
+            _discard(resp, head=True)
+            return _info(url, resp)
+        return self.retrying(url, attempt)
+
+    def fetch_bytes(self, url: str, limit: int = 256 * MiB,
+                    check: Callable[[Info], None] | None = None) -> tuple[bytes, Info]:
+        """The whole body of a small file (manifest.json), with retries."""
+        def attempt() -> tuple[bytes, Info]:
+            resp = self.request(url)
+            try:
+                info = _info(url, resp)
+                if check is not None:
+                    check(info)
+                if info.size is not None and info.size > limit:
+                    raise TransferError(f"{url} is {info.size} bytes, more than expected for this file")
+                data = resp.read(limit + 1, decode_content=False)
+                if len(data) > limit:
+                    raise TransferError(f"{url} is larger than {limit} bytes, more than expected")
+                if info.size is not None and len(data) != info.size:
+                    raise urllib3.exceptions.ProtocolError(f"got {len(data)} of {info.size} bytes")
+                return data, info
+            finally:
+                _discard(resp)
+        return self.retrying(url, attempt)
+
+    # ------------------------------------------------------------------ streaming with resume
+
+    def stream(self, url: str, *, start: int = 0, end: int | None = None, validator: str | None = None,
+               on_open: Callable[[Info], None] | None = None,
+               stop: threading.Event | None = None) -> Iterator[bytes]:
+        """Yield the bytes of ``url`` from ``start`` to ``end`` (inclusive) in ``read_size`` pieces.
+
+        A cut connection or a retryable status reopens at the next byte with
+        Range and If-Range; failures in a row at the same byte are bounded by
+        ``attempts``. ``on_open`` sees the first response's Info (to check its
+        type and size before any byte is used).
+        """
+        pos = start
+        failures = 0
+        failed_at = -1
+        resp: urllib3.BaseHTTPResponse | None = None
+        info: Info | None = None
+        read_size = self.config.read_size
+        try:
+            while end is None or pos <= end:
+                if stop is not None and stop.is_set():
+                    return
+                try:
+                    if resp is None:
+                        resp = self.request(url, start=pos, end=end, validator=validator)
+                        skip = _check_range(url, resp, pos, validator)
+                        if info is None:
+                            info = _info(url, resp)
+                            validator = validator or info.validator
+                            if on_open is not None:
+                                on_open(info)
+                        _skip(resp, skip)
+                    data = resp.read(read_size, decode_content=False)
+                    if not data:
+                        expected = end + 1 if end is not None else (info.size if info else None)
+                        if expected is None or pos >= expected:
+                            return
+                        raise urllib3.exceptions.ProtocolError(f"closed at byte {pos} of {expected}")
+                except _RETRYABLE as exc:
+                    if resp is not None:
+                        _discard(resp)
+                        resp = None
+                    failures = failures + 1 if pos == failed_at else 1
+                    failed_at = pos
+                    self._failed(url, exc, failures)
+                    continue
+                pos += len(data)
+                yield data
+        finally:
+            if resp is not None:
+                _discard(resp)
+
+    def close(self) -> None:
+        self.pool.clear()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, _RetryableStatus):
+        return f"the server answered HTTP {exc.status}"
+    if isinstance(exc, urllib3.exceptions.TimeoutError):
+        return "timed out"
+    text = str(exc).split("\n", 1)[0]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _discard(resp: urllib3.BaseHTTPResponse, *, head: bool = False) -> None:
+    """Give the connection back when what is left of the body is small, else close it."""
+    length = resp.headers.get("Content-Length", "")
+    with contextlib.suppress(Exception):
+        if head or (length.isdigit() and int(length) <= 64 * 1024):
+            resp.drain_conn()
+        else:
+            resp.close()
+    with contextlib.suppress(Exception):
+        resp.release_conn()
+
+
+def _info(url: str, resp: urllib3.BaseHTTPResponse) -> Info:
+    size: int | None = None
+    content_range = resp.headers.get("Content-Range")
+    if resp.status == 206 and content_range:
+        m = _CONTENT_RANGE.match(content_range.strip())
+        if m and m.group(3) != "*":
+            size = int(m.group(3))
+    elif resp.headers.get("Content-Length", "").isdigit():
+        size = int(resp.headers["Content-Length"])
+    ranges = resp.status == 206 or resp.headers.get("Accept-Ranges", "").lower() == "bytes"
+    ctype = resp.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    return Info(url, size, _validator(resp), ctype, ranges)
+
+
+def _check_range(url: str, resp: urllib3.BaseHTTPResponse, start: int, validator: str | None) -> int:
+    """How many leading bytes of the body to skip to reach ``start`` (raise if the file changed)."""
+    if resp.status == 206:
+        m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", "").strip())
+        if not m or int(m.group(1)) != start:
+            raise TransferError(f"{url}: the server sent byte range {resp.headers.get('Content-Range')!r} "
+                                f"for a request starting at byte {start}")
+        now = _validator(resp)
+        if validator and now and now != validator:
+            raise ResourceChanged(f"{url} changed on the server during the download")
+        return 0
+    if start == 0:
+        return 0
+    now = _validator(resp)
+    if validator and now != validator:
+        raise ResourceChanged(f"{url} changed on the server during the download")
+    return start  # the server ignores Range: read and drop the bytes we already have
+
+
+def _skip(resp: urllib3.BaseHTTPResponse, n: int) -> None:
+    while n > 0:
+        data = resp.read(min(n, 4 * MiB), decode_content=False)
+        if not data:
+            raise urllib3.exceptions.ProtocolError("connection closed while skipping to the resume point")
+        n -= len(data)
+
+
+# ---------------------------------------------------------------------- whole files, in parallel
+
+
+@dataclass
+class _PartState:
+    url: str
+    size: int
+    validator: str | None
+    part_size: int
+    done: set[int]
+
+    def dump(self) -> str:
+        return json.dumps({"url": self.url, "size": self.size, "validator": self.validator,
+                           "part_size": self.part_size, "done": sorted(self.done)})
+
+
+def _load_state(path: Path, url: str) -> _PartState | None:
+    try:
+        raw = json.loads(path.read_text())
+        state = _PartState(raw["url"], int(raw["size"]), raw["validator"], int(raw["part_size"]),
+                           {int(i) for i in raw["done"]})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state if state.url == url and state.validator else None
+
+
+def part_paths(target: Path) -> tuple[Path, Path]:
+    """``NAME.part`` and ``NAME.part.json`` beside ``target``."""
+    return target.with_name(target.name + ".part"), target.with_name(target.name + ".part.json")
+
+
+def download_file(http: Http, url: str, target: Path, *, check: Callable[[Info], None] | None = None,
+                  bar: Progress | None = None) -> Info:
+    """Fetch ``url`` into ``target``'s ``.part`` file (not renamed: the caller verifies, then renames).
+
+    Parallel Range requests of ``part_size`` bytes, ``connections`` at a time,
+    write into a preallocated file with ``os.pwrite``. ``check(info)`` runs on
+    the first response, before anything is written (content type, free space).
+    A ``.part`` left by an earlier run continues if the file is unchanged on the
+    server (same size and validator, and the server honours If-Range).
+    """
+    part, state_path = part_paths(target)
+    state = _load_state(state_path, url) if part.exists() else None
+    if state is None:
+        for p in (part, state_path):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+    else:
+        todo = [i for i in range(_pieces(state.size, state.part_size)) if i not in state.done]
+        if not todo:
+            return Info(url, state.size, state.validator, "", True)
+    piece = state.part_size if state else http.config.part_size
+    first = todo[0] if state else 0
+
+    def open_probe() -> tuple[urllib3.BaseHTTPResponse, Info]:
+        """The first piece still needed: it also tells the size, the validator and Range support."""
+        r = http.request(url, start=first * piece, end=(first + 1) * piece - 1,
+                         validator=state.validator if state else None)
+        try:
+            info = _info(url, r)
+            if state and (r.status != 206 or info.validator != state.validator or info.size != state.size):
+                raise ResourceChanged(f"{url} changed since the last run")
+            if check is not None:
+                check(info)
+        except BaseException:
+            _discard(r)
+            raise
+        return r, info
+
+    try:
+        resp, info = http.retrying(url, open_probe)
+    except ResourceChanged:
+        for p in (part, state_path):
+            p.unlink()
+        return download_file(http, url, target, check=check, bar=bar)
+    if resp.status == 200 or info.size is None or not info.validator:
+        _sequential(http, url, part, resp, info, bar)  # no usable Range support: one plain stream
+        return info
+    size = info.size
+    if state is None:
+        state = _PartState(url, size, info.validator, piece, set())
+        with open(part, "wb") as fh:
+            _preallocate(fh.fileno(), size)
+        state_path.write_text(state.dump())
+        todo = list(range(_pieces(size, piece)))
+    elif bar is not None:
+        bar.update(sum(min(piece, size - i * piece) for i in state.done))
+    _parallel(http, url, part, state_path, state, todo, resp, bar)
+    return info
+
+
+def _parallel(http: Http, url: str, part: Path, state_path: Path, state: _PartState, todo: list[int],
+              first_resp: urllib3.BaseHTTPResponse, bar: Progress | None) -> None:
+    """Fetch the pieces in ``todo`` (the first from ``first_resp``) into ``part``, recording each."""
+    lock = threading.Lock()
+    stop = threading.Event()
+    size, piece = state.size, state.part_size
+    fd = os.open(part, os.O_WRONLY)
+
+    def fetch(index: int, resp: urllib3.BaseHTTPResponse | None) -> None:
+        start = index * piece
+        end = min(start + piece, size) - 1
+        pos = _copy_body(resp, fd, start, end, bar) if resp is not None else start
+        if pos <= end:
+            for data in http.stream(url, start=pos, end=end, validator=state.validator, stop=stop):
+                _pwrite_all(fd, data, pos)
+                pos += len(data)
+                if bar is not None:
+                    bar.update(len(data))
+        if stop.is_set():
+            return
+        with lock:
+            state.done.add(index)
+            tmp = state_path.with_name(state_path.name + ".tmp")
+            tmp.write_text(state.dump())
+            os.replace(tmp, state_path)
+
+    try:
+        with ThreadPoolExecutor(max_workers=http.config.connections, thread_name_prefix="range") as pool:
+            futures = [pool.submit(fetch, i, first_resp if n == 0 else None) for n, i in enumerate(todo)]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            if any(f.done() and f.exception() for f in futures):
+                stop.set()
+                for f in futures:
+                    f.cancel()
+            for f in futures:
+                if not f.cancelled():
+                    f.result()
+        os.fsync(fd)
+    finally:
+        stop.set()
+        os.close(fd)
+        _discard(first_resp)
+
+
+def _pieces(size: int, piece: int) -> int:
+    return max(1, -(-size // piece))
+
+
+def _copy_body(resp: urllib3.BaseHTTPResponse, fd: int, pos: int, end: int, bar: Progress | None) -> int:
+    """Write what an already-open response delivers; stop quietly at a cut (the caller resumes)."""
+    try:
+        while pos <= end:
+            data = resp.read(min(4 * MiB, end + 1 - pos), decode_content=False)
+            if not data:
+                break
+            _pwrite_all(fd, data, pos)
+            pos += len(data)
+            if bar is not None:
+                bar.update(len(data))
+    except RETRY_ERRORS:
+        pass
+    finally:
+        _discard(resp)
+    return pos
+
+
+def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view = view[n:]
+        pos += n
+
+
+def _preallocate(fd: int, size: int) -> None:
+    if size and hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, size)
+            return
+        except OSError:
+            pass  # e.g. a filesystem without fallocate: a sparse file is fine
+    os.ftruncate(fd, size)
+
+
+def _sequential(http: Http, url: str, part: Path, resp: urllib3.BaseHTTPResponse, info: Info,
+                bar: Progress | None) -> None:
+    """One plain stream into ``part`` from the start, for a server without usable Range support."""
+    with open(part, "wb") as fh:
+        pos = _copy_body(resp, fh.fileno(), 0, (info.size or 1 << 62) - 1, bar)
+        if info.size is None or pos < info.size:
+            for data in http.stream(url, start=pos, validator=info.validator):
+                _pwrite_all(fh.fileno(), data, pos)
+                pos += len(data)
+                if bar is not None:
+                    bar.update(len(data))
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -1,0 +1,524 @@
+"""Download tests: over HTTP on 127.0.0.1 from a real nginx, faults through tests/faultproxy.py.
+
+Each test publishes its own release under ``web.root/<folder>`` (built with the
+project's tar builder and manifest writer when present) and downloads it with
+``--base-url web.url/<folder>``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from objathor_release.download import DownloadResult, download_version, resolve_source
+from objathor_release.download_http import HttpConfig
+from objathor_release.errors import ChecksumError, TransferError, UsageError
+from objathor_release.extract import TarStreamExtractor, UnsafeMemberError
+from objathor_release.sample import make_sample_dataset
+from tests.conftest import run_cli
+from tests.download_nginx import Nginx
+from tests.download_release import Release, build_release, expected_tree, flip_byte, tree
+from tests.faultproxy import PASS, FaultProxy, Request, cut, drop, status
+
+V = "2024_02_01"
+FAST = HttpConfig(attempts=3, backoff=0.01, connections=4, part_size=1024 * 1024, read_size=256 * 1024)
+QUIET = {"OBJATHOR_PROGRESS": "0", "OBJATHOR_DOWNLOAD_BACKOFF": "0.01"}
+
+
+def publish(web: Nginx, tmp_path: Path, *, n_assets: int = 12, asset_bytes: int = 24 * 1024,
+            features: bool = True, holodeck: bool = True, manifest: bool = True) -> tuple[str, Release, Path]:
+    """A release under a fresh folder of the web root; returns (base_url, release, source assets dir)."""
+    folder = uuid.uuid4().hex[:10]
+    src = tmp_path / "src" / "assets"
+    feats = tmp_path / "src" / "features" if features else None
+    make_sample_dataset(src, n_assets, seed=7, asset_bytes=asset_bytes, features_dir=feats)
+    hd = None
+    if holodeck:
+        hd = tmp_path / "src" / V
+        (hd / "objaverse_holodeck").mkdir(parents=True)
+        (hd / "objaverse_holodeck" / "thor_object_data.json").write_text('{"a": 1}')
+        (hd / "README.txt").write_text("holodeck base data\n")
+    release = build_release(src, web.root / folder, V, features_dir=feats, holodeck_dir=hd, manifest=manifest)
+    return f"{web.url}/{folder}", release, src
+
+
+def requests_for(web: Nginx, name: str) -> list[dict[str, str]]:
+    return [r for r in web.access_log() if r["uri"].endswith(name)]
+
+
+def state_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if ".objathor-release" in p.parts)
+
+
+# ---------------------------------------------------------------------- layout and content
+
+
+def test_all_parts_exact_layout_and_content(web: Nginx, tmp_path: Path) -> None:
+    base, release, src = publish(web, tmp_path)
+    dest = tmp_path / "dl"
+    result = download_version("all", V, path=dest, base_url=base, show_progress=False, http_config=FAST)
+    assert result.manifest
+    # holodeck/VERSION.tar sits beside the version, outside its manifest: the one unverified part.
+    assert [p.verified for p in result.parts] == [True, True, True, False]
+    assert [(p.what, p.status) for p in result.parts] == [
+        ("annotations", "downloaded"), ("assets", "downloaded"), ("features", "downloaded"),
+        ("holodeck-base", "downloaded")]
+    visible = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if ".objathor-release" not in p.parts)
+    uids = release.uids
+    want = sorted(
+        [V, f"{V}/annotations.json.gz", f"{V}/assets", f"{V}/features", "holodeck", f"holodeck/{V}"]
+        + [f"{V}/assets/{u}" for u in uids]
+        + [f"{V}/assets/{k}" for k in expected_tree(src)]
+        + [f"{V}/features/{p.name}" for p in (tmp_path / "src" / "features").iterdir()]
+        + [f"holodeck/{V}/README.txt", f"holodeck/{V}/objaverse_holodeck",
+           f"holodeck/{V}/objaverse_holodeck/thor_object_data.json"])
+    assert visible == want
+    assert tree(dest / V / "assets") == expected_tree(src)
+    got = (dest / V / "annotations.json.gz").read_bytes()
+    assert got == (release.vdir / "annotations.json.gz").read_bytes()
+    assert tree(dest / V / "features") == tree(tmp_path / "src" / "features")
+    assert tree(dest / "holodeck" / V) == tree(tmp_path / "src" / V)
+    # Only markers and locks remain as bookkeeping: no .part, no staging.
+    assert [s for s in state_files(dest) if not s.endswith((".done", ".lock"))] == [
+        f"{V}/.objathor-release", "holodeck/.objathor-release"]
+
+    before = len(web.access_log())
+    again = download_version("all", V, path=dest, base_url=base, show_progress=False, http_config=FAST)
+    assert [p.status for p in again.parts] == ["already there"] * 4
+    assert [r["uri"] for r in web.access_log()[before:]] == [f"/{base.rsplit('/', 1)[1]}/{V}/manifest.json"]
+
+
+def test_cli_assets_from_a_release_without_manifest(web: Nginx, tmp_path: Path) -> None:
+    base, release, src = publish(web, tmp_path, manifest=False, features=False, holodeck=False)
+    dest = tmp_path / "dl"
+    proc = run_cli("download", "assets", "--version", V, "--path", str(dest), "--base-url", base, env=QUIET)
+    assert proc.returncode == 0, proc.stderr
+    assert "no manifest.json" in proc.stderr and "unverified" in proc.stderr
+    assert f"assets: downloaded at {dest / V / 'assets'} (unverified" in proc.stdout
+    assert tree(dest / V / "assets") == expected_tree(src)
+
+    refused = run_cli("download", "annotations", "--version", V, "--path", str(tmp_path / "dl2"),
+                      "--base-url", base, "--require-checksums", env=QUIET)
+    assert refused.returncode == 1
+    assert "no manifest.json" in refused.stderr and "--require-checksums" in refused.stderr
+    assert not (tmp_path / "dl2" / V / "annotations.json.gz").exists()
+
+
+def test_all_skips_parts_the_version_does_not_have(web: Nginx, tmp_path: Path) -> None:
+    base, _, _ = publish(web, tmp_path, features=False, holodeck=False)
+    result = download_version("all", V, path=tmp_path / "dl", base_url=base, show_progress=False,
+                              http_config=FAST)
+    assert [(p.what, p.status) for p in result.parts] == [
+        ("annotations", "downloaded"), ("assets", "downloaded"), ("features", "not in this version"),
+        ("holodeck-base", "not in this version")]
+    assert not (tmp_path / "dl" / V / "features").exists()
+
+
+def test_keep_tar_keeps_the_verified_tar(web: Nginx, tmp_path: Path) -> None:
+    base, release, src = publish(web, tmp_path, features=False, holodeck=False)
+    dest = tmp_path / "dl"
+    download_version("assets", V, path=dest, base_url=base, keep_tar=True, show_progress=False,
+                     http_config=FAST)
+    assert (dest / V / "assets.tar").read_bytes() == (release.vdir / "assets.tar").read_bytes()
+    assert tree(dest / V / "assets") == expected_tree(src)
+
+
+# ---------------------------------------------------------------------- resume
+
+
+def test_cut_stream_resumes_at_the_byte_it_stopped(web: Nginx, tmp_path: Path) -> None:
+    base, release, src = publish(web, tmp_path, features=False, holodeck=False)
+    size = release.artifact("assets.tar")["size"]
+
+    def rule(req: Request) -> Any:
+        cuts = [r for r in proxy.log if r.path.endswith("assets.tar") and r.method == "GET"]
+        return cut(size // 2) if req.path.endswith("assets.tar") and len(cuts) == 1 else PASS
+
+    with FaultProxy(web.url, rule) as proxy:
+        url = proxy.url + "/" + base.rsplit("/", 1)[1]
+        result = download_version("assets", V, path=tmp_path / "dl", base_url=url, show_progress=False,
+                                  http_config=FAST)
+    assert result.verified
+    gets = [r for r in proxy.log if r.path.endswith("assets.tar")]
+    assert len(gets) == 2
+    assert "Range" not in gets[0].headers
+    assert gets[1].headers["Range"] == f"bytes={size // 2}-"
+    assert gets[1].headers["If-Range"]  # the ETag: a changed file would restart, not be spliced
+    assert tree(tmp_path / "dl" / V / "assets") == expected_tree(src)
+
+
+def test_interrupted_file_continues_from_its_part_on_the_next_run(web: Nginx, tmp_path: Path) -> None:
+    big = os.urandom(5 * 1024 * 1024 + 1234)
+    base, release, _ = publish(web, tmp_path, features=False, holodeck=False, n_assets=2)
+    (release.vdir / "annotations.json.gz").write_bytes(gzip.compress(big, compresslevel=0))
+    from tests.download_release import write_manifest
+    write_manifest(release.vdir, V)
+    dest = tmp_path / "dl"
+    target = dest / V / "annotations.json.gz"
+
+    # First run: the first piece arrives, then every request is cut short or dropped.
+    def failing(req: Request) -> Any:
+        if not req.path.endswith("annotations.json.gz"):
+            return PASS
+        return PASS if req.headers.get("Range", "").startswith("bytes=0-") else (
+            cut(1000) if req.index % 2 else drop())
+
+    one = HttpConfig(attempts=2, backoff=0.01, connections=1, part_size=1024 * 1024)
+    with FaultProxy(web.url, failing) as proxy:
+        url = proxy.url + "/" + base.rsplit("/", 1)[1]
+        with pytest.raises(TransferError, match="run the command again to resume"):
+            download_version("annotations", V, path=dest, base_url=url, show_progress=False, http_config=one)
+        assert not target.exists()
+        part = target.with_name(target.name + ".part")
+        state = json.loads(target.with_name(target.name + ".part.json").read_text())
+        assert part.exists() and state["done"] == [0]
+
+        proxy.set_rule(lambda r: PASS)
+        seen = len(proxy.log)
+        result = download_version("annotations", V, path=dest, base_url=url, show_progress=False,
+                                  http_config=one)
+        ranges = [r.headers.get("Range") for r in proxy.log[seen:] if r.path.endswith(".json.gz")]
+        if_ranges = [r.headers.get("If-Range") for r in proxy.log[seen:] if r.path.endswith(".json.gz")]
+    assert result.verified and target.read_bytes() == (release.vdir / "annotations.json.gz").read_bytes()
+    assert "bytes=0-1048575" not in ranges  # the piece from the first run is not fetched again
+    assert ranges[0] == "bytes=1048576-2097151" and all(if_ranges)
+    assert not part.exists()
+
+
+def test_killed_extraction_restarts_cleanly(web: Nginx, tmp_path: Path) -> None:
+    base, release, src = publish(web, tmp_path, features=False, holodeck=False, n_assets=40,
+                                 asset_bytes=64 * 1024)
+    slow = base.replace(web.url, web.url + "/slow")
+    dest = tmp_path / "dl"
+    staging = dest / V / ".objathor-release" / "assets.staging"
+    cmd = [sys.executable, "-m", "objathor_release", "download", "assets", "--version", V,
+           "--path", str(dest), "--base-url", slow]
+    proc = subprocess.Popen(cmd, env={**os.environ, **QUIET}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(staging.rglob("*.jpg")):
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate()
+    assert any(staging.rglob("*.jpg")), "the download finished before it could be interrupted"
+    assert not (dest / V / "assets").exists()  # nothing that looks finished
+
+    again = run_cli("download", "assets", "--version", V, "--path", str(dest), "--base-url", base, env=QUIET)
+    assert again.returncode == 0, again.stderr
+    assert "restarting the interrupted extraction" in again.stderr
+    assert tree(dest / V / "assets") == expected_tree(src)
+    assert not staging.exists()
+
+
+def test_retries_5xx_and_dropped_connections(web: Nginx, tmp_path: Path) -> None:
+    base, _, src = publish(web, tmp_path, features=False, holodeck=False)
+    faults = iter([status(503), drop(), status(500)])
+
+    def rule(req: Request) -> Any:
+        return next(faults, PASS) if req.path.endswith(("assets.tar", "manifest.json")) else PASS
+
+    with FaultProxy(web.url, rule) as proxy:
+        url = proxy.url + "/" + base.rsplit("/", 1)[1]
+        result = download_version("assets", V, path=tmp_path / "dl", base_url=url, show_progress=False,
+                                  http_config=HttpConfig(attempts=4, backoff=0.01))
+    assert result.verified and tree(tmp_path / "dl" / V / "assets") == expected_tree(src)
+
+    with FaultProxy(web.url, lambda r: status(503)) as proxy:
+        url = proxy.url + "/" + base.rsplit("/", 1)[1]
+        with pytest.raises(TransferError, match=r"HTTP 503 \(3 attempts"):
+            download_version("assets", V, path=tmp_path / "dl2", base_url=url, show_progress=False,
+                             http_config=FAST)
+        assert len(proxy.log) == 3
+
+
+# ---------------------------------------------------------------------- verification
+
+
+def test_flipped_byte_in_a_member_is_caught_and_nothing_is_left(web: Nginx, tmp_path: Path) -> None:
+    base, release, _ = publish(web, tmp_path, features=False, holodeck=False)
+    member = release.artifact("assets.tar")["members"][5]
+    flip_byte(release.vdir / "assets.tar", member["offset"] + member["size"] // 2)
+    dest = tmp_path / "dl"
+    before = len(requests_for(web, "assets.tar"))
+    with pytest.raises(ChecksumError, match=member["path"]):
+        download_version("assets", V, path=dest, base_url=base, show_progress=False, http_config=FAST)
+    assert len(requests_for(web, "assets.tar")) - before == 2  # retried once
+    assert not (dest / V / "assets").exists()
+    assert [s for s in state_files(dest) if not s.endswith((".lock", ".objathor-release"))] == []
+
+
+def test_flipped_byte_in_a_single_file_is_caught(web: Nginx, tmp_path: Path) -> None:
+    base, release, _ = publish(web, tmp_path, features=False, holodeck=False)
+    flip_byte(release.vdir / "annotations.json.gz", 100)
+    dest = tmp_path / "dl"
+    proc = run_cli("download", "annotations", "--version", V, "--path", str(dest), "--base-url", base,
+                   env=QUIET)
+    assert proc.returncode == 1
+    assert "annotations.json.gz" in proc.stderr and "sha256" in proc.stderr and "retrying" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list((dest / V).glob("annotations.json.gz*")) == []
+
+
+def test_republished_release_is_downloaded_again(web: Nginx, tmp_path: Path) -> None:
+    base, release, _ = publish(web, tmp_path, features=False, holodeck=False)
+    dest = tmp_path / "dl"
+    download_version("annotations", V, path=dest, base_url=base, show_progress=False, http_config=FAST)
+    (release.vdir / "annotations.json.gz").write_bytes(gzip.compress(b'{"new": 1}', mtime=0))
+    from tests.download_release import write_manifest
+    write_manifest(release.vdir, V)
+    result = download_version("annotations", V, path=dest, base_url=base, show_progress=False,
+                              http_config=FAST)
+    assert result.parts[0].status == "downloaded"
+    assert gzip.decompress((dest / V / "annotations.json.gz").read_bytes()) == b'{"new": 1}'
+
+
+# ---------------------------------------------------------------------- safety
+
+
+def _tar(entries: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for info, data in entries:
+            info.size = len(data) if info.isreg() else 0
+            tf.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return buf.getvalue()
+
+
+def _entry(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"x", link: str = "") -> tuple[
+        tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, link, 0o644
+    return info, data
+
+
+GOOD = [_entry("assets", tarfile.DIRTYPE), _entry("assets/u1", tarfile.DIRTYPE), _entry("assets/u1/a.jpg")]
+MALICIOUS = {  # case: (entries, the member the error must name)
+    "absolute path": ([_entry("/tmp/ESCAPED")], "/tmp/ESCAPED"),
+    "dot-dot": ([*GOOD, _entry("assets/../ESCAPED")], "assets/../ESCAPED"),
+    "dot-dot deep": ([*GOOD, _entry("assets/u1/../../../ESCAPED")], "assets/u1/../../../ESCAPED"),
+    "symlink absolute": ([*GOOD, _entry("assets/u1/link", tarfile.SYMTYPE, link="/etc")], "assets/u1/link"),
+    "symlink outside": ([*GOOD, _entry("assets/u1/link", tarfile.SYMTYPE, link="../../..")],
+                        "assets/u1/link"),
+    "symlink then write through it": ([*GOOD, _entry("assets/up", tarfile.SYMTYPE, link=".."),
+                                       _entry("assets/up/ESCAPED")], "assets/up"),
+    "symlink inside then a dir through it": ([*GOOD, _entry("assets/u2", tarfile.SYMTYPE, link="u1"),
+                                              _entry("assets/u2/ESCAPED")], "assets/u2/ESCAPED"),
+    "hardlink outside": ([*GOOD, _entry("assets/u1/hard", tarfile.LNKTYPE, link="../ESCAPED")],
+                         "assets/u1/hard"),
+    "hardlink absolute": ([*GOOD, _entry("assets/u1/hard", tarfile.LNKTYPE, link="/etc/passwd")],
+                          "assets/u1/hard"),
+    "character device": ([*GOOD, _entry("assets/u1/tty", tarfile.CHRTYPE)], "assets/u1/tty"),
+    "block device": ([*GOOD, _entry("assets/u1/disk", tarfile.BLKTYPE)], "assets/u1/disk"),
+    "fifo": ([*GOOD, _entry("assets/u1/pipe", tarfile.FIFOTYPE)], "assets/u1/pipe"),
+    "second top-level folder": ([*GOOD, _entry("other", tarfile.DIRTYPE), _entry("other/ESCAPED")], "other/"),
+    "file at top level": ([*GOOD, _entry("ESCAPED")], "ESCAPED"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALICIOUS))
+def test_malicious_tar_is_refused_with_nothing_escaping(web: Nginx, tmp_path: Path, case: str) -> None:
+    folder = f"evil-{uuid.uuid4().hex[:8]}"
+    vdir = web.root / folder / V
+    vdir.mkdir(parents=True)
+    entries, refused = MALICIOUS[case]
+    (vdir / "assets.tar").write_bytes(_tar(entries))
+    jail = tmp_path / "jail"  # DIR is two levels below, so '../..' from the staging dir lands in here
+    dest = jail / "dl"
+    dest.mkdir(parents=True)
+    with pytest.raises(UnsafeMemberError) as err:
+        download_version("assets", V, path=dest, base_url=f"{web.url}/{folder}", show_progress=False,
+                         http_config=FAST)
+    assert f"refused member {refused!r}" in str(err.value)
+    assert not list(jail.rglob("ESCAPED")) and not Path("/tmp/ESCAPED").exists()
+    assert not (dest / V / "assets").exists()
+    assert not list((dest / V / ".objathor-release").glob("*staging*"))
+
+
+def test_extractor_handles_long_names_pax_and_any_chunking(tmp_path: Path) -> None:
+    src = tmp_path / "assets"
+    deep = src / ("d" * 120) / ("e" * 130)
+    deep.mkdir(parents=True)
+    (deep / ("f" * 150)).write_bytes(os.urandom(3000))
+    (src / "u1").mkdir()
+    (src / "u1" / "empty").write_bytes(b"")
+    (src / "u1" / "ünïcode.jpg").write_bytes(b"j" * 513)
+    os.symlink("../u1/empty", src / ("d" * 120) / "inside-link")
+    for fmt in ("gnu", "posix"):
+        tar = tmp_path / f"{fmt}.tar"
+        subprocess.run(["tar", f"--format={fmt}", "-C", str(tmp_path), "-cf", str(tar), "assets"], check=True)
+        data = tar.read_bytes()
+        for step in (1, 511, 512, 4099):
+            out = tmp_path / f"out-{fmt}-{step}"
+            out.mkdir()
+            ex = TarStreamExtractor(out, source=tar.name)
+            for i in range(0, len(data), step):
+                ex.feed(data[i:i + step])
+            ex.finish()
+            assert tree(out / "assets") == tree(src)
+            assert os.readlink(out / "assets" / ("d" * 120) / "inside-link") == "../u1/empty"
+            shutil.rmtree(out)
+
+
+def test_truncated_tar_is_an_error(tmp_path: Path) -> None:
+    data = _tar(GOOD)
+    ex = TarStreamExtractor(tmp_path, source="assets.tar")
+    ex.feed(data[:1100])
+    with pytest.raises(Exception, match="truncated"):
+        ex.finish()
+
+
+# ---------------------------------------------------------------------- --uids
+
+
+def test_uids_fetch_only_those_assets_by_range(web: Nginx, tmp_path: Path) -> None:
+    base, release, src = publish(web, tmp_path, features=False, holodeck=False, n_assets=20)
+    pick = release.uids[3:6]
+    dest = tmp_path / "dl"
+    uids_file = tmp_path / "uids.txt"
+    uids_file.write_text(f"# three assets\n{pick[0]}\n{pick[1]}\n")
+    before = len(web.access_log())
+    proc = run_cli("download", "assets", "--version", V, "--path", str(dest), "--base-url", base,
+                   "--uids", pick[2], "--uids-file", str(uids_file), env=QUIET)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (dest / V / "assets").iterdir()) == sorted(pick)
+    want = {k: v for k, v in expected_tree(src).items() if k.split("/")[0] in pick}
+    assert tree(dest / V / "assets") == want
+    tar_requests = [r for r in web.access_log()[before:] if r["uri"].endswith("assets.tar")]
+    gets = [r for r in tar_requests if r["method"] == "GET"]
+    assert len(gets) == 3 and all(r["status"] == "206" and r["range"] for r in gets)
+    assert sum(int(r["bytes"]) for r in gets) < release.artifact("assets.tar")["size"] / 4
+
+    again = download_version("assets", V, path=dest, base_url=base, uids=pick, show_progress=False,
+                             http_config=FAST)
+    assert again.parts[0].status == "already there"
+    full = download_version("assets", V, path=dest, base_url=base, show_progress=False, http_config=FAST)
+    assert full.parts[0].status == "downloaded" and tree(dest / V / "assets") == expected_tree(src)
+
+
+def test_uids_errors(web: Nginx, tmp_path: Path) -> None:
+    base, release, _ = publish(web, tmp_path, features=False, holodeck=False)
+    with pytest.raises(UsageError, match="not in version"):
+        download_version("assets", V, path=tmp_path / "dl", base_url=base, uids=["f" * 32],
+                         show_progress=False, http_config=FAST)
+    old, _, _ = publish(web, tmp_path / "old", features=False, holodeck=False, manifest=False)
+    with pytest.raises(UsageError, match="needs the release's manifest.json"):
+        download_version("assets", V, path=tmp_path / "dl", base_url=old, uids=release.uids[:1],
+                         show_progress=False, http_config=FAST)
+
+
+def test_uid_with_a_flipped_byte_fails(web: Nginx, tmp_path: Path) -> None:
+    base, release, _ = publish(web, tmp_path, features=False, holodeck=False)
+    uid = release.uids[2]
+    member = next(m for m in release.artifact("assets.tar")["members"] if f"/{uid}/" in m["path"])
+    flip_byte(release.vdir / "assets.tar", member["offset"])
+    with pytest.raises(ChecksumError, match=member["path"]):
+        download_version("assets", V, path=tmp_path / "dl", base_url=base, uids=[uid], show_progress=False,
+                         http_config=FAST)
+    assert not (tmp_path / "dl" / V / "assets" / uid).exists()
+
+
+# ---------------------------------------------------------------------- concurrency
+
+
+def test_two_processes_download_the_same_version_at_once(web: Nginx, tmp_path: Path) -> None:
+    base, release, src = publish(web, tmp_path, features=False, holodeck=False, n_assets=30,
+                                 asset_bytes=48 * 1024)
+    slow = base.replace(web.url, web.url + "/slow")
+    dest = tmp_path / "dl"
+    cmd = [sys.executable, "-m", "objathor_release", "download", "assets", "--version", V,
+           "--path", str(dest), "--base-url", slow]
+    env = {**os.environ, **QUIET}
+    before = len(requests_for(web, "assets.tar"))
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    second = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out1, err1 = first.communicate(timeout=120)
+    out2, err2 = second.communicate(timeout=120)
+    assert first.returncode == 0 and second.returncode == 0, err1 + err2
+    assert "waiting for another download of assets" in err2
+    assert "assets: downloaded" in out1 and "assets: already there" in out2
+    assert len(requests_for(web, "assets.tar")) - before == 1
+    assert tree(dest / V / "assets") == expected_tree(src)
+
+
+# ---------------------------------------------------------------------- bad answers and settings
+
+
+def test_unknown_version_lists_the_known_ones(web: Nginx, tmp_path: Path) -> None:
+    proc = run_cli("download", "all", "--version", "2031_01_01", "--path", str(tmp_path), "--base-url",
+                   f"{web.url}/nothing-here", env=QUIET)
+    assert proc.returncode == 2
+    assert "version 2031_01_01 was not found" in proc.stderr and "HTTP 404" in proc.stderr
+    assert "2023_09_23" in proc.stderr and "2025_06_10" in proc.stderr
+    assert not (tmp_path / "2031_01_01" / "annotations.json.gz").exists()
+
+
+def test_bad_version_string_fails_before_any_request(tmp_path: Path) -> None:
+    proc = run_cli("download", "assets", "--version", "2024-02-01", "--path", str(tmp_path), "--base-url",
+                   "http://127.0.0.1:9", env=QUIET)
+    assert proc.returncode == 2
+    assert "not of the form YYYY_MM_DD" in proc.stderr and "127.0.0.1" not in proc.stderr
+
+
+def test_html_page_instead_of_data_names_the_url(web: Nginx, tmp_path: Path) -> None:
+    proc = run_cli("download", "assets", "--version", V, "--path", str(tmp_path / "dl"), "--base-url",
+                   f"{web.url}/html", env=QUIET)
+    assert proc.returncode == 1
+    assert f"{web.url}/html/{V}/" in proc.stderr and "text/html" in proc.stderr
+    assert not (tmp_path / "dl" / V / "assets").exists()
+
+
+def test_html_served_as_octet_stream_is_caught_too(web: Nginx, tmp_path: Path) -> None:
+    folder = f"portal-{uuid.uuid4().hex[:8]}"
+    (web.root / folder / V).mkdir(parents=True)
+    page = b"<!DOCTYPE html><html><body>Please log in</body></html>"
+    (web.root / folder / V / "assets.tar").write_bytes(page)
+    with pytest.raises(TransferError, match=f"{folder}/{V}/assets.tar returned an HTML"):
+        download_version("assets", V, path=tmp_path / "dl", base_url=f"{web.url}/{folder}",
+                         show_progress=False, http_config=FAST)
+
+
+def test_not_enough_space_is_refused_before_downloading(web: Nginx, tmp_path: Path) -> None:
+    base, release, _ = publish(web, tmp_path, features=False, holodeck=False)
+    dest = tmp_path / "dl"
+    proc = run_cli("download", "assets", "--version", V, "--path", str(dest), "--base-url", base,
+                   env={**QUIET, "OBJATHOR_FREE_SPACE": "64K"})
+    assert proc.returncode == 2
+    assert "not enough space" in proc.stderr and "64.0 KiB is free" in proc.stderr
+    assert not (dest / V / "assets").exists()
+    proc = run_cli("download", "annotations", "--version", V, "--path", str(dest), "--base-url", base,
+                   env={**QUIET, "OBJATHOR_FREE_SPACE": "10"})
+    assert proc.returncode == 2 and "not enough space" in proc.stderr
+    assert list((dest / V).glob("annotations.json.gz*")) == []
+
+
+def test_public_version_table() -> None:
+    assert resolve_source("2025_06_10").url("assets.tar") == \
+        "https://pub-ddc5ca49fcee4247b552f4217e910a0f.r2.dev/assets.tar"
+    assert resolve_source("2024_08_16").url("annotations.json.gz") == \
+        "https://pub-2619544d52bd4f35927b08d301d2aba0.r2.dev/annotations.json.gz"
+    src = resolve_source("2023_09_23")
+    assert src.url("features.tar") == "https://pub-daedd7738a984186a00f2ab264d06a07.r2.dev/2023_09_23/features.tar"
+    assert src.holodeck_url == "https://pub-daedd7738a984186a00f2ab264d06a07.r2.dev/holodeck/2023_09_23.tar"
+    custom = resolve_source("2024_02_01", "http://127.0.0.1:1234/bucket/")
+    assert custom.url("manifest.json") == "http://127.0.0.1:1234/bucket/2024_02_01/manifest.json"
+    assert custom.holodeck_url == "http://127.0.0.1:1234/bucket/holodeck/2024_02_01.tar"
+
+
+def test_result_summary_mentions_every_part(web: Nginx, tmp_path: Path) -> None:
+    base, _, _ = publish(web, tmp_path, features=False, holodeck=False)
+    result: DownloadResult = download_version("annotations", V, path=tmp_path / "dl", base_url=base,
+                                              show_progress=False, http_config=FAST)
+    text = result.summary()
+    assert "annotations: downloaded at" in text and "verified" in text and f"version {V}" in text

@@ -10,32 +10,47 @@ PY := $(VENV)/bin/python
 CLI := $(PY) -m objathor_release
 INSTALLED := $(VENV)/.installed
 
-# Release settings (override on the command line or in release.toml via CONFIG).
+# Release settings: command line > environment > CONFIG (release.toml) > these defaults.
+CONFIG ?= $(wildcard release.toml)
+ifneq ($(strip $(CONFIG)),)
+include build/release-config.mk
+build/release-config.mk: $(CONFIG) | $(INSTALLED)
+	$(CLI) config --config $(CONFIG) --make --output $@
+endif
 VERSION ?=
 ASSETS_DIR ?= assets
 FEATURES_DIR ?=
 RELEASE_DIR ?= release/$(VERSION)
 BUCKET ?=
+PREFIX ?=
 ENDPOINT_URL ?=
 R2_ACCOUNT_ID ?=
+PROFILE ?=
 CHUNK_SIZE ?= 64M
 UPLOAD_CONCURRENCY ?= 16
 TRANSFERS ?= 4
+EXCLUDES ?=
+SOURCE_DATE_EPOCH ?=
+PUBLIC_BASE_URL ?=
+SUMMARY ?=
 DRY_RUN ?=
 FORCE ?=
-CONFIG ?=
 PYTEST_ARGS ?=
+DEMO_DIR ?= demo
 
 .PHONY: help  ## list the targets and the settings they read
 help:
 	@echo "usage: make <target> [VERSION=YYYY_MM_DD ASSETS_DIR=... BUCKET=...]"
 	@echo
-	@grep -E '^\.PHONY: [a-zA-Z0-9_-]+ *## ' $(MAKEFILE_LIST) | sed -E 's/^\.PHONY: ([a-zA-Z0-9_-]+) *## (.*)/  \1|\2/' | column -t -s '|'
+	@awk '/^\.PHONY: [a-zA-Z0-9_-]+ +## / { name = $$2; sub(/^[^#]*## /, ""); printf "  %-20s %s\n", name, $$0 }' $(MAKEFILE_LIST)
 	@echo
 	@echo "settings (current value):"
-	@echo "  VERSION=$(VERSION)  ASSETS_DIR=$(ASSETS_DIR)  FEATURES_DIR=$(FEATURES_DIR)  RELEASE_DIR=$(RELEASE_DIR)"
-	@echo "  BUCKET=$(BUCKET)  ENDPOINT_URL=$(ENDPOINT_URL)  R2_ACCOUNT_ID=$(if $(R2_ACCOUNT_ID),(set),)  CONFIG=$(CONFIG)"
-	@echo "  CHUNK_SIZE=$(CHUNK_SIZE)  UPLOAD_CONCURRENCY=$(UPLOAD_CONCURRENCY)  TRANSFERS=$(TRANSFERS)  DRY_RUN=$(DRY_RUN)  FORCE=$(FORCE)"
+	@echo "  VERSION=$(VERSION)  (required, YYYY_MM_DD)"
+	@echo "  ASSETS_DIR=$(ASSETS_DIR)  FEATURES_DIR=$(FEATURES_DIR)  RELEASE_DIR=$(RELEASE_DIR)"
+	@echo "  BUCKET=$(BUCKET)  PREFIX=$(PREFIX)  ENDPOINT_URL=$(ENDPOINT_URL)  R2_ACCOUNT_ID=$(R2_ACCOUNT_ID)  PROFILE=$(PROFILE)"
+	@echo "  CHUNK_SIZE=$(CHUNK_SIZE)  UPLOAD_CONCURRENCY=$(UPLOAD_CONCURRENCY)  TRANSFERS=$(TRANSFERS)"
+	@echo "  EXCLUDES=$(EXCLUDES)  SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH)  PUBLIC_BASE_URL=$(PUBLIC_BASE_URL)  SUMMARY=$(SUMMARY)"
+	@echo "  DRY_RUN=$(DRY_RUN)  FORCE=$(FORCE)  CONFIG=$(CONFIG)  (credentials: from the environment only)"
 
 # ---------------------------------------------------------------- environment
 
@@ -66,12 +81,86 @@ test: lint
 
 .PHONY: demo  ## release a generated sample to an embedded local S3 endpoint and download it back
 demo: $(INSTALLED)
-	$(CLI) demo
+	$(CLI) demo --workdir '$(DEMO_DIR)'
 
 .PHONY: bench  ## run every benchmark; writes benchmarks/RESULTS.md and a PNG chart each
 bench: $(INSTALLED)
 	$(PY) benchmarks/run_all.py
 
+# ---------------------------------------------------------------- the release, as file targets
+# Each artifact is rebuilt only when one of its inputs changed; publishing leaves a stamp
+# (.published-BUCKET) that the package writes after the remote copy verified.
+
+.DELETE_ON_ERROR:
+
+ASSET_FILES = $(shell find $(ASSETS_DIR) -type f 2>/dev/null)
+FEATURE_FILES = $(if $(FEATURES_DIR),$(shell find $(FEATURES_DIR) -type f 2>/dev/null))
+ARTIFACTS = $(RELEASE_DIR)/annotations.json.gz $(RELEASE_DIR)/assets.tar $(if $(FEATURES_DIR),$(RELEASE_DIR)/features.tar)
+TAR_FLAGS = $(foreach p,$(EXCLUDES),--exclude '$(p)') $(if $(SOURCE_DATE_EPOCH),--source-date-epoch $(SOURCE_DATE_EPOCH))
+PUBLISH_FLAGS = --version '$(VERSION)' --release-dir '$(RELEASE_DIR)' --bucket '$(BUCKET)' \
+	$(if $(PREFIX),--prefix '$(PREFIX)') $(if $(ENDPOINT_URL),--endpoint-url '$(ENDPOINT_URL)') \
+	$(if $(PROFILE),--profile '$(PROFILE)') --chunk-size '$(CHUNK_SIZE)' \
+	--upload-concurrency '$(UPLOAD_CONCURRENCY)' --transfers '$(TRANSFERS)' \
+	$(if $(PUBLIC_BASE_URL),--public-base-url '$(PUBLIC_BASE_URL)') $(if $(SUMMARY),--summary '$(SUMMARY)') \
+	$(if $(FORCE),--force)
+RUN_ENV = $(if $(R2_ACCOUNT_ID),R2_ACCOUNT_ID='$(R2_ACCOUNT_ID)')
+
+.PHONY: release  ## build, verify, upload and remotely verify VERSION (needs VERSION, ASSETS_DIR, BUCKET)
+release: release-settings $(if $(DRY_RUN),release-dry-run,$(RELEASE_DIR)/.published-$(BUCKET))
+
+.PHONY: release-settings  ## check the release settings and stop (make release runs it first)
+release-settings: $(INSTALLED)
+	@$(RUN_ENV) $(CLI) release --check-only $(PUBLISH_FLAGS) --assets-dir '$(ASSETS_DIR)' \
+		$(if $(FEATURES_DIR),--features-dir '$(FEATURES_DIR)')
+
+.PHONY: release-dry-run  ## everything local, then print what the upload would do (make release DRY_RUN=1)
+release-dry-run: $(RELEASE_DIR)/manifest.json | release-settings
+	$(RUN_ENV) $(CLI) publish --dry-run $(PUBLISH_FLAGS)
+
+.PHONY: prepare-annotations  ## validate and merge the annotations into RELEASE_DIR/annotations.json.gz
+prepare-annotations: $(RELEASE_DIR)/annotations.json.gz
+
+.PHONY: tar  ## build RELEASE_DIR/assets.tar (and features.tar when FEATURES_DIR is set)
+tar: $(RELEASE_DIR)/assets.tar $(if $(FEATURES_DIR),$(RELEASE_DIR)/features.tar)
+
+.PHONY: manifest  ## write RELEASE_DIR/manifest.json and SHA256SUMS and verify them
+manifest: $(RELEASE_DIR)/manifest.json
+
+.PHONY: verify  ## re-hash RELEASE_DIR, every tar member included, against its manifest
+verify: $(INSTALLED)
+	$(CLI) verify --release-dir '$(RELEASE_DIR)' --members
+
+$(RELEASE_DIR)/annotations.json.gz: $(filter %/annotations.json.gz %/thor_metadata.json %.tar,$(ASSET_FILES)) | release-settings
+	$(CLI) prepare-annotations --save-dir '$(ASSETS_DIR)' --output-file '$@'
+
+$(RELEASE_DIR)/assets.tar: $(filter-out %/annotations.json.gz %/thor_metadata.json,$(ASSET_FILES)) | release-settings
+	$(CLI) tar --assets-dir '$(ASSETS_DIR)' --output '$@' $(TAR_FLAGS)
+
+$(RELEASE_DIR)/features.tar: $(FEATURE_FILES) | release-settings
+	$(CLI) tar --assets-dir '$(FEATURES_DIR)' --output '$@' $(TAR_FLAGS)
+
+$(RELEASE_DIR)/manifest.json: $(ARTIFACTS)
+	$(CLI) manifest --release-dir '$(RELEASE_DIR)' --version '$(VERSION)'
+	$(CLI) verify --release-dir '$(RELEASE_DIR)'
+
+$(RELEASE_DIR)/.published-$(BUCKET): $(RELEASE_DIR)/manifest.json | release-settings
+	$(RUN_ENV) $(CLI) publish $(PUBLISH_FLAGS)
+
+.PHONY: upload  ## upload RELEASE_DIR as it is (resumable; skips what is already there)
+upload: $(INSTALLED)
+	$(RUN_ENV) $(CLI) upload --release-dir '$(RELEASE_DIR)' --bucket '$(BUCKET)' $(if $(PREFIX),--prefix '$(PREFIX)') \
+		$(if $(ENDPOINT_URL),--endpoint-url '$(ENDPOINT_URL)') --chunk-size '$(CHUNK_SIZE)' \
+		--upload-concurrency '$(UPLOAD_CONCURRENCY)' --transfers '$(TRANSFERS)' $(if $(FORCE),--force) $(if $(DRY_RUN),--dry-run)
+
+.PHONY: download  ## download VERSION into ~/.objathor-assets (BASE_URL=..., WHAT=all|assets|...)
+download: $(INSTALLED)
+	$(CLI) download $(or $(WHAT),all) --version '$(VERSION)' $(if $(BASE_URL),--base-url '$(BASE_URL)') \
+		$(if $(DOWNLOAD_PATH),--path '$(DOWNLOAD_PATH)')
+
+.PHONY: cleanup  ## abort multipart uploads in BUCKET abandoned for over a day
+cleanup: $(INSTALLED)
+	$(RUN_ENV) $(CLI) cleanup --bucket '$(BUCKET)' $(if $(ENDPOINT_URL),--endpoint-url '$(ENDPOINT_URL)')
+
 .PHONY: clean  ## remove build output, caches and the demo directory (not .venv)
 clean:
-	rm -rf demo build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf demo build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache benchmarks/work

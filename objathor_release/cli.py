@@ -90,6 +90,8 @@ def _add_tar(sub: Any) -> None:
                    help="another name pattern to leave out (repeatable)")
     p.add_argument("--source-date-epoch", type=int, default=None, metavar="SECONDS",
                    help="mtime of every member (default: $SOURCE_DATE_EPOCH, else 0)")
+    p.add_argument("--fsync", action="store_true",
+                   help="wait for the archive to reach the disk before renaming it into place (slower)")
     p.set_defaults(func=_run_tar)
 
 
@@ -99,6 +101,7 @@ def _run_tar(args: argparse.Namespace) -> int:
     result = build_tar(
         args.assets_dir, args.output, extra_excludes=args.exclude,
         source_date_epoch=args.source_date_epoch, verbose=args.verbose, show_progress=not args.quiet,
+        fsync=args.fsync,
     )
     print(result.summary())
     return 0
@@ -172,6 +175,9 @@ def _add_upload(sub: Any) -> None:
     p.add_argument("--upload-concurrency", type=int, default=16,
                    help="parts of one file in flight at once (default 16)")
     p.add_argument("--transfers", type=int, default=4, help="files at once (default 4)")
+    p.add_argument("--part-attempts", type=int, default=5, metavar="N",
+                   help="attempts per part, each with botocore's own retries, before the run stops "
+                   "resumably (default 5)")
     p.add_argument("--force", action="store_true",
                    help="overwrite objects or a published version whose content differs")
     p.add_argument("--dry-run", action="store_true", help="print what would be uploaded and stop")
@@ -232,37 +238,70 @@ def _run_download(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- release / sample
 
 
-def _add_release(sub: Any) -> None:
-    p = sub.add_parser("release", help="the whole pipeline: annotations, tar, manifest, verify, "
-                       "upload, remote verify")
+def _add_publish_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, metavar="FILE", help="release.toml to read settings from")
     p.add_argument("--version", default=_env("VERSION"), metavar="YYYY_MM_DD",
                    help="dataset version (default: $VERSION)")
-    p.add_argument("--assets-dir", default=_env("ASSETS_DIR"), metavar="DIR",
-                   help="optimized assets (default: $ASSETS_DIR)")
-    p.add_argument("--features-dir", default=_env("FEATURES_DIR"), metavar="DIR",
-                   help="features directory, optional (default: $FEATURES_DIR)")
     p.add_argument("--release-dir", default=_env("RELEASE_DIR"), metavar="DIR",
                    help="where the artifacts are built (default: release/VERSION)")
     _add_s3_options(p)
     p.add_argument("--prefix", default=None, help="key prefix (default: VERSION)")
     p.add_argument("--chunk-size", default=None, help="part size, 5M to 5G (default 64M)")
-    p.add_argument("--upload-concurrency", type=int, default=None, help="parts in flight per file")
-    p.add_argument("--transfers", type=int, default=None, help="files at once")
+    p.add_argument("--upload-concurrency", type=int, default=None,
+                   help="parts in flight per file (default 16)")
+    p.add_argument("--transfers", type=int, default=None, help="files at once (default 4)")
     p.add_argument("--public-base-url", default=None, metavar="URL",
                    help="public URL the bucket is served from, for the summary")
-    p.add_argument("--summary", default=None, metavar="FILE",
-                   help="also write the summary as JSON to FILE")
+    p.add_argument("--summary", default=None, metavar="FILE", help="also write the summary as JSON to FILE")
     p.add_argument("--force", action="store_true", help="overwrite a published version")
+
+
+def _add_release(sub: Any) -> None:
+    p = sub.add_parser("release", help="the whole pipeline: annotations, tar, manifest, verify, "
+                       "upload, remote verify")
+    _add_publish_options(p)
+    p.add_argument("--assets-dir", default=_env("ASSETS_DIR"), metavar="DIR",
+                   help="optimized assets (default: $ASSETS_DIR)")
+    p.add_argument("--features-dir", default=_env("FEATURES_DIR"), metavar="DIR",
+                   help="features directory, optional (default: $FEATURES_DIR)")
     p.add_argument("--dry-run", action="store_true",
                    help="do everything local and print what the upload would do")
+    p.add_argument("--check-only", action="store_true",
+                   help="validate the settings and stop (what `make release` runs first)")
     p.set_defaults(func=_run_release)
+
+
+def _add_publish(sub: Any) -> None:
+    p = sub.add_parser("publish", help="upload a built release dir, verify it remotely, print the summary")
+    _add_publish_options(p)
+    p.add_argument("--dry-run", action="store_true", help="print what the upload would do")
+    p.set_defaults(func=_run_publish)
+
+
+def _run_publish(args: argparse.Namespace) -> int:
+    from .release import run_publish_command
+
+    return run_publish_command(args)
 
 
 def _run_release(args: argparse.Namespace) -> int:
     from .release import run_release_command
 
     return run_release_command(args)
+
+
+def _add_config(sub: Any) -> None:
+    p = sub.add_parser("config", help="validate a release.toml and show it (or as Make variables)")
+    p.add_argument("--config", required=True, metavar="FILE", help="the release.toml to read")
+    p.add_argument("--make", action="store_true", help="print it as Make assignments (VAR ?= value)")
+    p.add_argument("--output", default=None, metavar="FILE", help="write to FILE instead of stdout")
+    p.set_defaults(func=_run_config)
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    from .release import run_config_command
+
+    return run_config_command(args)
 
 
 def _add_sample_dataset(sub: Any) -> None:
@@ -305,7 +344,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 COMMANDS: list[Callable[[Any], None]] = [
     _add_prepare_annotations, _add_tar, _add_manifest, _add_verify, _add_upload, _add_cleanup,
-    _add_download, _add_release, _add_sample_dataset, _add_demo,
+    _add_download, _add_release, _add_publish, _add_config, _add_sample_dataset, _add_demo,
 ]
 
 

@@ -185,7 +185,7 @@ def _fast_validator_class() -> Any:
 
     def items(validator: Any, items: Any, instance: Any, schema: Any) -> Any:
         if not validator.is_type(instance, "array") or not leaf(items) or "prefixItems" in schema:
-            yield from _keywords.items(validator, items, instance, schema)
+            yield from _keywords.items(validator, items, instance, schema) or ()  # type: ignore[func-returns-value]
             return
         for index, item in enumerate(instance):
             yield from check_leaf(validator, item, items, index, None)
@@ -249,6 +249,10 @@ class ReleaseConfig:
             except tomllib.TOMLDecodeError as exc:
                 raise UsageError(f"{p}: not valid TOML ({exc}): fix the file") from None
             data = dict(raw.get("release", raw))
+            secrets = sorted(k for k in data if "secret" in k.lower() or "key_id" in k.lower())
+            if secrets:
+                raise UsageError(f"{p}: {secrets[0]!r}: credentials do not belong in the config file: "
+                                 "set them in the environment or a credentials profile")
             problems = schema_errors(data, "release-config")
             if problems:
                 raise UsageError(f"{p}: {problems[0]}: fix this setting")

@@ -80,6 +80,47 @@ def release_dir_of(cfg: ReleaseConfig) -> Path:
     return Path(cfg.release_dir or Path("release") / str(cfg.version))
 
 
+MAKE_VARIABLES = {
+    "version": "VERSION", "assets_dir": "ASSETS_DIR", "features_dir": "FEATURES_DIR",
+    "release_dir": "RELEASE_DIR", "bucket": "BUCKET", "prefix": "PREFIX", "endpoint_url": "ENDPOINT_URL",
+    "r2_account_id": "R2_ACCOUNT_ID", "profile": "PROFILE", "chunk_size": "CHUNK_SIZE",
+    "upload_concurrency": "UPLOAD_CONCURRENCY", "transfers": "TRANSFERS",
+    "source_date_epoch": "SOURCE_DATE_EPOCH", "excludes": "EXCLUDES", "public_base_url": "PUBLIC_BASE_URL",
+}
+
+
+def config_as_make(path: str) -> str:
+    """The settings of a release.toml as Make assignments (``?=``: the command line and environment win)."""
+    cfg = ReleaseConfig.load(path)
+    defaults = ReleaseConfig()
+    lines = [f"# generated from {path} by objathor-release config --make; do not edit"]
+    for key, var in MAKE_VARIABLES.items():
+        value = getattr(cfg, key)
+        if value is None or value == getattr(defaults, key):
+            continue
+        text = " ".join(value) if isinstance(value, list) else str(value)
+        if any(c in text for c in "$#\n"):
+            raise UsageError(f"{path}: {key}: '$', '#' and newlines cannot be passed to make: "
+                             "change the value")
+        lines.append(f"{var} ?= {text}")
+    return "\n".join(lines) + "\n"
+
+
+def run_config_command(args: argparse.Namespace) -> int:
+    """``objathor-release config --config FILE [--make]``: validate a release config and show it."""
+    if args.make:
+        text = config_as_make(args.config)
+        if args.output:
+            with atomic_write(args.output) as fh:
+                fh.write(text.encode())
+        else:
+            print(text, end="")
+        return 0
+    cfg = ReleaseConfig.load(args.config)
+    print(json.dumps({k: v for k, v in vars(cfg).items() if v not in (None, [])}, indent=2, sort_keys=True))
+    return 0
+
+
 # --------------------------------------------------------------------------- up-to-date checks
 
 
@@ -256,9 +297,10 @@ def publish(cfg: ReleaseConfig, *, remote: str | None = None, rclone_config: str
         raise InputError(f"{rdir}/manifest.json is for version {manifest['version']}, not {cfg.version}: "
                          "rebuild it or check VERSION")
     config = upload_config(cfg)
+    env = {**os.environ, **({"R2_ACCOUNT_ID": cfg.r2_account_id} if cfg.r2_account_id else {})}
     target = resolve_target(bucket=cfg.bucket, prefix=cfg.prefix or cfg.version,
                             endpoint_url=cfg.endpoint_url, profile=cfg.profile, remote=remote,
-                            rclone_config=rclone_config, require_credentials=not dry_run)
+                            rclone_config=rclone_config, require_credentials=not dry_run, env=env)
     client = None if dry_run else make_client(
         target, max_pool_connections=config.transfers * config.upload_concurrency + 8)
     prefix = target.prefix or str(cfg.version)

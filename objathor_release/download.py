@@ -45,7 +45,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,7 @@ from typing import Any
 from .config import format_size, parse_size, validate_version
 from .download_http import Http, HttpConfig, Info, NotFound, download_file, part_paths
 from .errors import ChecksumError, InputError, TransferError, UsageError
-from .extract import ExpectedMember, TarStreamExtractor, expected_members, member_parts
+from .extract import TarStreamExtractor, expected_members, member_parts
 from .fsutil import atomic_write, sha256_file
 from .progress import progress
 
@@ -220,7 +219,9 @@ def parse_uids(uids: str | None = None, uids_file: str | None = None) -> list[st
 
 
 def _check_manifest(data: bytes, url: str, version: str) -> dict[str, Any]:
-    """Parse manifest.json and check the fields the download relies on."""
+    """Parse manifest.json; check it against schemas/manifest.schema.json, its version and member paths."""
+    from .manifest import manifest_problems
+
     def bad(why: str) -> InputError:
         return InputError(f"{url}: {why}: the release's manifest is malformed; tell its publisher")
 
@@ -228,29 +229,19 @@ def _check_manifest(data: bytes, url: str, version: str) -> dict[str, Any]:
         manifest = json.loads(data)
     except ValueError as exc:
         raise bad(f"not JSON ({exc})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
-        raise bad("no 'artifacts' list")
-    if manifest.get("version") != version:
-        raise bad(f"'version' is {manifest.get('version')!r}, not {version}")
+    problems = manifest_problems(manifest)
+    if problems:
+        raise bad(f"field {problems[0]}")
+    if manifest["version"] != version:
+        raise bad(f"field version is {manifest['version']!r}, not {version}")
     for i, art in enumerate(manifest["artifacts"]):
-        where = f"artifacts[{i}]"
-        if not isinstance(art, dict) or not isinstance(art.get("name"), str):
-            raise bad(f"{where} has no 'name'")
-        if not isinstance(art.get("size"), int) or not _is_sha(art.get("sha256")):
-            raise bad(f"{where} ({art['name']}) needs an integer 'size' and a hex 'sha256'")
-        for j, m in enumerate(art.get("members") or []):
-            if not (isinstance(m, dict) and isinstance(m.get("path"), str) and isinstance(m.get("size"), int)
-                    and _is_sha(m.get("sha256")) and isinstance(m.get("offset", 0), int)):
-                raise bad(f"{where}.members[{j}] needs 'path', 'size', 'sha256' and 'offset'")
+        for j, m in enumerate(art["members"]):
             try:
                 member_parts(m["path"])
             except ValueError as exc:
-                raise bad(f"{where}.members[{j}] path {m['path']!r} is unsafe ({exc})") from None
-    return manifest
-
-
-def _is_sha(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
+                raise bad(f"field artifacts[{i}].members[{j}].path {m['path']!r} is unsafe ({exc})") from None
+    result: dict[str, Any] = manifest
+    return result
 
 
 def _artifact(manifest: Mapping[str, Any] | None, *names: str) -> dict[str, Any] | None:
@@ -375,7 +366,9 @@ class _Downloader:
         state = self.state(what)
         with _locked(state / f"{self.key(what)}.lock", f"{what} of {self.version}"):
             if what == "assets" and uids is not None:
-                return self.fetch_uids(uids)
+                from .download_uids import fetch_uids
+
+                return fetch_uids(self, uids)
             mark = self.done(what)
             if mark is not None:
                 return PartResult(what, self.target(what), "already there", bool(mark.get("verified")))
@@ -583,137 +576,6 @@ class _Downloader:
         target.parent.mkdir(parents=True, exist_ok=True)
         _replace_dir(extracted, target, self.state(what) / f"{self.key(what)}.old")
         return entries[0].name
-
-    # ------------------------------------------------------------------ --uids
-
-    def fetch_uids(self, uids: Sequence[str]) -> PartResult:
-        """Only some assets: each one's members come by one Range request, by the manifest's offsets."""
-        art = self.artifact("assets")
-        if art is None or not art.get("members"):
-            raise UsageError(f"--uids needs the release's manifest.json with member offsets, and version "
-                             f"{self.version} has none at {self.source.url('manifest.json')}: "
-                             "download all assets instead")
-        top = _top(art)
-        by_uid: dict[str, list[dict[str, Any]]] = {}
-        for m in art["members"]:
-            parts = member_parts(m["path"])
-            if len(parts) >= 3:
-                by_uid.setdefault(parts[1], []).append(m)
-        unknown = [u for u in uids if u not in by_uid]
-        if unknown:
-            raise UsageError(f"{len(unknown)} uid(s) are not in version {self.version}'s assets.tar, e.g. "
-                             f"{', '.join(unknown[:5])}: check --uids/--uids-file")
-        target = self.target("assets")
-        full = self.done("assets")
-        record = self.state("assets") / "assets.uids.json"
-        have: set[str] = set()
-        if full is None:
-            with contextlib.suppress(OSError, ValueError):
-                saved = json.loads(record.read_text())
-                if saved.get("sha256") == art["sha256"].lower():
-                    have = {u for u in saved["uids"] if (target / u).is_dir()}
-        todo = [] if full is not None else [u for u in uids if u not in have]
-        if not todo:
-            return PartResult("assets", target, "already there", True, 0,
-                              note=f"{len(uids)} of {len(by_uid)} assets")
-        need = sum(m["size"] for u in todo for m in by_uid[u])
-        self.check_space(self.url("assets"), need)
-        staging = self.state("assets") / "uids.staging"
-        _remove(staging)
-        staging.mkdir(parents=True)
-        target.mkdir(parents=True, exist_ok=True)
-        url = self.url("assets")
-        info = self.http.info(url)
-        self.check_response(url, "tar", art["size"])(info)
-        lock = threading.Lock()
-        try:
-            with progress(need, f"download {len(todo)} assets", enabled=self.show_progress) as bar:
-                def one(uid: str) -> None:
-                    members = sorted(by_uid[uid], key=lambda m: m["offset"])
-                    self._fetch_uid(url, info.validator, uid, members, staging, bar)
-                    _replace_dir(staging / uid, target / uid, staging / f".old-{uid}")
-                    with lock:
-                        have.add(uid)
-                        with atomic_write(record) as fh:
-                            fh.write(json.dumps({"sha256": art["sha256"].lower(), "top": top,
-                                                 "uids": sorted(have)}).encode())
-                pool = ThreadPoolExecutor(self.http.config.connections, thread_name_prefix="uid")
-                try:
-                    for future in [pool.submit(one, u) for u in todo]:
-                        future.result()
-                finally:
-                    pool.shutdown(wait=True, cancel_futures=True)
-        finally:
-            _remove(staging)
-        return PartResult("assets", target, "downloaded", True, need,
-                          note=f"{len(todo)} asset(s) fetched, {len(uids) - len(todo)} already there")
-
-    def _fetch_uid(self, url: str, validator: str | None, uid: str, members: list[dict[str, Any]],
-                   staging: Path, bar: Any) -> None:
-        """One Range request from the first member's data to the last one's end; split, hash, write."""
-        for attempt in (1, 2):
-            try:
-                _write_members(self.http, url, validator, members, staging, bar)
-                return
-            except ChecksumError as exc:
-                _remove(staging / uid)
-                if attempt == 2:
-                    raise
-                _warn(f"{exc}; deleted it, retrying asset {uid} once")
-
-
-def _write_members(http: Http, url: str, validator: str | None, members: list[dict[str, Any]],
-                   staging: Path, bar: Any) -> None:
-    """Stream one byte range holding ``members`` (sorted by offset) into files under ``staging``."""
-    def path_of(m: Mapping[str, Any]) -> Path:
-        return staging.joinpath(*member_parts(m["path"])[1:])
-
-    expect = {m["path"]: ExpectedMember(m["size"], m["sha256"].lower(), m["offset"]) for m in members}
-    for m in members:
-        path_of(m).parent.mkdir(parents=True, exist_ok=True)
-    data_members = [m for m in members if m["size"] > 0]
-    for m in members:
-        if m["size"] == 0:
-            path_of(m).write_bytes(b"")
-            _check_member(url, m["path"], hashlib.sha256(), expect)
-    if not data_members:
-        return
-    start = data_members[0]["offset"]
-    end = data_members[-1]["offset"] + data_members[-1]["size"] - 1
-    k, pos, fh, h = 0, start, None, hashlib.sha256()
-    try:
-        for data in http.stream(url, start=start, end=end, validator=validator):
-            view = memoryview(data)
-            i = 0
-            while i < len(view) and k < len(data_members):
-                m = data_members[k]
-                if pos < m["offset"]:  # a tar header or padding between members
-                    step = min(m["offset"] - pos, len(view) - i)
-                else:
-                    if fh is None:
-                        fh, h = path_of(m).open("wb"), hashlib.sha256()
-                    step = min(m["offset"] + m["size"] - pos, len(view) - i)
-                    h.update(view[i:i + step])
-                    fh.write(view[i:i + step])
-                    if pos + step == m["offset"] + m["size"]:
-                        fh.close()
-                        fh = None
-                        _check_member(url, m["path"], h, expect)
-                        k += 1
-                i += step
-                pos += step
-            bar.update(len(data))
-    finally:
-        if fh is not None:
-            fh.close()
-
-
-def _check_member(url: str, path: str, h: Any, expect: Mapping[str, ExpectedMember]) -> None:
-    digest = h.hexdigest()
-    if digest != expect[path].sha256:
-        raise ChecksumError(f"{url}: member {path} has sha256:{digest}, manifest.json says "
-                            f"sha256:{expect[path].sha256}")
-
 
 def _sniff_html(url: str, data: bytes, kind: str = "a tar") -> None:
     """Refuse a body that is an HTML or XML page (error pages, captive portals), whatever its type says."""

@@ -183,10 +183,14 @@ class Http:
                 self._failed(url, exc, failures)
 
     def info(self, url: str) -> Info:
-        """HEAD the file (with retries); raises NotFound when it is not there."""
+        """Size, validator and type of ``url`` (with retries); raises NotFound when it is not there.
+
+        Asks with ``GET Range: bytes=0-0`` rather than HEAD: some S3 servers and
+        bucket policies allow GetObject but answer HEAD differently.
+        """
         def attempt() -> Info:
-            resp = self.request(url, method="HEAD")
-            _discard(resp, head=True)
+            resp = self.request(url, start=0, end=0)
+            _discard(resp)
             return _info(url, resp)
         return self.retrying(url, attempt)
 

@@ -395,8 +395,10 @@ def test_uids_fetch_only_those_assets_by_range(web: Nginx, tmp_path: Path) -> No
     want = {k: v for k, v in expected_tree(src).items() if k.split("/")[0] in pick}
     assert tree(dest / V / "assets") == want
     tar_requests = [r for r in web.access_log()[before:] if r["uri"].endswith("assets.tar")]
-    gets = [r for r in tar_requests if r["method"] == "GET"]
-    assert len(gets) == 3 and all(r["status"] == "206" and r["range"] for r in gets)
+    assert all(r["method"] == "GET" and r["status"] == "206" for r in tar_requests)
+    assert [r["range"] for r in tar_requests].count("bytes=0-0") == 1  # the probe: size and ETag
+    gets = [r for r in tar_requests if r["range"] != "bytes=0-0"]
+    assert len(gets) == 3 and all(r["if_range"] for r in gets)
     assert sum(int(r["bytes"]) for r in gets) < release.artifact("assets.tar")["size"] / 4
 
     again = download_version("assets", V, path=dest, base_url=base, uids=pick, show_progress=False,
@@ -522,3 +524,33 @@ def test_result_summary_mentions_every_part(web: Nginx, tmp_path: Path) -> None:
                                               show_progress=False, http_config=FAST)
     text = result.summary()
     assert "annotations: downloaded at" in text and "verified" in text and f"version {V}" in text
+
+
+# ---------------------------------------------------------------------- an S3 server (what `make demo` uses)
+
+
+def test_download_from_a_moto_bucket_by_path_style_get(tmp_path: Path, s3_client: Any, bucket: str,
+                                                        s3_server: Any) -> None:
+    """The demo serves a release straight from moto: plain GETs on http://HOST:PORT/BUCKET/VERSION/..."""
+    src = tmp_path / "src" / "assets"
+    make_sample_dataset(src, 8, seed=5, asset_bytes=16 * 1024, features_dir=tmp_path / "src" / "features")
+    release = build_release(src, tmp_path / "served", V, features_dir=tmp_path / "src" / "features")
+    for path in sorted(release.vdir.iterdir()):
+        s3_client.upload_file(str(path), bucket, f"{V}/{path.name}")
+    s3_client.put_bucket_policy(Bucket=bucket, Policy=json.dumps({  # public reads, as on r2.dev
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+                                                "Resource": f"arn:aws:s3:::{bucket}/*"}]}))
+    base = f"{s3_server.endpoint_url}/{bucket}"
+    one_piece = HttpConfig(attempts=2, backoff=0.01, part_size=1024 * 1024, connections=2)
+    result = download_version("all", V, path=tmp_path / "dl", base_url=base, show_progress=False,
+                              http_config=one_piece)
+    assert result.verified
+    assert [(p.what, p.status) for p in result.parts] == [
+        ("annotations", "downloaded"), ("assets", "downloaded"), ("features", "downloaded"),
+        ("holodeck-base", "not in this version")]
+    assert tree(tmp_path / "dl" / V / "assets") == expected_tree(src)
+    assert tree(tmp_path / "dl" / V / "features") == tree(tmp_path / "src" / "features")
+    uid = release.uids[4]
+    part = download_version("assets", V, path=tmp_path / "dl2", base_url=base, uids=[uid],
+                            show_progress=False, http_config=one_piece)
+    assert part.verified and [p.name for p in (tmp_path / "dl2" / V / "assets").iterdir()] == [uid]

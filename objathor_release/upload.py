@@ -1,0 +1,1050 @@
+"""Resumable, verified multipart upload of a release directory to R2 or any S3 API endpoint.
+
+``upload_release`` sends every artifact named in ``RELEASE_DIR/manifest.json`` to
+``BUCKET/PREFIX/NAME``, then ``SHA256SUMS`` and ``manifest.json`` last: the
+manifest's presence marks a version as published, so nobody sees half a release
+as complete.
+
+Integrity: every part carries ``Content-MD5`` and the part ETag the server
+returns must equal the local md5; after completion the object's ETag must equal
+the one computed locally (md5 of the parts' binary md5s, then ``-N``), and a HEAD
+checks size, ETag and the ``sha256`` metadata. A part is hashed just before it
+is sent and then streamed from the (now cached) file: there is no separate pass
+over the file, and memory stays flat however large the parts.
+
+Resume: ``RELEASE_DIR/.upload-state/`` holds one small JSON file per object
+(upload id, part size, per-part md5, the local file's size/mtime/sha256). The
+next run lists the parts already on the server, keeps those whose ETag matches
+the local md5 and uploads only the rest. A stale upload id or a changed local
+file starts over. ``cleanup_uploads`` aborts abandoned multipart uploads.
+
+Idempotence: an object already on the server with the same size, ETag and
+sha256 metadata is skipped; different content under the same key, or a
+published version whose manifest differs, is refused without ``force``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import math
+import random
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+from .config import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, UploadConfig, format_size, parse_size
+from .errors import ChecksumError, InputError, PublishedError, ReleaseError, TransferError, UsageError
+from .fsutil import atomic_write, sha256_file
+from .progress import Progress, progress
+from .s3 import (
+    S3Target,
+    cleanup_uploads,
+    client_error,
+    client_secrets,
+    error_code,
+    format_age,
+    head_or_none,
+    is_transient,
+    make_client,
+    normalize_prefix,
+    object_key,
+    parse_duration,
+    redact,
+    resolve_target,
+)
+
+__all__ = [
+    "FileResult", "Job", "PartReader", "RemoteCheck", "S3Target", "UploadReport", "cleanup_uploads",
+    "local_etag", "make_client", "multipart_etag", "published_manifest", "resolve_target",
+    "run_cleanup_command", "run_upload_command", "upload_release", "verify_remote",
+]
+
+MANIFEST_NAME = "manifest.json"
+SUMS_NAME = "SHA256SUMS"
+STATE_DIR = ".upload-state"
+SHA256_META = "sha256"
+HASH_BLOCK = 1024 * 1024
+STATE_SAVE_INTERVAL = 2.0  # seconds between state-file writes while parts complete
+BACKOFF_BASE = 0.5  # seconds; doubles per attempt, with jitter
+BACKOFF_CAP = 20.0
+CONTENT_TYPES = {".tar": "application/x-tar", ".gz": "application/gzip", ".json": "application/json",
+                 ".pkl": "application/octet-stream"}
+
+Log = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class FileResult:
+    """What happened to one file: ``status`` is uploaded, resumed, skipped or dry-run."""
+
+    name: str
+    key: str
+    size: int
+    sha256: str
+    etag: str
+    parts: int
+    part_size: int
+    status: str
+    parts_uploaded: int = 0
+    parts_resumed: int = 0
+    multipart: bool = True
+
+    @property
+    def requests(self) -> int:
+        """Requests a new upload of this file takes: HEAD check, create + parts + complete
+        (or one PUT), HEAD verify."""
+        return 2 + (self.parts + 2 if self.multipart else 1)
+
+
+@dataclass
+class UploadReport:
+    """Every file's result, the number of UploadPart calls made, and a printable table."""
+
+    bucket: str
+    prefix: str
+    endpoint_url: str
+    results: list[FileResult] = field(default_factory=list)
+    part_uploads: int = 0
+    put_uploads: int = 0
+    bytes_sent: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def etags(self) -> dict[str, str]:
+        """name -> ETag of every object, for :func:`verify_remote`."""
+        return {r.name: r.etag for r in self.results if r.etag}
+
+    def table(self) -> str:
+        if self.dry_run:
+            head = ("file", "size", "part size", "parts", "requests")
+            rows = [(r.name, format_size(r.size), format_size(r.part_size) if r.multipart else "-",
+                     str(r.parts), str(r.requests)) for r in self.results]
+        else:
+            head = ("file", "size", "parts", "status", "etag")
+            rows = [(r.name, format_size(r.size), f"{r.parts} x {format_size(r.part_size)}", r.status, r.etag)
+                    for r in self.results]
+        widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=False)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip()
+                 for row in (head, *rows)]
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        where = f"s3://{self.bucket}/{self.prefix + '/' if self.prefix else ''}"
+        if self.dry_run:
+            total = sum(r.size for r in self.results)
+            requests = sum(r.requests for r in self.results)
+            return (f"dry run: would upload {len(self.results)} files ({format_size(total)}) to {where} "
+                    f"at {self.endpoint_url} in about {requests} requests (HEAD checks included); "
+                    "the bucket was not contacted")
+        counts = {s: sum(r.status == s for r in self.results) for s in ("uploaded", "resumed", "skipped")}
+        rate = self.bytes_sent / self.seconds / 1e6 if self.seconds > 0 else 0.0
+        return (f"{where}: {counts['uploaded']} uploaded, {counts['resumed']} resumed, {counts['skipped']} "
+                f"skipped; {format_size(self.bytes_sent)} sent in {self.seconds:.1f} s ({rate:.1f} MB/s), "
+                f"{self.part_uploads} part uploads; every object verified (size, ETag, sha256 metadata)")
+
+
+# --------------------------------------------------------------------------- ETags and part reading
+
+
+def multipart_etag(md5s: Sequence[bytes]) -> str:
+    """S3's ETag of a multipart object: md5 of the concatenated binary part md5s, then ``-N``."""
+    return hashlib.md5(b"".join(md5s), usedforsecurity=False).hexdigest() + f"-{len(md5s)}"
+
+
+def _clean_etag(etag: str | None) -> str:
+    return (etag or "").strip().strip('"')
+
+
+class PartReader:
+    """A seekable read-only window ``[offset, offset + length)`` of an open binary file.
+
+    botocore streams the request body from it (and seeks back to 0 to retry), so
+    a part is never held in memory. ``md5()`` hashes the window first, for the
+    ``Content-MD5`` header.
+    """
+
+    def __init__(self, fh: BinaryIO, offset: int, length: int, name: str = "") -> None:
+        self._fh, self._offset, self._length, self._name = fh, offset, length, name
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def md5(self) -> bytes:
+        digest = hashlib.md5(usedforsecurity=False)
+        buf = memoryview(bytearray(min(HASH_BLOCK, max(self._length, 1))))
+        self._fh.seek(self._offset)
+        left = self._length
+        while left:
+            n = self._fh.readinto(buf[: min(len(buf), left)])  # type: ignore[attr-defined]
+            if not n:
+                raise InputError(f"{self._name}: the file got shorter while uploading: rebuild the release")
+            digest.update(buf[:n])
+            left -= n
+        self._pos = 0
+        return digest.digest()
+
+    def read(self, amt: int | None = -1) -> bytes:
+        left = self._length - self._pos
+        if amt is None or amt < 0 or amt > left:
+            amt = left
+        if amt <= 0:
+            return b""
+        self._fh.seek(self._offset + self._pos)
+        data = self._fh.read(amt)
+        if not data:
+            raise InputError(f"{self._name}: the file got shorter while uploading: rebuild the release")
+        self._pos += len(data)
+        return data
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._length}[whence]
+        self._pos = max(0, min(self._length, base + pos))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+
+def local_etag(path: Path, size: int, part_size: int, multipart: bool) -> str:
+    """The ETag S3 gives ``path`` when uploaded with these settings (reads the file once)."""
+    with open(path, "rb", buffering=0) as fh:
+        if not multipart:
+            return PartReader(fh, 0, size, str(path)).md5().hex()
+        md5s = [PartReader(fh, off, min(part_size, size - off), str(path)).md5()
+                for off in range(0, size, part_size)]
+    return multipart_etag(md5s)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Job:
+    """One file to put at one key, with its part layout."""
+
+    name: str
+    path: Path
+    key: str
+    size: int
+    sha256: str
+    part_size: int
+    multipart: bool
+    mtime_ns: int
+
+    @property
+    def parts(self) -> int:
+        return max(1, math.ceil(self.size / self.part_size)) if self.multipart else 1
+
+    def part_range(self, number: int) -> tuple[int, int]:
+        offset = (number - 1) * self.part_size
+        return offset, min(self.part_size, self.size - offset)
+
+    @property
+    def content_type(self) -> str:
+        if self.name.endswith(SUMS_NAME):
+            return "text/plain; charset=utf-8"
+        return CONTENT_TYPES.get(PurePosixPath(self.name).suffix, "application/octet-stream")
+
+    def identity(self) -> dict[str, Any]:
+        return {"size": self.size, "mtime_ns": self.mtime_ns, "sha256": self.sha256,
+                "part_size": self.part_size}
+
+
+def load_release_manifest(release_dir: Path) -> dict[str, Any]:
+    """Read and validate ``RELEASE_DIR/manifest.json`` (through manifest.load_manifest)."""
+    path = release_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise InputError(f"{path}: not found: run 'objathor-release manifest --release-dir {release_dir}'")
+    from .manifest import load_manifest
+
+    manifest: dict[str, Any] = load_manifest(path)
+    return manifest
+
+
+def _check_name(name: str, release_dir: Path) -> None:
+    parts = PurePosixPath(name).parts
+    reserved = (MANIFEST_NAME, SUMS_NAME)
+    if not name or name.startswith("/") or ".." in parts or "\\" in name or name in reserved:
+        raise InputError(f"{release_dir / MANIFEST_NAME}: artifact name {name!r} is not a relative path "
+                         "inside the release dir: rebuild the manifest")
+
+
+def plan_jobs(release_dir: Path, manifest: dict[str, Any], prefix: str, config: UploadConfig,
+              log: Log = _stderr) -> list[Job]:
+    """Every file to upload, artifacts first, then SHA256SUMS and manifest.json; checks local sizes."""
+    jobs = []
+    entries = [(a["name"], int(a["size"]), str(a["sha256"])) for a in manifest["artifacts"]]
+    for name, _, _ in entries:
+        _check_name(name, release_dir)
+    for extra in (SUMS_NAME, MANIFEST_NAME):
+        path = release_dir / extra
+        if not path.is_file():
+            raise InputError(f"{path}: not found: run 'objathor-release manifest' for this release dir")
+        entries.append((extra, path.stat().st_size, sha256_file(path)))
+    for name, size, sha in entries:
+        path = release_dir / name
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise InputError(f"{path}: listed in manifest.json but missing: rebuild the release") from None
+        if st.st_size != size:
+            raise InputError(f"{path}: size {st.st_size} does not match manifest.json ({size}): "
+                             "rebuild the release or rerun 'objathor-release manifest'")
+        multipart = size >= config.multipart_threshold and size > 0
+        part_size = config.part_size_for(size) if multipart else max(size, 1)
+        if multipart and part_size != config.chunk_size:
+            log(f"{name}: {format_size(size)} would need more than 10,000 parts of "
+                f"{format_size(config.chunk_size)}: using {format_size(part_size)} parts")
+        key = object_key(prefix, name)
+        jobs.append(Job(name, path, key, size, sha, part_size, multipart, st.st_mtime_ns))
+    return jobs
+
+
+# --------------------------------------------------------------------------- resume state
+
+
+class UploadState:
+    """The resume record of one object: a small JSON file under ``RELEASE_DIR/.upload-state/``."""
+
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path, self.data = path, data
+        self._lock = threading.Lock()
+        self._last_save = 0.0
+
+    @staticmethod
+    def path_for(state_dir: Path, endpoint: str, bucket: str, key: str, name: str) -> Path:
+        tag = hashlib.sha1(f"{endpoint}\n{bucket}\n{key}".encode(), usedforsecurity=False).hexdigest()[:12]
+        slug = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+        return state_dir / f"{slug}.{tag}.json"
+
+    @classmethod
+    def load(cls, path: Path) -> UploadState | None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return cls(path, {})  # unreadable: treated as foreign, and replaced
+        return cls(path, data if isinstance(data, dict) else {})
+
+    def matches(self, target: dict[str, Any], identity: dict[str, Any]) -> bool:
+        return all(self.data.get(k) == v for k, v in {**target, **identity}.items())
+
+    @property
+    def md5s(self) -> dict[int, bytes]:
+        out = {}
+        for k, v in (self.data.get("parts") or {}).items():
+            with contextlib.suppress(ValueError, TypeError):
+                out[int(k)] = bytes.fromhex(v)
+        return out
+
+    def record_part(self, number: int, md5: bytes) -> None:
+        with self._lock:
+            self.data.setdefault("parts", {})[str(number)] = md5.hex()
+            if time.monotonic() - self._last_save >= STATE_SAVE_INTERVAL:
+                self._save_locked()
+
+    def save(self) -> None:
+        with self._lock:
+            self._save_locked()
+
+    def _save_locked(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.path) as fh:
+            fh.write(json.dumps(self.data, sort_keys=True).encode())
+        self._last_save = time.monotonic()
+
+    def delete(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+# --------------------------------------------------------------------------- errors and retries
+
+
+class _PartMismatch(Exception):
+    """The server's part ETag is not the md5 we sent: retry the part."""
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, _PartMismatch) or is_transient(exc)
+
+
+def _backoff(attempt: int) -> float:
+    return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+
+
+def published_manifest(client: Any, bucket: str, prefix: str) -> dict[str, Any] | None:
+    """The remote ``PREFIX/manifest.json`` if this version is published, else None."""
+    import botocore.exceptions as bx
+
+    key = object_key(normalize_prefix(prefix) or "", MANIFEST_NAME)
+    try:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except bx.ClientError as exc:
+        if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise client_error(client, exc, f"reading s3://{bucket}/{key}", bucket) from None
+    except bx.BotoCoreError as exc:
+        raise client_error(client, exc, f"reading s3://{bucket}/{key}", bucket) from None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise ChecksumError(f"s3://{bucket}/{key} is not a JSON object: upload the release with --force")
+    return data
+
+
+def _remote_part_size(client: Any, bucket: str, key: str) -> int | None:
+    """Part 1's size of a multipart object (HEAD with partNumber), if the server tells."""
+    import botocore.exceptions as bx
+
+    try:
+        return int(client.head_object(Bucket=bucket, Key=key, PartNumber=1)["ContentLength"])
+    except (bx.ClientError, bx.BotoCoreError, KeyError, ValueError):
+        return None
+
+
+def expected_etag(client: Any, bucket: str, job: Job, remote_etag: str) -> str:
+    """The ETag the local file would have in the remote object's part layout (reads the file)."""
+    match = re.fullmatch(r"[0-9a-f]{32}-(\d+)", remote_etag)
+    if not match:
+        return local_etag(job.path, job.size, job.size, multipart=False)
+    count = int(match.group(1))
+    part_size = job.part_size if job.multipart and job.parts == count else None
+    if part_size is None:
+        part_size = _remote_part_size(client, bucket, job.key)
+    if not part_size or part_size < 1 or math.ceil(job.size / part_size) != count:
+        return ""
+    return local_etag(job.path, job.size, part_size, multipart=True)
+
+
+# --------------------------------------------------------------------------- the uploader
+
+
+class _Uploader:
+    """One run of ``upload_release``: shared client, executors, counters and abort flag."""
+
+    def __init__(self, client: Any, bucket: str, release_dir: Path, config: UploadConfig,
+                 part_executor: Executor, log: Log, verbose: bool) -> None:
+        self.client, self.bucket, self.config = client, bucket, config
+        self.endpoint = str(client.meta.endpoint_url)
+        self.state_dir = release_dir / STATE_DIR
+        self.parts_pool, self.log, self.verbose = part_executor, log, verbose
+        self.abort = threading.Event()
+        self.bar: Progress = progress(0, "", enabled=False)
+        self._lock = threading.Lock()
+        self.part_uploads = 0
+        self.put_uploads = 0
+        self.bytes_sent = 0
+
+    # -- helpers
+
+    def _count(self, attr: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, attr, getattr(self, attr) + n)
+
+    def _call(self, action: str, fn: Callable[[], Any]) -> Any:
+        """``fn()`` with bounded retries (and backoff) on transient failures; clean errors otherwise."""
+        attempts = self.config.max_part_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return fn()
+            except ReleaseError:
+                raise
+            except Exception as exc:
+                if not _retryable(exc):
+                    raise client_error(self.client, exc, action, self.bucket) from None
+                if attempt == attempts or self.abort.is_set():
+                    detail = redact(str(exc).replace("\n", " ")[:200], client_secrets(self.client))
+                    raise TransferError(
+                        f"{action} failed after {attempt} attempts ({detail}): "
+                        "run the same command again to resume"
+                    ) from None
+                wait = _backoff(attempt)
+                if self.verbose:
+                    self.log(f"{action}: {type(exc).__name__}, retrying in {wait:.1f} s")
+                time.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _state(self, job: Job) -> UploadState:
+        path = UploadState.path_for(self.state_dir, self.endpoint, self.bucket, job.key, job.name)
+        return UploadState.load(path) or UploadState(path, {})
+
+    def _target_fields(self, job: Job) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "bucket": self.bucket, "key": job.key}
+
+    # -- classification
+
+    def classify(self, job: Job) -> tuple[str, str]:
+        """("new" | "skip" | "conflict", remote ETag or reason) for one job."""
+        head = head_or_none(self.client, self.bucket, job.key)
+        if head is None:
+            return "new", ""
+        etag = _clean_etag(head.get("ETag"))
+        size = int(head.get("ContentLength", -1))
+        sha = (head.get("Metadata") or {}).get(SHA256_META, "")
+        if size != job.size:
+            return "conflict", f"size {size} != local {job.size}"
+        if sha != job.sha256:
+            return "conflict", "sha256 metadata differs" if sha else "no sha256 metadata"
+        state = self._state(job)
+        if (state.data.get("status") == "complete" and state.data.get("etag") == etag
+                and state.matches(self._target_fields(job), job.identity())):
+            return "skip", etag
+        if expected_etag(self.client, self.bucket, job, etag) == etag:
+            return "skip", etag
+        return "conflict", "ETag differs"
+
+    # -- single PUT
+
+    def put(self, job: Job) -> FileResult:
+        action = f"uploading {job.name} to s3://{self.bucket}/{job.key}"
+
+        def attempt() -> str:
+            with open(job.path, "rb", buffering=0) as fh:
+                body = PartReader(fh, 0, job.size, str(job.path))
+                md5 = body.md5()
+                self._count("put_uploads")
+                resp = self.client.put_object(
+                    Bucket=self.bucket, Key=job.key, Body=body if job.size else b"", ContentLength=job.size,
+                    ContentMD5=base64.b64encode(md5).decode(), ContentType=job.content_type,
+                    Metadata={SHA256_META: job.sha256},
+                )
+            if _clean_etag(resp.get("ETag")) != md5.hex():
+                raise _PartMismatch(f"server ETag {resp.get('ETag')} != local md5 {md5.hex()}")
+            return md5.hex()
+
+        etag = self._call(action, attempt)
+        self._count("bytes_sent", job.size)
+        self.bar.update(job.size)
+        self.verify_object(job, etag)
+        self._record_complete(job, etag)
+        return FileResult(job.name, job.key, job.size, job.sha256, etag, 1, job.part_size, "uploaded", 1,
+                          multipart=False)
+
+    # -- multipart
+
+    def _resume(self, job: Job, state: UploadState) -> dict[int, bytes] | None:
+        """Parts of the interrupted upload on the server that match the local file; None: start over."""
+        import botocore.exceptions as bx
+
+        upload_id = state.data.get("upload_id")
+        if not upload_id:
+            return None
+        if not state.matches(self._target_fields(job), job.identity()):
+            self.log(f"{job.name}: the local file or part size changed since the interrupted upload: "
+                     "starting over")
+            self._abort_upload(job.key, upload_id)
+            return None
+        server: dict[int, tuple[str, int]] = {}
+        try:
+            pages = self.client.get_paginator("list_parts").paginate(
+                Bucket=self.bucket, Key=job.key, UploadId=upload_id)
+            for page in pages:
+                for p in page.get("Parts", []):
+                    server[int(p["PartNumber"])] = (_clean_etag(p.get("ETag")), int(p.get("Size", -1)))
+        except bx.ClientError as exc:
+            if error_code(exc) in ("NoSuchUpload", "404"):
+                self.log(f"{job.name}: the interrupted upload no longer exists on the server: starting over")
+                return None
+            raise client_error(self.client, exc, f"listing the parts of {job.key}", self.bucket) from None
+        except bx.BotoCoreError as exc:
+            raise client_error(self.client, exc, f"listing the parts of {job.key}", self.bucket) from None
+        known = state.md5s
+        done: dict[int, bytes] = {}
+        with open(job.path, "rb", buffering=0) as fh:
+            for number, (etag, size) in sorted(server.items()):
+                if not 1 <= number <= job.parts:
+                    continue
+                offset, length = job.part_range(number)
+                if size != length:
+                    continue
+                md5 = known.get(number) or PartReader(fh, offset, length, str(job.path)).md5()
+                if etag == md5.hex():
+                    done[number] = md5
+        self.log(f"{job.name}: resuming: {len(done)} of {job.parts} parts already on the server")
+        return done
+
+    def _abort_upload(self, key: str, upload_id: str) -> None:
+        with contextlib.suppress(Exception):
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+
+    def _part(self, job: Job, upload_id: str, number: int, state: UploadState) -> bytes:
+        offset, length = job.part_range(number)
+        action = f"uploading part {number} of {job.parts} of {job.name}"
+
+        def attempt() -> bytes:
+            if self.abort.is_set():
+                raise TransferError(f"{job.name}: stopped")
+            with open(job.path, "rb", buffering=0) as fh:
+                body = PartReader(fh, offset, length, str(job.path))
+                md5 = body.md5()
+                self._count("part_uploads")
+                resp = self.client.upload_part(
+                    Bucket=self.bucket, Key=job.key, UploadId=upload_id, PartNumber=number, Body=body,
+                    ContentLength=length, ContentMD5=base64.b64encode(md5).decode(),
+                )
+            if _clean_etag(resp.get("ETag")) != md5.hex():
+                raise _PartMismatch(f"part ETag {resp.get('ETag')} != local md5 {md5.hex()}")
+            return md5
+
+        md5: bytes = self._call(action, attempt)
+        state.record_part(number, md5)
+        self._count("bytes_sent", length)
+        self.bar.update(length)
+        if self.verbose:
+            self.log(f"{job.name}: part {number}/{job.parts} ({format_size(length)}) uploaded")
+        return md5
+
+    def multipart(self, job: Job) -> FileResult:
+        state = self._state(job)
+        done = self._resume(job, state)
+        resumed = done is not None and len(done) > 0
+        if done is None:
+            state.delete()
+            create = {"Bucket": self.bucket, "Key": job.key, "ContentType": job.content_type,
+                      "Metadata": {SHA256_META: job.sha256}}
+            resp = self._call(f"starting the upload of {job.name}",
+                              lambda: self.client.create_multipart_upload(**create))
+            state = UploadState(state.path, {**self._target_fields(job), **job.identity(),
+                                             "upload_id": resp["UploadId"], "parts": {},
+                                             "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
+            state.save()
+            done = {}
+        upload_id: str = state.data["upload_id"]
+        self.bar.update(sum(job.part_range(n)[1] for n in done))
+        todo = [n for n in range(1, job.parts + 1) if n not in done]
+        futures: dict[int, Future[bytes]] = {}
+        slots = threading.BoundedSemaphore(self.config.upload_concurrency)
+        try:
+            for number in todo:
+                slots.acquire()
+                if self.abort.is_set():
+                    slots.release()
+                    break
+                fut = self.parts_pool.submit(self._part, job, upload_id, number, state)
+                fut.add_done_callback(lambda _f: slots.release())
+                fut.add_done_callback(lambda f: self.abort.set() if f.exception() else None)
+                futures[number] = fut
+        finally:
+            errors = []
+            for number, fut in futures.items():
+                try:
+                    done[number] = fut.result()
+                except BaseException as exc:  # noqa: BLE001 - collected, the first is raised below
+                    errors.append(exc)
+            state.save()
+        if errors:
+            first = next((e for e in errors if not str(e).endswith(": stopped")), errors[0])
+            raise first
+        if len(done) != job.parts:
+            raise TransferError(f"{job.name}: stopped before every part was sent: run the same command again")
+        md5s = [done[n] for n in range(1, job.parts + 1)]
+        etag = self._complete(job, upload_id, md5s)
+        self.verify_object(job, etag)
+        self._record_complete(job, etag)
+        status = "resumed" if resumed else "uploaded"
+        return FileResult(job.name, job.key, job.size, job.sha256, etag, job.parts, job.part_size, status,
+                          len(todo), len(md5s) - len(todo))
+
+    def _complete(self, job: Job, upload_id: str, md5s: list[bytes]) -> str:
+        import botocore.exceptions as bx
+
+        expected = multipart_etag(md5s)
+        parts = [{"PartNumber": n, "ETag": f'"{m.hex()}"'} for n, m in enumerate(md5s, 1)]
+
+        def attempt() -> str:
+            try:
+                resp = self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=job.key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+                return _clean_etag(resp.get("ETag"))
+            except bx.ClientError as exc:
+                if error_code(exc) != "NoSuchUpload":
+                    raise
+                # An earlier attempt may have completed it before the connection dropped.
+                head = head_or_none(self.client, self.bucket, job.key)
+                if head is not None and _clean_etag(head.get("ETag")) == expected:
+                    return expected
+                raise TransferError(f"{job.name}: the multipart upload vanished before it was completed: "
+                                    "run the same command again to start over") from None
+
+        etag: str = self._call(f"completing the upload of {job.name}", attempt)
+        if etag != expected:
+            with contextlib.suppress(Exception):
+                self.client.delete_object(Bucket=self.bucket, Key=job.key)
+            UploadState(self._state(job).path, {}).delete()
+            raise ChecksumError(f"s3://{self.bucket}/{job.key}: the server's ETag {etag} is not the local "
+                                f"{expected}: the object was deleted; run the same command again")
+        return etag
+
+    # -- verification and bookkeeping
+
+    def verify_object(self, job: Job, etag: str) -> None:
+        head = head_or_none(self.client, self.bucket, job.key)
+        problems = _object_problems(job.name, job.size, job.sha256, etag, head)
+        if problems:
+            raise ChecksumError(f"s3://{self.bucket}/{job.key}: {'; '.join(problems)} after upload: "
+                                "run the same command again with --force")
+
+    def _record_complete(self, job: Job, etag: str) -> None:
+        state = self._state(job)
+        state.data = {**self._target_fields(job), **job.identity(), "status": "complete", "etag": etag}
+        state.save()
+
+    def upload(self, job: Job) -> FileResult:
+        if self.abort.is_set():
+            raise TransferError(f"{job.name}: stopped")
+        return self.multipart(job) if job.multipart else self.put(job)
+
+
+def _object_problems(name: str, size: int, sha256: str, etag: str | None, head: dict[str, Any] | None
+                     ) -> list[str]:
+    if head is None:
+        return ["missing"]
+    out = []
+    remote_size = int(head.get("ContentLength", -1))
+    if remote_size != size:
+        out.append(f"size {remote_size} != {size}")
+    remote_etag = _clean_etag(head.get("ETag"))
+    if etag is not None and remote_etag != etag:
+        out.append(f"ETag {remote_etag} != {etag}")
+    remote_sha = (head.get("Metadata") or {}).get(SHA256_META)
+    if remote_sha != sha256:
+        out.append(f"sha256 metadata {remote_sha or 'missing'} != {sha256[:12]}...")
+    return out
+
+
+def _split_target(target: S3Target | tuple[str, str | None], manifest: dict[str, Any]) -> tuple[str, str]:
+    if isinstance(target, S3Target):
+        bucket, prefix = target.bucket, target.prefix
+    else:
+        bucket, prefix = target
+    prefix = normalize_prefix(prefix)
+    return bucket, str(manifest["version"]) if prefix is None else prefix
+
+
+def _run_parallel(fn: Callable[[Job], Any], jobs: list[Job], workers: int, abort: threading.Event
+                  ) -> list[Any]:
+    """``fn`` over ``jobs`` on ``workers`` threads, in order; the first error is raised once all settle."""
+    if not jobs:
+        return []
+    with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="upload-file") as pool:
+        futures = [pool.submit(fn, job) for job in jobs]
+        try:
+            for fut in futures:
+                while not fut.done():
+                    time.sleep(0.05)  # short waits keep Ctrl-C responsive in the main thread
+        except KeyboardInterrupt:
+            abort.set()
+            for fut in futures:
+                fut.cancel()
+            raise
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        abort.set()
+        raise next((e for e in errors if not str(e).endswith(": stopped")), errors[0])  # type: ignore[misc]
+    return [f.result() for f in futures]
+
+
+def upload_release(
+    client: Any,
+    release_dir: str | Path,
+    target_or_bucket_and_prefix: S3Target | tuple[str, str | None],
+    config: UploadConfig,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+    show_progress: bool = True,
+    executor: Executor | None = None,
+    log: Log | None = None,
+    verbose: bool = False,
+) -> UploadReport:
+    """Upload a release directory: every artifact of its manifest, then SHA256SUMS and manifest.json.
+
+    ``executor`` runs the part uploads (it needs ``transfers * upload_concurrency``
+    workers for full speed); by default one is made and shut down here.
+    Raises PublishedError (without ``force``) when the version is published
+    with other content or an object differs; TransferError when a part still
+    fails after its retries (the run is resumable); ChecksumError when the
+    server's copy does not match.
+    """
+    log = log or _stderr
+    started = time.monotonic()
+    release_dir = Path(release_dir)
+    manifest = load_release_manifest(release_dir)
+    bucket, prefix = _split_target(target_or_bucket_and_prefix, manifest)
+    endpoint = str(client.meta.endpoint_url) if client is not None else getattr(
+        target_or_bucket_and_prefix, "endpoint_url", "")
+    report = UploadReport(bucket, prefix, endpoint, dry_run=dry_run)
+    notes: list[str] = []
+    def note(line: str) -> None:
+        notes.append(line)
+        log(line)
+
+    jobs = plan_jobs(release_dir, manifest, prefix, config, log=note)
+    report.notes = notes
+    if dry_run:
+        report.results = [FileResult(j.name, j.key, j.size, j.sha256, "", j.parts, j.part_size, "dry-run",
+                                     multipart=j.multipart) for j in jobs]
+        return report
+
+    own_pool = executor is None
+    pool = executor or ThreadPoolExecutor(max_workers=config.transfers * config.upload_concurrency,
+                                          thread_name_prefix="upload-part")
+    up = _Uploader(client, bucket, release_dir, config, pool, log, verbose)
+    try:
+        report.results = _upload_all(up, jobs, manifest, prefix, force, show_progress)
+    finally:
+        if own_pool:
+            pool.shutdown(wait=True, cancel_futures=True)
+    report.part_uploads, report.put_uploads = up.part_uploads, up.put_uploads
+    report.bytes_sent = up.bytes_sent
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _upload_all(up: _Uploader, jobs: list[Job], manifest: dict[str, Any], prefix: str, force: bool,
+                show_progress: bool) -> list[FileResult]:
+    where = f"s3://{up.bucket}/{prefix + '/' if prefix else ''}"
+    remote_manifest = published_manifest(up.client, up.bucket, prefix)
+    if remote_manifest is not None and remote_manifest != manifest:
+        if not force:
+            raise PublishedError(f"version {manifest.get('version')} is already published at {where} with a "
+                                 "different manifest.json: pass --force to replace it")
+        up.log(f"{where}: replacing a published version (--force): removing its manifest.json first")
+        try:
+            up.client.delete_object(Bucket=up.bucket, Key=object_key(prefix, MANIFEST_NAME))
+        except Exception as exc:  # noqa: BLE001 - mapped to one clean line
+            raise client_error(up.client, exc, f"unpublishing {where}", up.bucket) from None
+
+    decisions = _run_parallel(up.classify, jobs, max(up.config.transfers, 8), up.abort)
+    conflicts = [f"{j.key} ({why})" for j, (kind, why) in zip(jobs, decisions, strict=True)
+                 if kind == "conflict"]
+    if conflicts and not force:
+        raise PublishedError(f"{len(conflicts)} object(s) on the server differ from the local release: "
+                             f"{', '.join(conflicts)}: pass --force to overwrite")
+    results: dict[str, FileResult] = {}
+    todo: list[Job] = []
+    for job, (kind, etag) in zip(jobs, decisions, strict=True):
+        if kind == "skip":
+            results[job.name] = FileResult(job.name, job.key, job.size, job.sha256, etag, job.parts,
+                                           job.part_size, "skipped", multipart=job.multipart)
+            if up.verbose:
+                up.log(f"{job.name}: already on the server with the same content: skipped")
+        else:
+            todo.append(job)
+    artifacts = [j for j in todo if j.name not in (SUMS_NAME, MANIFEST_NAME)]
+    finals = [j for j in todo if j.name in (SUMS_NAME, MANIFEST_NAME)]
+    total = sum(j.size for j in todo)
+    with progress(total, f"upload {where}", enabled=show_progress and total > 0) as bar:
+        up.bar = bar
+        for r in _run_parallel(up.upload, artifacts, up.config.transfers, up.abort):
+            results[r.name] = r
+        for job in finals:  # SHA256SUMS, then manifest.json: published only when all else is there
+            results[job.name] = up.upload(job)
+    return [results[j.name] for j in jobs]
+
+
+# --------------------------------------------------------------------------- remote verification
+
+
+@dataclass
+class RemoteCheck:
+    """One object checked by :func:`verify_remote`; ``etag_check`` says how far the ETag was checked."""
+
+    name: str
+    key: str
+    size: int
+    etag: str
+    sha256: str
+    etag_check: str  # "exact", "part-count", or "content" (manifest.json compared as JSON)
+
+
+def _etag_shape_problem(etag: str, size: int, config: UploadConfig | None) -> str | None:
+    """Why ``etag`` cannot be the ETag of ``size`` bytes uploaded with ``config`` (any config if None)."""
+    m = re.fullmatch(r"[0-9a-f]{32}(?:-(\d+))?", etag)
+    if not m:
+        return f"ETag {etag!r} is not an S3 ETag"
+    count = int(m.group(1)) if m.group(1) else None
+    if config is not None:
+        multipart = size >= config.multipart_threshold
+        want = math.ceil(size / config.part_size_for(size)) if multipart else None
+        if count != want:
+            return f"ETag {etag} is not that of {want or 'a single'} part(s) for this size and part size"
+        return None
+    if count is None:
+        return None if size <= MAX_PART_SIZE else f"single-part ETag {etag} for an object over 5 GiB"
+    low, high = math.ceil(size / MAX_PART_SIZE), min(MAX_PARTS, max(1, math.ceil(size / MIN_PART_SIZE)))
+    return None if low <= count <= high else f"ETag {etag}: {count} parts cannot hold {size} bytes"
+
+
+def verify_remote(
+    client: Any,
+    bucket: str,
+    prefix: str,
+    manifest: dict[str, Any],
+    *,
+    release_dir: str | Path | None = None,
+    expected_etags: dict[str, str] | None = None,
+    config: UploadConfig | None = None,
+) -> list[RemoteCheck]:
+    """HEAD every artifact (size, ETag, sha256 metadata) and read back manifest.json.
+
+    The exact expected ETag comes from ``expected_etags`` (e.g. ``report.etags()``),
+    else from the local files in ``release_dir`` (the upload's state record, or a
+    re-hash in the remote object's part layout). Without either, an ETag is only
+    checked for its part count: exactly the one ``config`` gives for the size,
+    or (no ``config``) one that some legal part size gives. Raises ChecksumError
+    naming every mismatch.
+    """
+    prefix = normalize_prefix(prefix) or ""
+    local_dir = Path(release_dir) if release_dir is not None else None
+    state_dir = (local_dir or Path()) / STATE_DIR
+    expected_etags = expected_etags or {}
+    endpoint = str(client.meta.endpoint_url)
+    problems: list[str] = []
+    checks: list[RemoteCheck] = []
+
+    def check(artifact: dict[str, Any]) -> tuple[RemoteCheck | None, list[str]]:
+        name, size, sha = artifact["name"], int(artifact["size"]), str(artifact["sha256"])
+        key = object_key(prefix, name)
+        head = head_or_none(client, bucket, key)
+        if head is None:
+            return None, [f"{key} (missing)"]
+        remote_etag = _clean_etag(head.get("ETag"))
+        want: str | None = expected_etags.get(name)
+        path = local_dir / name if local_dir is not None else None
+        if want is None and path is not None and path.is_file() and path.stat().st_size == size:
+            cfg = config or UploadConfig()
+            multipart = size >= cfg.multipart_threshold
+            part_size = cfg.part_size_for(size) if multipart else max(size, 1)
+            job = Job(name, path, key, size, sha, part_size, multipart, path.stat().st_mtime_ns)
+            state = UploadState.load(UploadState.path_for(state_dir, endpoint, bucket, key, name))
+            fields = {"endpoint": endpoint, "bucket": bucket, "key": key}
+            if state and state.data.get("status") == "complete" and state.matches(fields, job.identity()):
+                want = str(state.data["etag"])
+            else:
+                want = expected_etag(client, bucket, job, remote_etag)
+        out = _object_problems(name, size, sha, want, head)
+        how = "exact"
+        if want is None:
+            how = "part-count"
+            shape = _etag_shape_problem(remote_etag, size, config)
+            out.extend([shape] if shape else [])
+        errs = [f"{key} ({'; '.join(out)})"] if out else []
+        return RemoteCheck(name, key, size, remote_etag, sha, how), errs
+
+    from concurrent.futures import ThreadPoolExecutor as _Pool
+
+    with _Pool(max_workers=8) as pool:
+        for result, errs in pool.map(check, manifest["artifacts"]):
+            problems.extend(errs)
+            if result is not None and not errs:
+                checks.append(result)
+    for name in (SUMS_NAME, MANIFEST_NAME):
+        key = object_key(prefix, name)
+        head = head_or_none(client, bucket, key)
+        if head is None:
+            problems.append(f"{key} (missing)")
+            continue
+        out: list[str] = []
+        local = local_dir / name if local_dir is not None else None
+        if local is not None and local.is_file():
+            data = local.read_bytes()
+            md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+            remote_etag = _clean_etag(head.get("ETag"))
+            want = expected_etags.get(name) or (md5 if "-" not in remote_etag else None)
+            out = _object_problems(name, len(data), hashlib.sha256(data).hexdigest(), want, head)
+        if name == MANIFEST_NAME and published_manifest(client, bucket, prefix) != manifest:
+            out.append("differs from the local manifest")
+        if out:
+            problems.append(f"{key} ({'; '.join(out)})")
+        else:
+            meta = (head.get("Metadata") or {}).get(SHA256_META, "")
+            how = "exact" if local is not None and local.is_file() else "content"
+            size = int(head.get("ContentLength", 0))
+            checks.append(RemoteCheck(name, key, size, _clean_etag(head.get("ETag")), meta, how))
+    if problems:
+        raise ChecksumError(f"the remote copy at s3://{bucket}/{prefix} does not match the manifest: "
+                            f"{', '.join(problems)}: upload again (with --force for changed objects)")
+    return checks
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _target_from_args(args: Any, require_credentials: bool) -> S3Target:
+    return resolve_target(bucket=args.bucket, prefix=args.prefix, endpoint_url=args.endpoint_url,
+                          profile=args.profile, remote=args.remote, rclone_config=args.rclone_config,
+                          require_credentials=require_credentials)
+
+
+def run_upload_command(args: Any) -> int:
+    """``objathor-release upload``: resolve the target, upload, print the table and summary."""
+    chunk = parse_size(args.chunk_size)
+    config = UploadConfig(chunk_size=chunk, upload_concurrency=args.upload_concurrency,
+                          transfers=args.transfers, multipart_threshold=max(chunk, 5 * 1024 * 1024),
+                          max_part_attempts=getattr(args, "part_attempts", None) or 5)
+    release_dir = Path(args.release_dir)
+    if not release_dir.is_dir():
+        raise UsageError(f"{release_dir}: release directory not found: check --release-dir")
+    target = _target_from_args(args, require_credentials=not args.dry_run)
+    if args.verbose:
+        _stderr(f"target: {target!r}")
+    client = None if args.dry_run else make_client(
+        target, max_pool_connections=config.transfers * config.upload_concurrency + 8)
+    try:
+        report = upload_release(client, release_dir, target, config, force=args.force, dry_run=args.dry_run,
+                                show_progress=not args.quiet, verbose=args.verbose)
+    except ReleaseError as exc:
+        exc.args = (redact(str(exc), target.secrets()),)
+        raise
+    print(report.table())
+    print(report.summary())
+    return 0
+
+
+def run_cleanup_command(args: Any) -> int:
+    """``objathor-release cleanup``: list and abort abandoned multipart uploads."""
+    older = parse_duration(args.older_than)
+    target = _target_from_args(args, require_credentials=True)
+    if args.verbose:
+        _stderr(f"target: {target!r}")
+    found = cleanup_uploads(make_client(target), target.bucket, target.prefix, older_than=older,
+                            dry_run=args.dry_run)
+    for p in found:
+        action = "aborted" if p.aborted else "would abort"
+        age = format_age(p.age_seconds)
+        print(f"{action}  {p.key}  started {p.initiated:%Y-%m-%d %H:%M} UTC ({age} ago)"
+              f"  upload id {p.upload_id[:16]}...")
+    verb = "found" if args.dry_run else "aborted"
+    print(f"{verb} {len(found)} incomplete multipart upload(s) older than {args.older_than} "
+          f"in s3://{target.bucket}/{target.prefix or ''}")
+    return 0

@@ -331,6 +331,14 @@ class _Downloader:
             raise UsageError(f"not enough space in {self.root} for {url}: it needs {format_size(needed)}, "
                              f"{format_size(free)} is free; free some space or pass --path on a larger disk")
 
+    def size_of(self, url: str, art: Mapping[str, Any] | None) -> int | None:
+        """The size for the progress bar: the manifest's, else the server's (None if it will not say)."""
+        if art is not None:
+            return int(art["size"])
+        if not self.show_progress:
+            return None
+        return self.http.info(url).size
+
     # ------------------------------------------------------------------ markers
 
     def marker(self, what: str) -> Path:
@@ -414,15 +422,13 @@ class _Downloader:
         """Download into ``target``'s ``.part``, verify, rename to ``target``; returns (sha256, size)."""
         target.parent.mkdir(parents=True, exist_ok=True)
         part, state_json = part_paths(target)
-        have = part.stat().st_size if part.exists() else 0
+        have = part.stat().st_size if part.exists() else 0  # preallocated: already reserved on disk
+        copies = 2 if kind == "tar" else 1  # a kept tar is extracted beside itself
         check = self.check_response(url, kind, art["size"] if art else None,
-                                    need=lambda info: (info.size or 0) - have)
-        with progress(art["size"] if art else None, f"download {target.name}",
+                                    need=lambda info: copies * (info.size or 0) - have)
+        with progress(self.size_of(url, art), f"download {target.name}",
                       enabled=self.show_progress) as bar:
-            try:
-                info = download_file(self.http, url, target, check=check, bar=bar)
-            except NotFound as exc:
-                raise self.unknown_version(url, exc.status) if self.manifest is None else exc from None
+            info = download_file(self.http, url, target, check=check, bar=bar)
         digest = sha256_file(part)
         size = part.stat().st_size
         if art is not None:
@@ -471,9 +477,6 @@ class _Downloader:
 
         try:
             return self._twice(name, attempt, cleanup)
-        except NotFound as exc:
-            _remove(staging)
-            raise self.unknown_version(url, exc.status) if self.manifest is None else exc from None
         except Exception:
             _remove(staging)  # an interrupted run (Ctrl-C, kill) leaves it; the next run restarts cleanly
             raise
@@ -516,7 +519,7 @@ class _Downloader:
                 put(exc)
 
         thread = threading.Thread(target=reader, name="download-reader", daemon=True)
-        with progress(art["size"] if art else None, f"download {name}", enabled=self.show_progress) as bar:
+        with progress(self.size_of(url, art), f"download {name}", enabled=self.show_progress) as bar:
             thread.start()
             try:
                 while True:
@@ -684,17 +687,12 @@ def _load_manifest(http: Http, source: Source, version: str) -> dict[str, Any] |
 
 def _choose_parts(d: _Downloader, what: str) -> list[str]:
     """The parts to fetch; for ``all``, those the version has (by manifest, else by asking the server)."""
-    wanted = list(PARTS) if what == "all" else [what]
-    first = "holodeck-base" if what == "holodeck-base" else ("assets" if what == "assets" else "annotations")
     if d.manifest is None:
-        try:
-            d.http.info(d.url(first))
-        except NotFound as exc:
-            raise d.unknown_version(d.url(first), exc.status) from None
+        _probe_version(d, "annotations" if what == "all" else what)
     if what != "all":
-        return wanted
+        return [what]
     out = []
-    for part in wanted:
+    for part in PARTS:
         if part in ("annotations", "assets") or d.artifact(part) is not None or d.done(part) is not None:
             out.append(part)
             continue
@@ -704,6 +702,24 @@ def _choose_parts(d: _Downloader, what: str) -> list[str]:
         except NotFound:
             pass
     return out
+
+
+def _probe_version(d: _Downloader, part: str) -> None:
+    """Without a manifest: is the version there at all, and does it have ``part``? Else say which."""
+    try:
+        d.http.info(d.url(part))
+        return
+    except NotFound as exc:
+        missing = exc
+    if part != "annotations":
+        try:
+            d.http.info(d.url("annotations"))
+        except NotFound:
+            pass
+        else:
+            raise UsageError(f"version {d.version} has no {part}: {missing.url} answered HTTP "
+                             f"{missing.status}")
+    raise d.unknown_version(missing.url, missing.status)
 
 
 def run_download_command(args: Any) -> int:

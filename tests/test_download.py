@@ -216,7 +216,7 @@ def test_killed_extraction_restarts_cleanly(web: Nginx, tmp_path: Path) -> None:
 
     again = run_cli("download", "assets", "--version", V, "--path", str(dest), "--base-url", base, env=QUIET)
     assert again.returncode == 0, again.stderr
-    assert "restarting the interrupted extraction" in again.stderr
+    assert "restarting the interrupted extraction" in again.stderr, again.stderr
     assert tree(dest / V / "assets") == expected_tree(src)
     assert not staging.exists()
 
@@ -554,3 +554,20 @@ def test_download_from_a_moto_bucket_by_path_style_get(tmp_path: Path, s3_client
     part = download_version("assets", V, path=tmp_path / "dl2", base_url=base, uids=[uid],
                             show_progress=False, http_config=one_piece)
     assert part.verified and [p.name for p in (tmp_path / "dl2" / V / "assets").iterdir()] == [uid]
+
+
+def test_a_part_the_version_lacks_is_named(web: Nginx, tmp_path: Path) -> None:
+    base, _, _ = publish(web, tmp_path, features=False, holodeck=False, manifest=False)
+    proc = run_cli("download", "features", "--version", V, "--path", str(tmp_path / "dl"), "--base-url", base,
+                   env=QUIET)
+    assert proc.returncode == 2
+    assert f"version {V} has no features" in proc.stderr and "features.tar answered HTTP 404" in proc.stderr
+
+
+def test_uids_only_select_assets(tmp_path: Path) -> None:
+    proc = run_cli("download", "annotations", "--version", V, "--uids", "abc", "--path", str(tmp_path),
+                   "--base-url", "http://127.0.0.1:9", env=QUIET)
+    assert proc.returncode == 2 and "--uids/--uids-file select assets" in proc.stderr
+    proc = run_cli("download", "assets", "--version", V, "--uids-file", str(tmp_path / "missing.txt"),
+                   "--path", str(tmp_path), "--base-url", "http://127.0.0.1:9", env=QUIET)
+    assert proc.returncode == 2 and "missing.txt" in proc.stderr

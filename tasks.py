@@ -157,3 +157,67 @@ def demo(c: Context, workdir: str = "demo", assets: int = 50) -> None:
 
 
 # ---------------------------------------------------------------- docker tasks (see Dockerfile)
+
+
+def _docker(call, *args, **kwargs):
+    """Run a dockerimage function; a ReleaseError (e.g. no engine) becomes invoke.Exit with its line."""
+    from invoke import Exit
+
+    from objathor_release.errors import ReleaseError
+
+    try:
+        return call(*args, **kwargs)
+    except ReleaseError as exc:
+        raise Exit(f"objathor-release: error: {exc}", code=exc.exit_code) from None
+
+
+@task(help={
+    "tag": "image name to create (default objathor-release-base:bookworm)",
+    "rebuild": "make it again even when an image of that name exists",
+})
+def docker_base(c: Context, tag: str = "", rebuild: bool = False) -> None:
+    """Build the local Debian base image objathor-release-base:bookworm (debootstrap + docker import)."""
+    from objathor_release import dockerimage
+
+    _docker(dockerimage.build_base_image, tag or dockerimage.LOCAL_BASE_IMAGE, rebuild=rebuild)
+
+
+@task(help={
+    "base_image": "base image (default: the pinned python:3.12-slim-bookworm digest)",
+    "tag": "image name to create (repeatable; default objathor-release:<version> and :latest)",
+}, iterable=["tag"])
+def docker_build(c: Context, base_image: str = "", tag: list[str] | None = None) -> None:
+    """Build and tag the objathor-release image through the docker SDK, printing the build output."""
+    from objathor_release import dockerimage
+
+    _docker(dockerimage.build_image, base_image or dockerimage.PINNED_BASE_IMAGE, tags=tag or None)
+
+
+@task(help={
+    "version": "dataset version, YYYY_MM_DD",
+    "assets_dir": "optimized assets directory (mounted read-only)",
+    "features_dir": "features directory (optional, mounted read-only)",
+    "release_dir": "where artifacts are built (default release/VERSION; mounted read-write)",
+    "bucket": "bucket name (default $BUCKET)",
+    "endpoint_url": "S3 API endpoint (default $AWS_ENDPOINT_URL_S3/$AWS_ENDPOINT_URL, else R2)",
+    "image": "image to run (default objathor-release:latest)",
+    "network": "docker network, e.g. host to reach an endpoint on this machine's 127.0.0.1",
+    "force": "overwrite a published version",
+    "dry_run": "do everything local and print what the upload would do",
+})
+def docker_release(c: Context, version: str, assets_dir: str = "assets", features_dir: str = "",
+                   release_dir: str = "", bucket: str = "", endpoint_url: str = "",
+                   image: str = "objathor-release:latest", network: str = "", force: bool = False,
+                   dry_run: bool = False) -> None:
+    """Run the release inside the image, credentials passed from this environment; exits with its code."""
+    from invoke import Exit
+
+    from objathor_release import dockerimage
+
+    code = _docker(dockerimage.release_in_container, version=version, assets_dir=assets_dir,
+                   features_dir=features_dir or None, release_dir=release_dir or f"release/{version}",
+                   image=image, bucket=bucket or None, endpoint_url=endpoint_url or None,
+                   network=network or None,
+                   extra_args=[w for w, on in (("--force", force), ("--dry-run", dry_run)) if on])
+    if code:
+        raise Exit(code=code)

@@ -24,6 +24,7 @@ import os
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ RETRY_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
 )
 T = TypeVar("T")
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -150,8 +153,17 @@ class Http:
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
             if validator:
                 headers["If-Range"] = validator
-        resp = self.pool.request(method, url, headers=headers, preload_content=False, decode_content=False,
-                                 redirect=True)
+        where = url
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = self.pool.request(method, where, headers=headers, preload_content=False,
+                                     decode_content=False, redirect=False)
+            location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
+            if not location:
+                break
+            _discard(resp)
+            where = urllib.parse.urljoin(where, location)
+        else:
+            raise TransferError(f"{url}: more than {MAX_REDIRECTS} redirects: check --base-url")
         if resp.status in (200, 206):
             return resp
         status = resp.status
@@ -247,7 +259,7 @@ class Http:
                             if on_open is not None:
                                 on_open(info)
                         _skip(resp, skip)
-                    data = resp.read(read_size, decode_content=False)
+                    data = _read_some(resp, read_size)
                     if not data:
                         expected = end + 1 if end is not None else (info.size if info else None)
                         if expected is None or pos >= expected:
@@ -269,6 +281,19 @@ class Http:
 
     def close(self) -> None:
         self.pool.clear()
+
+
+def _read_some(resp: urllib3.BaseHTTPResponse, limit: int) -> bytes:
+    """What has arrived, up to ``limit`` bytes (blocking only until something arrives).
+
+    ``read1`` (urllib3 2) keeps a slow link's bytes moving on to the extractor
+    and the progress bar instead of waiting for ``limit`` bytes to pile up.
+    """
+    read1 = getattr(resp, "read1", None)
+    if read1 is not None:
+        data: bytes = read1(limit, decode_content=False)
+        return data
+    return resp.read(limit, decode_content=False)  # pragma: no cover - urllib3 1.26
 
 
 def _describe(exc: BaseException) -> str:

@@ -4,6 +4,7 @@
         web.url          # http://127.0.0.1:PORT  -> files under root
         web.url + "/slow"  # the same files, sent at ``slow_rate`` bytes per second
         web.url + "/html"  # every path answers 200 with an HTML page (a captive portal)
+        web.url + "/moved" # the same files after two redirects (301, then 302)
         web.access_log()   # one parsed line per request: method, uri, status, range, if-range, bytes
 
 The config is written from scratch into ``workdir`` (pid, logs, temp paths
@@ -53,6 +54,12 @@ http {{
         location /slow/ {{
             alias {root}/;
             limit_rate {slow_rate};
+        }}
+        location /moved/ {{
+            rewrite ^/moved/(.*)$ /moved2/$1 permanent;
+        }}
+        location /moved2/ {{
+            rewrite ^/moved2/(.*)$ /$1 redirect;
         }}
         location /html/ {{
             types {{ }}

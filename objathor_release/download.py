@@ -344,7 +344,7 @@ class _Downloader:
     def marker(self, what: str) -> Path:
         return self.state(what) / f"{self.key(what)}.done"
 
-    def done(self, what: str) -> dict[str, Any] | None:
+    def done(self, what: str, *, quiet: bool = False) -> dict[str, Any] | None:
         """The finished marker, if it is there, its target exists and it matches the manifest."""
         try:
             mark: dict[str, Any] = json.loads(self.marker(what).read_text())
@@ -354,9 +354,10 @@ class _Downloader:
             return None
         art = self.artifact(what)
         if art is not None and mark.get("sha256") != art["sha256"].lower():
-            _warn(f"{self.target(what)} is from an earlier release of {self.version} "
-                  f"(sha256 {str(mark.get('sha256'))[:12]}..., manifest.json now says "
-                  f"{art['sha256'][:12]}...): downloading it again")
+            if not quiet:
+                    _warn(f"{self.target(what)} is from an earlier release of {self.version} "
+                      f"(sha256 {str(mark.get('sha256'))[:12]}..., manifest.json now says "
+                      f"{art['sha256'][:12]}...): downloading it again")
             return None
         return mark
 
@@ -416,6 +417,13 @@ class _Downloader:
             digest, size = self._fetch_file(url, target, art, "gzip" if target.suffix == ".gz" else "file")
             self.write_marker(what, url, digest, size, art is not None)
             return PartResult(what, target, "downloaded", art is not None, size)
+
+        # A file some other tool (objathor's downloader) left under the final name: keep it only if it
+        # is exactly the listed one.
+        if (art is not None and target.is_file() and target.stat().st_size == art["size"]
+                and sha256_file(target) == art["sha256"].lower()):
+            self.write_marker(what, url, art["sha256"].lower(), art["size"], True)
+            return PartResult(what, target, "already there", True, note="checked against manifest.json")
         return self._twice(target.name, attempt, cleanup)
 
     def _fetch_file(self, url: str, target: Path, art: dict[str, Any] | None, kind: str) -> tuple[str, int]:
@@ -693,7 +701,7 @@ def _choose_parts(d: _Downloader, what: str) -> list[str]:
         return [what]
     out = []
     for part in PARTS:
-        if part in ("annotations", "assets") or d.artifact(part) is not None or d.done(part) is not None:
+        if part in ("annotations", "assets") or d.artifact(part) is not None or d.done(part, quiet=True):
             out.append(part)
             continue
         try:

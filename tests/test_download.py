@@ -581,3 +581,20 @@ def test_redirects_are_followed(web: Nginx, tmp_path: Path) -> None:
     result = download_version("assets", V, path=tmp_path / "dl", base_url=moved, show_progress=False,
                               http_config=FAST)
     assert result.verified and tree(tmp_path / "dl" / V / "assets") == expected_tree(src)
+
+
+def test_a_file_left_by_another_tool_is_checked_not_trusted(web: Nginx, tmp_path: Path) -> None:
+    base, release, _ = publish(web, tmp_path, features=False, holodeck=False)
+    target = tmp_path / "dl" / V / "annotations.json.gz"
+    target.parent.mkdir(parents=True)
+    good = (release.vdir / "annotations.json.gz").read_bytes()
+    target.write_bytes(good[: len(good) // 2])  # objathor's downloader cut short: the final name, half the bytes
+    result = download_version("annotations", V, path=tmp_path / "dl", base_url=base, show_progress=False,
+                              http_config=FAST)
+    assert result.parts[0].status == "downloaded" and target.read_bytes() == good
+    (result.parts[0].path.parent / ".objathor-release" / "annotations.done").unlink()  # a complete one
+    before = len(requests_for(web, "annotations.json.gz"))
+    again = download_version("annotations", V, path=tmp_path / "dl", base_url=base, show_progress=False,
+                             http_config=FAST)
+    assert again.parts[0].status == "already there" and again.verified
+    assert len(requests_for(web, "annotations.json.gz")) == before

@@ -8,6 +8,7 @@ project's tar builder and manifest writer when present) and downloads it with
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -598,3 +599,35 @@ def test_a_file_left_by_another_tool_is_checked_not_trusted(web: Nginx, tmp_path
                              http_config=FAST)
     assert again.parts[0].status == "already there" and again.verified
     assert len(requests_for(web, "annotations.json.gz")) == before
+
+
+def test_extractor_checks_the_manifest_and_the_headers(tmp_path: Path) -> None:
+    from objathor_release.errors import InputError
+    from objathor_release.extract import ExpectedMember
+
+    data = _tar(GOOD)
+    offset = 3 * 512  # two directory headers, then a.jpg's header: its data starts here
+    good = {"assets/u1/a.jpg": ExpectedMember(1, hashlib.sha256(b"x").hexdigest(), offset)}
+    ex = TarStreamExtractor(tmp_path / "ok", expect=good, source="t.tar")
+    (tmp_path / "ok").mkdir()
+    ex.feed(data)
+    ex.finish()
+    for expect, match in [
+        ({"assets/u1/a.jpg": ExpectedMember(1, "0" * 64, offset)}, "has sha256:"),
+        ({"assets/u1/a.jpg": ExpectedMember(2, good["assets/u1/a.jpg"].sha256, offset)}, "manifest.json says 2"),
+        ({"assets/u1/a.jpg": ExpectedMember(1, good["assets/u1/a.jpg"].sha256, 0)}, "starts at byte 1536"),
+        ({}, "is not listed in manifest.json"),
+        ({**good, "assets/u1/b.jpg": good["assets/u1/a.jpg"]}, "lacks 1 member"),
+    ]:
+        out = tmp_path / uuid.uuid4().hex
+        out.mkdir()
+        with pytest.raises(ChecksumError, match=match):
+            ex = TarStreamExtractor(out, expect=expect, source="t.tar")
+            ex.feed(data)
+            ex.finish()
+    broken = bytearray(data)
+    broken[512 + 10] ^= 1  # a name byte of the second header
+    out = tmp_path / "broken"
+    out.mkdir()
+    with pytest.raises(InputError, match="bad tar header checksum at byte 512"):
+        TarStreamExtractor(out, source="t.tar").feed(bytes(broken))

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import schema_errors
-from .errors import ChecksumError, InputError
+from .config import schema_errors, validate_version
+from .errors import ChecksumError, InputError, UsageError
 from .fsutil import CHUNK, atomic_write
 from .progress import progress
 from .tarball import DEFAULT_EXCLUDES, read_sidecar, scan_tar
@@ -105,7 +105,7 @@ def _created() -> str | None:
     try:
         epoch = int(text)
     except ValueError:
-        raise InputError(
+        raise UsageError(
             f"SOURCE_DATE_EPOCH={text!r} is not a whole number of seconds: fix or unset it"
         ) from None
     return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -177,6 +177,7 @@ def write_manifest(release_dir: str | Path, version: str, *, show_progress: bool
     ``excludes`` (the list in force) defaults to the one assets.tar's sidecar
     recorded, else any tar's, else DEFAULT_EXCLUDES.
     """
+    validate_version(version)
     root = Path(release_dir)
     names = list_artifacts(root)
     if not names:

@@ -428,3 +428,35 @@ def test_failed_build_keeps_the_previous_archive(sample_assets: Path, out_path: 
     assert out_path.read_bytes() == before and read_sidecar(out_path) is not None
     assert sorted(leftovers(out_path.parent)) == sorted([out_path.name, sidecar_path(out_path).name])
     assert good.sha256 == sha256_of(out_path)
+
+
+def test_output_through_a_symlink_into_the_tree_is_refused(sample_assets: Path, tmp_path: Path) -> None:
+    (tmp_path / "rel").symlink_to(sample_assets)
+    with pytest.raises(UsageError, match="inside"):
+        build(sample_assets, tmp_path / "rel" / "assets.tar")
+
+
+def test_output_that_is_a_directory_is_refused(sample_assets: Path, tmp_path: Path) -> None:
+    (tmp_path / "rel").mkdir()
+    with pytest.raises(UsageError, match="is a directory"):
+        build(sample_assets, tmp_path / "rel")
+
+
+def test_scan_names_an_empty_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="empty.tar: empty or too short"):
+        scan_tar(write(tmp_path / "empty.tar", b""))
+
+
+def test_buffers_smaller_than_files_and_members_across_buffers(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files bigger than a buffer, and headers and data landing on buffer edges, give the same bytes."""
+    import objathor_release.tarball as tarball
+
+    src = tmp_path / "assets"
+    for i, n in enumerate([0, 100, 4096 - 512, 4096, 4097, 9000, 20000, 3 * 4096 + 511]):
+        write(src / f"f{i}", os.urandom(n))
+    want = build(src, tmp_path / "big-buffers.tar")
+    monkeypatch.setattr(tarball, "BUFFER", 4096)
+    got = build(src, tmp_path / "small-buffers.tar")
+    assert got.path.read_bytes() == want.path.read_bytes() and got.members == want.members
+    assert got.members == tarfile_members(got.path)

@@ -40,7 +40,7 @@ from typing import Any, BinaryIO
 
 from .config import format_size
 from .errors import InputError, ReleaseError, UsageError
-from .fsutil import atomic_path, atomic_write
+from .fsutil import atomic_path
 from .progress import progress
 
 #: The seed release process's exclude list, exact and in its order.
@@ -73,6 +73,7 @@ _GNU_MAGIC = b"ustar  \x00"
 _UID_GID = b"0000000\x00" * 2
 _AFTER_TYPE = bytes(100) + _GNU_MAGIC + bytes(32 + 32 + 8 + 8 + 167)  # linkname .. end of block
 _CHK_BLANK = b" " * 8
+_NUL100 = bytes(100)
 _EXTENSION_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE)
 
 
@@ -154,6 +155,13 @@ def _translate(pattern: str) -> str:
     return "".join(out)
 
 
+_META = frozenset("*?[\\")
+
+
+def _literal(text: str) -> bool:
+    return bool(text) and not _META.intersection(text)
+
+
 def compile_excludes(patterns: Iterable[str]) -> Callable[[str], bool]:
     """A predicate: is this archive path excluded, matched the way GNU tar's ``--exclude`` does.
 
@@ -161,13 +169,38 @@ def compile_excludes(patterns: Iterable[str]) -> Callable[[str], bool]:
     it that starts after a ``/``; for a pattern without ``/`` that is simply a
     file or folder name anywhere in the tree. ``*`` and ``?`` match any
     character, dots and ``/`` included (GNU tar's defaults).
+
+    The usual shapes are tested without a regex (the tar calls this once per
+    file): ``NAME`` and ``*SUFFIX`` by the path's ending, ``PREFIX*`` by a
+    component's start; anything else by one combined regex.
     """
-    pats = [p for p in patterns]
-    if not pats:
-        return lambda path: False
-    regex = re.compile("(?:\\A|(?<=/))(?:" + "|".join(_translate(p) for p in pats) + ")\\Z", re.DOTALL)
-    search = regex.search
-    return lambda path: search(path) is not None
+    ends: list[str] = []  # "/NAME" for a literal, or SUFFIX for *SUFFIX: tested on "/" + path
+    starts: list[str] = []  # "/PREFIX" for PREFIX*: tested on "/" + path
+    complex_: list[str] = []
+    for p in patterns:
+        if _literal(p):
+            ends.append("/" + p)
+        elif p.startswith("*") and _literal(p[1:]) and not p[1:].startswith("/"):
+            ends.append(p[1:])
+        elif p.endswith("*") and _literal(p[:-1]):
+            starts.append("/" + p[:-1])
+        else:
+            complex_.append(p)
+    end_tuple = tuple(ends)
+    search = None
+    if complex_:
+        alternatives = "|".join(_translate(p) for p in complex_)
+        search = re.compile("(?:\\A|(?<=/))(?:" + alternatives + ")\\Z", re.DOTALL).search
+
+    def excluded(path: str) -> bool:
+        slashed = "/" + path
+        if end_tuple and slashed.endswith(end_tuple):
+            return True
+        if any(s in slashed for s in starts):
+            return True
+        return search is not None and search(path) is not None
+
+    return excluded
 
 
 # --------------------------------------------------------------------------- headers
@@ -200,6 +233,7 @@ class _Headers:
         self.mtime_field = _number(mtime, 12)
         self._const = sum(_UID_GID) + sum(self.mtime_field) + sum(_CHK_BLANK) + sum(_AFTER_TYPE)
         self._modes: dict[int, tuple[bytes, int]] = {}
+        self._files: dict[int, tuple[bytes, int]] = {}  # raw st_mode -> normalized mode field, its sum
 
     def _mode(self, mode: int) -> tuple[bytes, int]:
         got = self._modes.get(mode)
@@ -207,6 +241,18 @@ class _Headers:
             f = _number(mode, 8)
             got = self._modes[mode] = (f, sum(f))
         return got
+
+    def file(self, name: bytes, st_mode: int, size: int) -> bytes:
+        """A regular file's header block(s), with a fast path for the usual short name."""
+        got = self._files.get(st_mode)
+        if got is None:
+            got = self._files[st_mode] = self._mode(normalize_mode(st_mode, False))
+        if len(name) > 100 or size >= MAX_OCTAL_11:
+            return self.entry(name, normalize_mode(st_mode, False), size, b"0")
+        size_field = b"%011o\x00" % size
+        chk = self._const + sum(name) + got[1] + sum(size_field) + 48  # 48: typeflag b"0"
+        return b"".join((name, _NUL100[len(name):], got[0], _UID_GID, size_field, self.mtime_field,
+                         b"%06o\x00 " % chk, b"0", _AFTER_TYPE))
 
     def header(self, name: bytes, mode: int, size: int, typeflag: bytes, mtime: bytes | None = None) -> bytes:
         """One 512-byte header (``name`` already fits 100 bytes)."""
@@ -475,9 +521,15 @@ class _Builder:
             if not stat.S_ISREG(st.st_mode):
                 raise InputError(f"{_display(path)}: {_special(path)}: remove it or --exclude it")
             size = st.st_size
-            out.write(self.h.entry(name_b, normalize_mode(st.st_mode, False), size, b"0"))
-            offset = out.flushed + out.pos
+            header = self.h.file(name_b, st.st_mode, size)
             pos = out.pos
+            if len(header) == BLOCK and pos < BUFFER:  # fits: the position is always block aligned here
+                out.buf[pos:pos + BLOCK] = header
+                pos = out.pos = pos + BLOCK
+            else:
+                out.write(header)
+                pos = out.pos
+            offset = out.flushed + pos
             if size < BUFFER - pos:  # the usual case: all of it fits in the current buffer
                 view = out.view
                 got = os.readv(fd, [view[pos:pos + size], self._one])
@@ -633,8 +685,9 @@ def write_sidecar(result: TarResult, st: os.stat_result) -> None:
         "sha256": result.sha256, "excludes": result.excludes, "source_date_epoch": result.source_date_epoch,
         "members": result.members,
     }
-    with atomic_write(sidecar_path(result.path)) as fh:
-        fh.write(json.dumps(index, separators=(",", ":")).encode())
+    # No fsync: after a crash a sidecar is at worst empty or unreadable, and then simply not used.
+    with atomic_path(sidecar_path(result.path)) as tmp:
+        tmp.write_bytes(json.dumps(index, separators=(",", ":")).encode())
 
 
 def read_sidecar(tar_path: str | Path) -> dict[str, Any] | None:

@@ -207,6 +207,15 @@ def test_exclusion_defaults_and_extra_patterns(tmp_path: Path, cli) -> None:  # 
     ("\\*x", "assets/*x", True),
     ("\\*x", "assets/ax", False),
     ("[", "assets/[", True),
+    ("*/cz", "assets/ab/cz", True),
+    ("*/cz", "cz", False),
+    ("ab/c*", "assets/ab/cz", True),
+    ("b/c*", "assets/ab/cz", False),
+    ("uid1", "assets/uid1", True),
+    ("uid1", "assets/xuid1", False),
+    ("uid1", "uid1", True),
+    ("*", "assets/x", True),
+    ("x*y", "assets/x/q/y", True),
 ])
 def test_exclude_patterns_match_like_gnu_tar(pattern: str, path: str, hit: bool) -> None:
     assert compile_excludes([pattern])(path) is hit

@@ -33,20 +33,18 @@ RUN python3 -m venv /opt/objathor-release \
         --only-binary :all: --require-hashes -r /tmp/build/requirements.lock \
  && find /opt/objathor-release -exec touch --no-dereference --date="@${SOURCE_DATE_EPOCH}" {} + \
  && touch /tmp/build/deps.stamp
-# Then the project's own wheel, with no dependencies (they are all above), and pip goes.
-COPY .docker-context/project/ /tmp/build/project/
+# Then the project's own wheel, with no dependencies (they are all above), and pip goes; the entry
+# point and a copy of the Makefile (for `make release` in the container) join it.
+COPY .docker-context/project/ Makefile docker-entrypoint.sh /tmp/build/project/
 RUN /opt/objathor-release/bin/python -m pip install --no-index --no-deps /tmp/build/project/*.whl \
  && /opt/objathor-release/bin/python -m pip uninstall --quiet --yes pip setuptools \
  && /opt/objathor-release/bin/objathor-release --version \
+ && install -D -m 644 /tmp/build/project/Makefile /opt/objathor-release/share/Makefile \
+ && install -D -m 755 /tmp/build/project/docker-entrypoint.sh \
+        /opt/objathor-release/bin/objathor-release-entrypoint \
  && touch /opt/objathor-release/.installed \
  && find /opt/objathor-release -newer /tmp/build/deps.stamp \
         -exec touch --no-dereference --date="@${SOURCE_DATE_EPOCH}" {} +
-# The entry point and a copy of the Makefile (for `make release` in the container), same mtimes.
-COPY Makefile docker-entrypoint.sh /tmp/build/extra/
-RUN install -D -m 644 /tmp/build/extra/Makefile /opt/objathor-release/share/Makefile \
- && install -D -m 755 /tmp/build/extra/docker-entrypoint.sh /opt/objathor-release/bin/objathor-release-entrypoint \
- && touch --date="@${SOURCE_DATE_EPOCH}" /opt/objathor-release/share/Makefile /opt/objathor-release/share \
-        /opt/objathor-release/bin/objathor-release-entrypoint /opt/objathor-release/bin /opt/objathor-release
 
 # ---------------------------------------------------------------- final: no compilers, no pip, non-root
 FROM ${BASE_IMAGE}
@@ -63,7 +61,6 @@ RUN if ! command -v make >/dev/null 2>&1; then \
         --shell /usr/sbin/nologin objathor \
  && mkdir -p /work \
  && chown objathor:objathor /work
-COPY --from=build /opt/ /opt/
 ENV PATH=/opt/objathor-release/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -72,12 +69,12 @@ ENV PATH=/opt/objathor-release/bin:${PATH} \
 USER 10001:10001
 WORKDIR /work
 ENTRYPOINT ["/opt/objathor-release/bin/objathor-release-entrypoint"]
-CMD []
-# Last, so a new commit or version does not invalidate the cached layers above.
 ARG BASE_IMAGE
 ARG VERSION=0.0.0
 ARG REVISION=unknown
 ARG CREATED=1970-01-01T00:00:00Z
+# Everything above is cached across commits; the venv and the labels below change with the code.
+COPY --from=build /opt/ /opt/
 LABEL org.opencontainers.image.title="objathor-release" \
       org.opencontainers.image.description="Reproducible, verified release tooling for objathor 3D-asset datasets" \
       org.opencontainers.image.version="${VERSION}" \

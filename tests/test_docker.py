@@ -114,6 +114,16 @@ def test_dockerfile_passes_hadolint() -> None:
 
 
 @pytest.mark.docker
+def test_base_image_is_a_minimal_bookworm_with_python_venv_and_certificates(base_image: str) -> None:
+    script = ("import ssl, sys, venv, os; print(sys.version_info[0], os.path.exists(ssl.get_default_verify_paths()"
+              ".cafile or '/etc/ssl/certs/ca-certificates.crt'), len(os.listdir('/var/lib/apt/lists')) <= 2)")
+    code, out, err = run(base_image, "-c", script, entrypoint=["python3"], user="65534:65534")
+    assert (code, out.split()) == (0, ["3", "True", "True"]), out + err
+    code, out, _ = run(base_image, "-c", "command -v gcc cc || echo none", entrypoint=["/bin/sh"])
+    assert out.split() == ["none"]
+
+
+@pytest.mark.docker
 def test_no_arguments_prints_usage_and_exits_0(release_image: str) -> None:
     code, out, err = run(release_image)
     assert code == 0, err

@@ -35,7 +35,7 @@ from .errors import ReleaseError, UsageError
 
 REPO = Path(__file__).resolve().parent.parent
 
-#: The default base: the official image, pinned by the digest of its multi-platform index.
+#: The default base: the official image, pinned by digest.
 #: See the README ("Docker") for where this digest comes from and how to bump it.
 PINNED_BASE_IMAGE = (
     "python:3.12-slim-bookworm@sha256:032c52613401895aa3d418a4c563d2d05f993bc3ecc065c8f4e2280978acd249"
@@ -50,6 +50,8 @@ BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 CONTAINER_UID = 10001
 #: Where the build context keeps the wheelhouse (``wheels/`` and ``project/``; see .dockerignore).
 DOCKER_CONTEXT = Path(".docker-context")
+#: What the project's wheel is built from (copied to a clean folder first).
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "LICENSE", "objathor_release", "schemas")
 #: Label of the Dockerfile's build stage, to find its leftover images.
 BUILD_STAGE_LABEL = "org.objathor-release.stage=build"
 
@@ -149,6 +151,7 @@ def build_base_image(tag: str = LOCAL_BASE_IMAGE, *, suite: str = DEBIAN_SUITE,
     ``--variant=minbase`` root with only ``packages`` takes well under a minute to make.
     """
     client = connect(client)
+    packages = tuple(packages)
     found = image_id(client, tag)
     if found and not rebuild:
         print(f"{tag} exists ({found[:19]}); pass --rebuild to make it again", file=out)
@@ -286,9 +289,18 @@ def make_wheelhouse(target: TargetPython, context: Path, *, repo: Path = REPO,
                          "--python-version", f"{target.version[0]}.{target.version[1]}",
                          "--abi", target.abi, "--abi", "abi3", "--abi", "none", *platforms,
                          "--dest", str(staging / "wheels"), "-r", str(requirements)], out)
+        # Built from a clean copy of the sources: no stale build/ output, nothing written to the checkout.
+        source = staging / "source"
+        for name in WHEEL_SOURCES:
+            if (repo / name).is_dir():
+                shutil.copytree(repo / name, source / name, symlinks=True,
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            elif (repo / name).exists():
+                source.mkdir(exist_ok=True)
+                shutil.copy2(repo / name, source / name)
         env = {**os.environ, "SOURCE_DATE_EPOCH": str(source_date_epoch)}
         _stream_process([*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(staging / "project"),
-                         str(repo)], out, env=env)
+                         str(source)], out, env=env)
         for name in ("wheels", "project"):
             shutil.rmtree(context / name, ignore_errors=True)
             (staging / name).rename(context / name)

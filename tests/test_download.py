@@ -631,3 +631,14 @@ def test_extractor_checks_the_manifest_and_the_headers(tmp_path: Path) -> None:
     out.mkdir()
     with pytest.raises(InputError, match="bad tar header checksum at byte 512"):
         TarStreamExtractor(out, source="t.tar").feed(bytes(broken))
+
+
+def test_invoke_download_fetches_every_part_the_version_has(web: Nginx, tmp_path: Path) -> None:
+    base, release, src = publish(web, tmp_path, holodeck=False)
+    invoke = Path(sys.executable).parent / "invoke"
+    proc = subprocess.run([str(invoke), "download", "--version", V, "--path", str(tmp_path / "dl"),
+                           "--base-url", base], cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                          text=True, env={**os.environ, **QUIET}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "features: downloaded" in proc.stdout and "holodeck-base: not in version" in proc.stdout
+    assert tree(tmp_path / "dl" / V / "assets") == expected_tree(src)

@@ -252,6 +252,24 @@ def test_release_in_the_image_then_download_back(release_image: str, s3_env: dic
 
 
 @pytest.mark.docker
+def test_release_configured_by_environment_and_data_mount(release_image: str, s3_env: dict[str, str],
+                                                         s3_server: Any, s3_client: Any, bucket: str,
+                                                         tmp_path: Path) -> None:
+    """The issue's form: docker run -e VERSION=... -e BUCKET=... -v /data:/data objathor-release release"""
+    data = tmp_path / "data"
+    make_sample_dataset(data / "assets", 3, seed=5, asset_bytes=8 * 1024)
+    hand_to_container(data)
+    environment = {"VERSION": "2024_03_01", "BUCKET": bucket, "AWS_ENDPOINT_URL": s3_server.endpoint_url,
+                   **DUMMY_CREDENTIALS}
+    code, out, err = run(release_image, "release", environment=environment, network="host",
+                         mounts={str(data): ("/data", "rw")}, user=container_user())
+    assert code == 0, out + err
+    assert (data / "release" / "2024_03_01" / "manifest.json").is_file()
+    keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert "2024_03_01/assets.tar" in keys and "2024_03_01/manifest.json" in keys
+
+
+@pytest.mark.docker
 def test_docker_release_returns_the_container_exit_code(release_image: str, s3_env: dict[str, str],
                                                         s3_server: Any, tmp_path: Path) -> None:
     assets = tmp_path / "assets"

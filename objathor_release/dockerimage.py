@@ -19,6 +19,7 @@ variables at run time, and only the names in :data:`FORWARDED_ENV` that the call
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import os
 import re
 import shutil
@@ -102,6 +103,14 @@ def engine_unreachable_reason() -> str | None:
     return None
 
 
+def split_ref(ref: str) -> tuple[str, str]:
+    """``name:tag`` -> (name, tag); a name without a tag gets ``latest``."""
+    repository, _, tag = ref.rpartition(":")
+    if not repository or "/" in tag:
+        return ref, "latest"
+    return repository, tag
+
+
 def image_id(client: Any, ref: str) -> str | None:
     """The id of a local image, or None when there is none by that name."""
     import docker.errors
@@ -171,9 +180,7 @@ def build_base_image(tag: str = LOCAL_BASE_IMAGE, *, suite: str = DEBIAN_SUITE,
         tarball = Path(tmp) / "root.tar"
         subprocess.run(["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-cf", str(tarball), "."],
                        check=True)
-        repository, _, name_tag = tag.rpartition(":")
-        if not repository or "/" in name_tag:
-            repository, name_tag = tag, "latest"
+        repository, name_tag = split_ref(tag)
         print(f"docker import -> {tag}", file=out, flush=True)
         client.api.import_image_from_file(
             str(tarball), repository=repository, tag=name_tag,
@@ -389,19 +396,22 @@ def build_image(base_image: str = PINNED_BASE_IMAGE, *, tags: Sequence[str] | No
     epoch = default_source_date_epoch(repo) if source_date_epoch is None else source_date_epoch
     ensure_base_image(client, base_image, out=out)
     target = probe_python(client, base_image)
-    make_wheelhouse(target, repo / DOCKER_CONTEXT, repo=repo, source_date_epoch=epoch, out=out)
     created = _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     buildargs = {"BASE_IMAGE": base_image, "SOURCE_DATE_EPOCH": str(epoch), "VERSION": __version__,
                  "REVISION": _git_revision(repo), "CREATED": created}
-    print(f"building {', '.join(tags)} on {base_image}", file=out, flush=True)
-    chunks = client.api.build(path=str(repo), dockerfile="Dockerfile", tag=tags[0], buildargs=buildargs,
-                              rm=True, forcerm=True, pull=False, decode=True, use_config_proxy=False)
-    built = _print_build_stream(chunks, out) or image_id(client, tags[0])
+    context = repo / DOCKER_CONTEXT
+    context.mkdir(parents=True, exist_ok=True)
+    with open(context / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time per checkout: they share the wheelhouse
+        make_wheelhouse(target, context, repo=repo, source_date_epoch=epoch, out=out)
+        print(f"building {', '.join(tags)} on {base_image}", file=out, flush=True)
+        chunks = client.api.build(path=str(repo), dockerfile="Dockerfile", tag=tags[0], buildargs=buildargs,
+                                  rm=True, forcerm=True, pull=False, decode=True, use_config_proxy=False)
+        built = _print_build_stream(chunks, out) or image_id(client, tags[0])
     if not built:
         raise ReleaseError(f"docker build reported no image for {tags[0]}: see the output above")
     for ref in tags[1:]:
-        repository, _, tag = ref.rpartition(":")
-        client.api.tag(built, repository, tag, force=True)
+        client.api.tag(built, *split_ref(ref), force=True)
     print(f"built {built[:19]} as {', '.join(tags)}", file=out, flush=True)
     prune_stale_images(client)
     return built

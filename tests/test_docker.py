@@ -82,6 +82,13 @@ def test_platform_tags_cover_every_manylinux_the_glibc_accepts() -> None:
     assert {"manylinux_2_17_aarch64", "manylinux2014_aarch64", "manylinux_2_5_aarch64"} <= set(tags)
 
 
+def test_image_references_split_into_name_and_tag() -> None:
+    assert dockerimage.split_ref("objathor-release:0.1.0") == ("objathor-release", "0.1.0")
+    assert dockerimage.split_ref("objathor-release") == ("objathor-release", "latest")
+    assert dockerimage.split_ref("registry:5000/team/image") == ("registry:5000/team/image", "latest")
+    assert dockerimage.split_ref("registry:5000/team/image:v2") == ("registry:5000/team/image", "v2")
+
+
 def test_only_set_names_are_forwarded_to_the_container() -> None:
     environ = {"R2_SECRET_ACCESS_KEY": "s", "BUCKET": "b", "HOME": "/root", "AWS_PROFILE": "p",
                "R2_ACCOUNT_ID": ""}

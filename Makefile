@@ -47,7 +47,7 @@ help:
 	@echo "settings (current value):"
 	@echo "  VERSION=$(VERSION)  (required, YYYY_MM_DD)"
 	@echo "  ASSETS_DIR=$(ASSETS_DIR)  FEATURES_DIR=$(FEATURES_DIR)  RELEASE_DIR=$(RELEASE_DIR)"
-	@echo "  BUCKET=$(BUCKET)  PREFIX=$(PREFIX)  ENDPOINT_URL=$(ENDPOINT_URL)  R2_ACCOUNT_ID=$(R2_ACCOUNT_ID)  PROFILE=$(PROFILE)"
+	@echo "  BUCKET=$(BUCKET)  PREFIX=$(PREFIX)  ENDPOINT_URL=$(ENDPOINT_URL)  R2_ACCOUNT_ID=$(if $(R2_ACCOUNT_ID),(set),)  PROFILE=$(PROFILE)"
 	@echo "  CHUNK_SIZE=$(CHUNK_SIZE)  UPLOAD_CONCURRENCY=$(UPLOAD_CONCURRENCY)  TRANSFERS=$(TRANSFERS)"
 	@echo "  EXCLUDES=$(EXCLUDES)  SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH)  PUBLIC_BASE_URL=$(PUBLIC_BASE_URL)  SUMMARY=$(SUMMARY)"
 	@echo "  DRY_RUN=$(DRY_RUN)  FORCE=$(FORCE)  CONFIG=$(CONFIG)  (credentials: from the environment only)"
@@ -103,19 +103,22 @@ PUBLISH_FLAGS = --version '$(VERSION)' --release-dir '$(RELEASE_DIR)' --bucket '
 	--upload-concurrency '$(UPLOAD_CONCURRENCY)' --transfers '$(TRANSFERS)' \
 	$(if $(PUBLIC_BASE_URL),--public-base-url '$(PUBLIC_BASE_URL)') $(if $(SUMMARY),--summary '$(SUMMARY)') \
 	$(if $(FORCE),--force)
-RUN_ENV = $(if $(R2_ACCOUNT_ID),R2_ACCOUNT_ID='$(R2_ACCOUNT_ID)')
+# Given on the command line, the account id reaches the commands through the environment, unechoed.
+ifneq ($(strip $(R2_ACCOUNT_ID)),)
+export R2_ACCOUNT_ID
+endif
 
 .PHONY: release  ## build, verify, upload and remotely verify VERSION (needs VERSION, ASSETS_DIR, BUCKET)
 release: release-settings $(if $(DRY_RUN),release-dry-run,$(RELEASE_DIR)/.published-$(BUCKET))
 
 .PHONY: release-settings  ## check the release settings and stop (make release runs it first)
 release-settings: $(INSTALLED)
-	@$(RUN_ENV) $(CLI) release --check-only $(PUBLISH_FLAGS) --assets-dir '$(ASSETS_DIR)' \
+	@$(CLI) release --check-only $(PUBLISH_FLAGS) --assets-dir '$(ASSETS_DIR)' \
 		$(if $(FEATURES_DIR),--features-dir '$(FEATURES_DIR)')
 
 .PHONY: release-dry-run  ## everything local, then print what the upload would do (make release DRY_RUN=1)
 release-dry-run: $(RELEASE_DIR)/manifest.json | release-settings
-	$(RUN_ENV) $(CLI) publish --dry-run $(PUBLISH_FLAGS)
+	$(CLI) publish --dry-run $(PUBLISH_FLAGS)
 
 .PHONY: prepare-annotations  ## validate and merge the annotations into RELEASE_DIR/annotations.json.gz
 prepare-annotations: $(RELEASE_DIR)/annotations.json.gz
@@ -144,11 +147,11 @@ $(RELEASE_DIR)/manifest.json: $(ARTIFACTS)
 	$(CLI) verify --release-dir '$(RELEASE_DIR)'
 
 $(RELEASE_DIR)/.published-$(BUCKET): $(RELEASE_DIR)/manifest.json | release-settings
-	$(RUN_ENV) $(CLI) publish $(PUBLISH_FLAGS)
+	$(CLI) publish $(PUBLISH_FLAGS)
 
 .PHONY: upload  ## upload RELEASE_DIR as it is (resumable; skips what is already there)
 upload: $(INSTALLED)
-	$(RUN_ENV) $(CLI) upload --release-dir '$(RELEASE_DIR)' --bucket '$(BUCKET)' $(if $(PREFIX),--prefix '$(PREFIX)') \
+	$(CLI) upload --release-dir '$(RELEASE_DIR)' --bucket '$(BUCKET)' $(if $(PREFIX),--prefix '$(PREFIX)') \
 		$(if $(ENDPOINT_URL),--endpoint-url '$(ENDPOINT_URL)') --chunk-size '$(CHUNK_SIZE)' \
 		--upload-concurrency '$(UPLOAD_CONCURRENCY)' --transfers '$(TRANSFERS)' $(if $(FORCE),--force) $(if $(DRY_RUN),--dry-run)
 
@@ -157,9 +160,49 @@ download: $(INSTALLED)
 	$(CLI) download $(or $(WHAT),all) --version '$(VERSION)' $(if $(BASE_URL),--base-url '$(BASE_URL)') \
 		$(if $(DOWNLOAD_PATH),--path '$(DOWNLOAD_PATH)')
 
+# ---------------------------------------------------------------- docker (see Dockerfile)
+BASE_IMAGE ?=
+IMAGE ?= objathor-release:latest
+DOCKER_NETWORK ?=
+
+.PHONY: docker-base  ## build the local base image objathor-release-base:bookworm (debootstrap; for hosts that cannot pull)
+docker-base: $(INSTALLED)
+	$(PY) -m invoke docker-base
+
+.PHONY: docker-build  ## build the image objathor-release:<version> and :latest (BASE_IMAGE=... instead of the pinned base)
+docker-build: $(INSTALLED)
+	$(PY) -m invoke docker-build $(if $(BASE_IMAGE),--base-image '$(BASE_IMAGE)')
+
+.PHONY: docker-release  ## the release inside the image (VERSION, ASSETS_DIR, BUCKET; credentials from the environment)
+docker-release: $(INSTALLED)
+	$(PY) -m invoke docker-release --version '$(VERSION)' --assets-dir '$(ASSETS_DIR)' --release-dir '$(RELEASE_DIR)' \
+		$(if $(FEATURES_DIR),--features-dir '$(FEATURES_DIR)') $(if $(BUCKET),--bucket '$(BUCKET)') \
+		$(if $(ENDPOINT_URL),--endpoint-url '$(ENDPOINT_URL)') --image '$(IMAGE)' \
+		$(if $(DOCKER_NETWORK),--network '$(DOCKER_NETWORK)') $(if $(FORCE),--force) $(if $(DRY_RUN),--dry-run)
+
 .PHONY: cleanup  ## abort multipart uploads in BUCKET abandoned for over a day
 cleanup: $(INSTALLED)
-	$(RUN_ENV) $(CLI) cleanup --bucket '$(BUCKET)' $(if $(ENDPOINT_URL),--endpoint-url '$(ENDPOINT_URL)')
+	$(CLI) cleanup --bucket '$(BUCKET)' $(if $(ENDPOINT_URL),--endpoint-url '$(ENDPOINT_URL)')
+
+# ---------------------------------------------------------------- docker (see Dockerfile)
+BASE_IMAGE ?=
+IMAGE ?= objathor-release:latest
+DOCKER_NETWORK ?=
+
+.PHONY: docker-base  ## build the local base image objathor-release-base:bookworm (debootstrap; for hosts that cannot pull)
+docker-base: $(INSTALLED)
+	$(PY) -m invoke docker-base
+
+.PHONY: docker-build  ## build the image objathor-release:<version> and :latest (BASE_IMAGE=... instead of the pinned base)
+docker-build: $(INSTALLED)
+	$(PY) -m invoke docker-build $(if $(BASE_IMAGE),--base-image '$(BASE_IMAGE)')
+
+.PHONY: docker-release  ## the release inside the image (VERSION, ASSETS_DIR, BUCKET; credentials from the environment)
+docker-release: $(INSTALLED)
+	$(PY) -m invoke docker-release --version '$(VERSION)' --assets-dir '$(ASSETS_DIR)' --release-dir '$(RELEASE_DIR)' \
+		$(if $(FEATURES_DIR),--features-dir '$(FEATURES_DIR)') $(if $(BUCKET),--bucket '$(BUCKET)') \
+		$(if $(ENDPOINT_URL),--endpoint-url '$(ENDPOINT_URL)') --image '$(IMAGE)' \
+		$(if $(DOCKER_NETWORK),--network '$(DOCKER_NETWORK)') $(if $(FORCE),--force) $(if $(DRY_RUN),--dry-run)
 
 .PHONY: clean  ## remove build output, caches and the demo directory (not .venv)
 clean:

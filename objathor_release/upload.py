@@ -31,6 +31,7 @@ import datetime as _dt
 import hashlib
 import json
 import math
+import os
 import random
 import re
 import sys
@@ -331,8 +332,8 @@ def plan_jobs(release_dir: Path, manifest: dict[str, Any], prefix: str, config: 
 class UploadState:
     """The resume record of one object: a small JSON file under ``RELEASE_DIR/.upload-state/``."""
 
-    def __init__(self, path: Path, data: dict[str, Any]) -> None:
-        self.path, self.data = path, data
+    def __init__(self, path: Path, data: dict[str, Any], unreadable: bool = False) -> None:
+        self.path, self.data, self.unreadable = path, data, unreadable
         self._lock = threading.Lock()
         self._last_save = 0.0
 
@@ -349,8 +350,8 @@ class UploadState:
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
-            return cls(path, {})  # unreadable: treated as foreign, and replaced
-        return cls(path, data if isinstance(data, dict) else {})
+            return cls(path, {}, unreadable=True)  # treated as foreign, and replaced
+        return cls(path, data, unreadable=False) if isinstance(data, dict) else cls(path, {}, unreadable=True)
 
     def matches(self, target: dict[str, Any], identity: dict[str, Any]) -> bool:
         return all(self.data.get(k) == v for k, v in {**target, **identity}.items())
@@ -458,6 +459,9 @@ class _Uploader:
         self.state_dir = release_dir / STATE_DIR
         self.parts_pool, self.log, self.verbose = part_executor, log, verbose
         self.abort = threading.Event()
+        # At most one part per core hashes at a time, so the first parts start sending after one
+        # part's hash time instead of after the whole first wave's.
+        self.hash_slots = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
         self.bar: Progress = progress(0, "", enabled=False)
         self._lock = threading.Lock()
         self.part_uploads = 0
@@ -530,7 +534,8 @@ class _Uploader:
         def attempt() -> str:
             with open(job.path, "rb", buffering=0) as fh:
                 body = PartReader(fh, 0, job.size, str(job.path))
-                md5 = body.md5()
+                with self.hash_slots:
+                    md5 = body.md5()
                 self._count("put_uploads")
                 resp = self.client.put_object(
                     Bucket=self.bucket, Key=job.key, Body=body if job.size else b"", ContentLength=job.size,
@@ -556,6 +561,8 @@ class _Uploader:
         import botocore.exceptions as bx
 
         upload_id = state.data.get("upload_id")
+        if state.unreadable:
+            self.log(f"{job.name}: the resume record {state.path} is unreadable: starting over")
         if not upload_id:
             return None
         if not state.matches(self._target_fields(job), job.identity()):
@@ -605,7 +612,8 @@ class _Uploader:
                 raise TransferError(f"{job.name}: stopped")
             with open(job.path, "rb", buffering=0) as fh:
                 body = PartReader(fh, offset, length, str(job.path))
-                md5 = body.md5()
+                with self.hash_slots:
+                    md5 = body.md5()
                 self._count("part_uploads")
                 resp = self.client.upload_part(
                     Bucket=self.bucket, Key=job.key, UploadId=upload_id, PartNumber=number, Body=body,

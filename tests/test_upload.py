@@ -477,6 +477,24 @@ def test_stale_upload_id_and_changed_file_start_over(s3_env: dict[str, str], s3_
     assert head["ETag"].strip('"') == expected_etag(new)
 
 
+def test_unreadable_state_starts_over(s3_env: dict[str, str], s3_server: Any, s3_client: Any, bucket: str,
+                                      release: Path) -> None:
+    with FaultProxy(s3_server.endpoint_url, _fail_part_3) as proxy:
+        assert run_upload(proxy.url, bucket, release, "--part-attempts", "1").returncode == 1
+        (state,) = (release / ".upload-state").glob("assets.tar.*.json")
+        state.write_text("{ not json")
+        proxy.set_rule(lambda r: PASS)
+        start = len(proxy.log)
+        proc = run_upload(proxy.url, bucket, release)
+        assert proc.returncode == 0, proc.stderr
+        assert len(part_puts(proxy.log[start:])) == 5
+    assert "is unreadable: starting over" in proc.stderr
+    data = (release / "assets.tar").read_bytes()
+    assert s3_client.head_object(Bucket=bucket, Key=f"{VERSION}/assets.tar")["ETag"].strip('"') == \
+        expected_etag(data)
+    assert json.loads(state.read_text())["status"] == "complete"
+
+
 # --------------------------------------------------------------------------- clean errors
 
 

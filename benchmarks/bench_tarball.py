@@ -13,6 +13,8 @@ and times on each, in the same run, interleaved, ``--repeat`` times (median):
 * two-pass:  GNU tar, then ``sha256sum`` over the tar, then ``sha256sum`` over every included file
 * tarfile:   a plain Python ``tarfile`` loop hashing each file and the archive
 
+Each run starts after ``sync`` (so no tool pays for the previous one's writeback), in a rotating order.
+
 It checks that ours is byte-identical to GNU tar's, prints ratios (ours / reference; below 1 means
 ours is faster) and the peak memory of each tool. Scratch data goes under benchmarks/work/tarball/
 and is removed at the end unless --keep.
@@ -187,11 +189,13 @@ def bench_tree(name: str, scale: float, repeat: int) -> dict[str, Any]:
         "Python tarfile loop with hashing": lambda: tarfile_loop(src, scratch / "tarfile.tar"),
     }
     runs: dict[str, list[Timing]] = {k: [] for k in tools}
-    for _ in range(repeat):
-        for tool, fn in tools.items():
+    order = list(tools)
+    for round_ in range(repeat):
+        for tool in order[round_ % len(order):] + order[:round_ % len(order)]:  # rotate who goes first
             shutil.rmtree(scratch, ignore_errors=True)
             (scratch / "rel").mkdir(parents=True)
-            runs[tool].append(fn())
+            os.sync()  # nobody starts while the previous run's GBs are still being written back
+            runs[tool].append(tools[tool]())
             if tool == OURS:  # sanity: the same bytes as GNU tar, and the manifest's figures
                 ours_tar = scratch / "rel" / "assets.tar"
                 gnu_tar = scratch / "gnu-check.tar"

@@ -288,3 +288,19 @@ def test_manifest_records_the_exclude_list_in_force(tmp_path: Path, sample_asset
     assert m["excludes"] == [*SEED_EXCLUDES, "normal.jpg"]
     assert not any(p["path"].endswith("/normal.jpg") for p in m["artifacts"][0]["members"])
     assert write_manifest(rel, VERSION, show_progress=False, excludes=["x"])["excludes"] == ["x"]
+
+
+def test_rendering_parses_back_to_the_same_manifest() -> None:
+    from objathor_release.manifest import render_manifest
+
+    odd = ['assets/a"b/c\\d.jpg', "assets/é/ü\n.jpg", "assets/x\u2028y", "assets/plain.jpg"]
+    manifest = {"version": VERSION, "tool_version": "1", "excludes": ["*.lock"], "extra": {"b": [1, 2]},
+                "artifacts": [
+                    {"name": "a.tar", "size": 10240, "sha256": "a" * 64,
+                     "members": [{"path": p, "size": i, "sha256": "b" * 64, "offset": 512 * (i + 1)}
+                                 for i, p in enumerate(odd)]},
+                    {"name": "b.txt", "size": 1, "sha256": "c" * 64, "members": []}]}
+    text = render_manifest(manifest)
+    assert json.loads(text) == manifest
+    lines = text.split("\n")
+    assert len([line for line in lines if '"offset"' in line]) == len(odd)  # a newline in a path is escaped

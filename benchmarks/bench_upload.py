@@ -12,7 +12,8 @@ moto server, so every run starts from the same empty state:
 * boto3 CRC32:      the same with boto3's default checksums (CRC32 per part; R2 has rejected these)
 * boto3 default:    ``upload_file`` with boto3's defaults (8 MiB parts, 10 threads, CRC32)
 * rclone seed:      ``rclone copy`` with the seed's flags (``--ignore-checksum --s3-disable-checksum``)
-                    at the same part size and concurrency
+                    at the same part size and concurrency (and ``--s3-upload-cutoff 64M``, so that
+                    files under rclone's 200M cutoff are also sent in parts, as at full size)
 * rclone checksums: the same without those two flags (rclone's own MD5 checks)
 
 Both rclone rows add ``--s3-no-head``: moto answers rclone's HEAD ?versionId=null
@@ -97,7 +98,9 @@ def contenders(release: Path, data: Path, rclone_ok: bool) -> list[Contender]:
          lambda url: [sys.executable, "-c", BOTO3_SCRIPT, url, str(data), key, "default"]),
     ]
     if rclone_ok:
-        flags = ["--s3-chunk-size", "64M", "--transfers", "4", "--s3-upload-concurrency", str(CONCURRENCY),
+        # --s3-upload-cutoff 64M: rclone's default (200M) would send a smaller file in one PUT
+        flags = ["--s3-chunk-size", "64M", "--s3-upload-cutoff", "64M", "--transfers", "4",
+                 "--s3-upload-concurrency", str(CONCURRENCY),
                  "--s3-no-check-bucket", "--s3-no-head", "-q"]
         dest = f"bench:{BUCKET}/{VERSION}/"
         # rclone's AWS SDK refuses an AWS_CA_BUNDLE on a plain-HTTP endpoint: leave it out for rclone only.

@@ -376,6 +376,46 @@ def test_resume_after_sigkill_uploads_only_missing_parts(s3_env: dict[str, str],
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
+def test_ctrl_c_stops_cleanly_and_resumes(s3_env: dict[str, str], s3_server: Any, s3_client: Any,
+                                          bucket: str, release: Path) -> None:
+    held = threading.Event()
+    gate = threading.Event()
+
+    def rule(req: Request) -> Any:
+        if req.method == "PUT" and "partNumber=" in req.path and part_number(req) >= 3:
+            held.set()
+            gate.wait(60)
+            return drop()
+        return PASS
+
+    with FaultProxy(s3_server.endpoint_url, rule) as proxy:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "objathor_release", "upload", "--release-dir", str(release), "--bucket",
+             bucket, "--endpoint-url", proxy.url, "--chunk-size", "5M", "--upload-concurrency", "2"],
+            env={**os.environ, **FAST}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert held.wait(60), "no part reached the proxy"
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+            gate.set()  # the held parts now fail; the interrupted run must not retry them
+            _, err = proc.communicate(timeout=60)
+        finally:
+            gate.set()
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err
+        assert "interrupted: run the same command again to resume" in err
+        assert list((release / ".upload-state").glob("assets.tar.*.json"))
+        proxy.set_rule(lambda r: PASS)
+        start = len(proxy.log)
+        again = run_upload(proxy.url, bucket, release)
+        assert again.returncode == 0, again.stderr
+        assert "resumed" in again.stdout
+        assert 1 not in {part_number(r) for r in part_puts(proxy.log[start:])}  # part 1 was kept
+
+
 def _fail_part_3(req: Request) -> Any:
     if req.method == "PUT" and "partNumber=3&" in req.path + "&":
         return status(503)

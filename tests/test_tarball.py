@@ -469,3 +469,21 @@ def test_buffers_smaller_than_files_and_members_across_buffers(tmp_path: Path,
     got = build(src, tmp_path / "small-buffers.tar")
     assert got.path.read_bytes() == want.path.read_bytes() and got.members == want.members
     assert got.members == tarfile_members(got.path)
+
+
+@needs_gnu_tar
+def test_the_readme_command_reproduces_our_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GNU tar command printed in the README, run as printed, gives our archive byte for byte."""
+    import re
+    import subprocess
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("<!-- section: tarball -->", 1)[1]
+    command = next(block for block in re.findall(r"```bash\n(.*?)```", section, re.S)
+                   if block.startswith("tar --sort=name"))
+    src = make_messy_tree(tmp_path / "assets")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    ours = build(src, tmp_path / "ours" / "assets.tar")
+    script = command.replace("ASSETS_DIR", str(src))
+    subprocess.run(["bash", "-c", script], cwd=tmp_path, check=True, capture_output=True)
+    assert (tmp_path / "assets.tar").read_bytes() == ours.path.read_bytes()

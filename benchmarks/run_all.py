@@ -46,7 +46,7 @@ def chart(name: str, data: dict[str, Any], out: Path) -> None:
 
 def table(data: dict[str, Any]) -> str:
     ours = next(r for r in data["rows"] if r["name"] == data["ours"])
-    lines = ["| contender | seconds | ratio to objathor-release | CPU s | peak MB | note |",
+    lines = ["| contender | seconds | its time / objathor-release's | CPU s | peak MB | note |",
              "|---|---:|---:|---:|---:|---|"]
     for r in data["rows"]:
         ratio = r["seconds"] / ours["seconds"] if ours["seconds"] else float("nan")
@@ -83,15 +83,18 @@ def main() -> int:
             sections.append(f"## {name}\n\n{script.name} failed (exit {proc.returncode}); see its output.\n")
             continue
         data = json.loads(out_json.read_text())
-        chart(name, data, RESULTS / f"{name}.png")
-        setup = ", ".join(f"{k}: {v}" for k, v in data.get("setup", {}).items())
-        machine = data.get("machine", {})
-        load = machine.get("load")
-        load_text = f", load average at the end {load[0]:.2f}" if load else ""
-        sections.append(
-            f"## {name}\n\n{data['title']}. {setup}. Python {machine.get('python')}, "
-            f"{machine.get('cpus')} cores{load_text}; the benchmark took {took:.0f} s.\n\n"
-            f"{table(data)}\n\n![{name}](results/{name}.png)\n")
+        tables = data.get("tables") or [data]  # a benchmark may measure several setups
+        for i, tab in enumerate(tables):
+            label = name if len(tables) == 1 else f"{name}-{i + 1}"
+            chart(label, tab, RESULTS / f"{label}.png")
+            setup = ", ".join(f"{k}: {v}" for k, v in tab.get("setup", {}).items())
+            machine = tab.get("machine") or data.get("machine", {})
+            load = machine.get("load")
+            load_text = f", load average {load[0]:.2f}" if load else ""
+            sections.append(
+                f"## {tab['title']}\n\n{setup}. Python {machine.get('python')}, {machine.get('cpus')} cores"
+                f"{load_text}; `{script.name}` took {took:.0f} s in all.\n\n"
+                f"{table(tab)}\n\n![{label}](results/{label}.png)\n")
     header = (
         "# Benchmark results\n\n"
         f"Written by `make bench` (`benchmarks/run_all.py --scale {args.scale}`) on "

@@ -136,63 +136,6 @@ def load_schema(name: str) -> dict[str, Any]:
     return schema
 
 
-# Keywords that never descend into subschemas: a subschema made only of these can be checked
-# with the parent validator, skipping jsonschema's per-descent validator copy (its main cost).
-_LEAF_KEYWORDS = frozenset({
-    "type", "pattern", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength",
-    "maxLength", "enum", "const", "multipleOf", "minItems", "maxItems", "uniqueItems", "required",
-    "minProperties", "maxProperties", "description", "title", "default", "examples", "$comment",
-})
-
-
-def _fast_validator_class() -> Any:
-    """Draft 2020-12 with ``properties`` and ``items`` checking leaf subschemas in place.
-
-    The errors are the same as the stock validator's (message, path, schema path);
-    tests/test_annotations.py compares the two on many broken annotations.
-    """
-    import jsonschema
-    from jsonschema import _keywords
-
-    base = jsonschema.Draft202012Validator
-
-    def leaf(schema: Any) -> bool:
-        return isinstance(schema, dict) and schema.keys() <= _LEAF_KEYWORDS
-
-    def check_leaf(validator: Any, instance: Any, schema: dict[str, Any], path: Any, schema_path: Any) -> Any:
-        for k, v in schema.items():
-            fn = base.VALIDATORS.get(k)
-            if fn is None:
-                continue
-            for error in fn(validator, v, instance, schema) or ():
-                error._set(validator=k, validator_value=v, instance=instance, schema=schema,
-                           type_checker=validator.TYPE_CHECKER)
-                error.schema_path.appendleft(k)
-                error.path.appendleft(path)
-                if schema_path is not None:
-                    error.schema_path.appendleft(schema_path)
-                yield error
-
-    def properties(validator: Any, properties: Any, instance: Any, schema: Any) -> Any:
-        if not validator.is_type(instance, "object"):
-            return
-        for prop, subschema in properties.items():
-            if prop in instance:
-                if leaf(subschema):
-                    yield from check_leaf(validator, instance[prop], subschema, prop, prop)
-                else:
-                    yield from validator.descend(instance[prop], subschema, path=prop, schema_path=prop)
-
-    def items(validator: Any, items: Any, instance: Any, schema: Any) -> Any:
-        if not validator.is_type(instance, "array") or not leaf(items) or "prefixItems" in schema:
-            yield from _keywords.items(validator, items, instance, schema) or ()  # type: ignore[func-returns-value]
-            return
-        for index, item in enumerate(instance):
-            yield from check_leaf(validator, item, items, index, None)
-
-    return jsonschema.validators.extend(base, {"properties": properties, "items": items})
-
-
 @cache
 def schema_validator(name: str) -> Any:
     """A draft 2020-12 validator for a shipped schema; ``$ref`` between shipped schemas resolves."""
@@ -203,7 +146,9 @@ def schema_validator(name: str) -> Any:
         contents = load_schema(path.name.removesuffix(".schema.json"))
         resources.append((contents.get("$id", path.name), Resource.from_contents(contents)))
     registry: Registry[Any] = Registry().with_resources(resources)
-    return _fast_validator_class()(load_schema(name), registry=registry)
+    from .validation import FastValidator
+
+    return FastValidator(load_schema(name), registry=registry)
 
 
 def schema_errors(instance: Any, name: str) -> list[str]:

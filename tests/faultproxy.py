@@ -100,7 +100,9 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in resp.getheaders():
             if key.lower() not in ("transfer-encoding", "connection", "content-length"):
                 self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
+        # A HEAD answer has no body: pass the upstream length on, it is the object's size.
+        length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+        self.send_header("Content-Length", length)
         self.end_headers()
         conn.close()
         if self.command == "HEAD":

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from objathor_release.locals3 import LocalS3
-from tests import faultproxy
 
 MiB = 1024 * 1024
 PART = 5 * MiB
@@ -81,50 +80,6 @@ def part_number(request: Any) -> int:
 def writes(log: list[Any]) -> list[Any]:
     """Requests in a FaultProxy log that change the bucket."""
     return [r for r in log if r.method in ("PUT", "POST", "DELETE")]
-
-
-class _HeadHandler(faultproxy._Handler):
-    """faultproxy's handler, except that a proxied HEAD keeps the upstream Content-Length.
-
-    tests/faultproxy.py answers every HEAD with ``Content-Length: 0`` (the length
-    of the empty body it read), which hides object sizes from the client.
-    """
-
-    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
-        import http.client
-
-        with self.state.lock:
-            req = faultproxy.Request(len(self.state.log), "HEAD", self.path, dict(self.headers.items()))
-            self.state.log.append(req)
-        action = self.state.rule(req)
-        if action.kind == "drop":
-            self._abort()
-            return
-        if action.kind == "status":
-            self.send_response(action.status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        up = self.state.upstream
-        conn = http.client.HTTPConnection(up.hostname or "127.0.0.1", up.port or 80, timeout=60)
-        conn.request("HEAD", self.path, headers={k: v for k, v in self.headers.items()
-                                                 if k.lower() != "connection"})
-        resp = conn.getresponse()
-        resp.read()
-        self.send_response(resp.status, resp.reason)
-        for key, value in resp.getheaders():
-            if key.lower() not in ("transfer-encoding", "connection"):
-                self.send_header(key, value)
-        self.end_headers()
-        conn.close()
-
-
-class FaultProxy(faultproxy.FaultProxy):
-    """tests/faultproxy.FaultProxy with HEAD sizes passed through (see _HeadHandler)."""
-
-    def __init__(self, upstream: str, rule: faultproxy.Rule = lambda r: faultproxy.PASS) -> None:
-        super().__init__(upstream, rule)
-        self.server.RequestHandlerClass = type("Handler", (_HeadHandler,), {"state": self.state})
 
 
 @pytest.fixture

@@ -22,11 +22,10 @@ from objathor_release.errors import ChecksumError, UsageError
 from objathor_release.locals3 import free_port
 from objathor_release.s3 import make_client, parse_duration, parse_remote, resolve_target
 from tests.conftest import run_cli
-from tests.faultproxy import PASS, Request, drop, status
+from tests.faultproxy import PASS, FaultProxy, Request, drop, status
 from tests.fixtures_upload import (
     PART,
     VERSION,
-    FaultProxy,
     content_md5,
     expected_etag,
     make_release,

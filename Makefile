@@ -160,26 +160,6 @@ download: $(INSTALLED)
 	$(CLI) download $(or $(WHAT),all) --version '$(VERSION)' $(if $(BASE_URL),--base-url '$(BASE_URL)') \
 		$(if $(DOWNLOAD_PATH),--path '$(DOWNLOAD_PATH)')
 
-# ---------------------------------------------------------------- docker (see Dockerfile)
-BASE_IMAGE ?=
-IMAGE ?= objathor-release:latest
-DOCKER_NETWORK ?=
-
-.PHONY: docker-base  ## build the local base image objathor-release-base:bookworm (debootstrap; for hosts that cannot pull)
-docker-base: $(INSTALLED)
-	$(PY) -m invoke docker-base
-
-.PHONY: docker-build  ## build the image objathor-release:<version> and :latest (BASE_IMAGE=... instead of the pinned base)
-docker-build: $(INSTALLED)
-	$(PY) -m invoke docker-build $(if $(BASE_IMAGE),--base-image '$(BASE_IMAGE)')
-
-.PHONY: docker-release  ## the release inside the image (VERSION, ASSETS_DIR, BUCKET; credentials from the environment)
-docker-release: $(INSTALLED)
-	$(PY) -m invoke docker-release --version '$(VERSION)' --assets-dir '$(ASSETS_DIR)' --release-dir '$(RELEASE_DIR)' \
-		$(if $(FEATURES_DIR),--features-dir '$(FEATURES_DIR)') $(if $(BUCKET),--bucket '$(BUCKET)') \
-		$(if $(ENDPOINT_URL),--endpoint-url '$(ENDPOINT_URL)') --image '$(IMAGE)' \
-		$(if $(DOCKER_NETWORK),--network '$(DOCKER_NETWORK)') $(if $(FORCE),--force) $(if $(DRY_RUN),--dry-run)
-
 .PHONY: cleanup  ## abort multipart uploads in BUCKET abandoned for over a day
 cleanup: $(INSTALLED)
 	$(CLI) cleanup --bucket '$(BUCKET)' $(if $(ENDPOINT_URL),--endpoint-url '$(ENDPOINT_URL)')

@@ -210,7 +210,12 @@ def _run_cleanup(args: argparse.Namespace) -> int:
 
 
 def _add_download(sub: Any) -> None:
-    p = sub.add_parser("download", help="download a dataset version into ~/.objathor-assets")
+    p = sub.add_parser(
+        "download", help="download a dataset version into ~/.objathor-assets",
+        description="Download a part of a dataset version (or all it has) into DIR/VERSION/, in "
+        "objathor's layout. Tars stream into a safe extractor; with the release's manifest.json every "
+        "byte is checked; an interrupted run resumes when run again.",
+    )
     p.add_argument("what", choices=["annotations", "assets", "features", "holodeck-base", "all"],
                    help="which part of the version to fetch")
     p.add_argument("--version", default=_env("VERSION"), metavar="YYYY_MM_DD",
@@ -225,7 +230,8 @@ def _add_download(sub: Any) -> None:
     p.add_argument("--require-checksums", action="store_true",
                    help="refuse a version that has no manifest.json to verify against")
     p.add_argument("--keep-tar", action="store_true", help="keep the .tar beside the extracted folder")
-    p.add_argument("--connections", type=int, default=8, help="parallel Range requests per file")
+    p.add_argument("--connections", type=int, default=8, metavar="N",
+                   help="parallel Range requests per file (default 8)")
     p.set_defaults(func=_run_download)
 
 

@@ -3,28 +3,26 @@
     release = build_release(assets_dir, served_root, "2024_02_01", features_dir=..., holodeck_dir=...)
 
 writes ``served_root/VERSION/{annotations.json.gz, assets.tar, features.tar,
-manifest.json}`` and ``served_root/holodeck/VERSION.tar``: the layout the
-upload publishes and ``download --base-url`` reads. The tars come from the
-project's own ``tarball.build_tar`` and the manifest from ``manifest.write_manifest``
-when those modules are present, else from GNU tar with the reproducible flags
-and a manifest computed here (Python's tarfile gives each member's data offset).
+manifest.json, SHA256SUMS}`` and ``served_root/holodeck/VERSION.tar``: the
+layout the upload publishes and ``download --base-url`` reads. The tars come
+from the project's ``tarball.build_tar`` and the manifest from
+``manifest.write_manifest``, so the download tests exercise the real pipeline.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
-import subprocess
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-EXCLUDES = ("annotations.json.gz", "thor_metadata.json", ".DS_Store", "._*", ".Spotlight-V100", ".Trashes",
-            ".fseventsd", ".VolumeIcon.icns", ".apdisk", ".TemporaryItems", "*.lock")
+from objathor_release.manifest import write_manifest as project_write_manifest
+from objathor_release.tarball import DEFAULT_EXCLUDES, build_tar
+
+EXCLUDES = DEFAULT_EXCLUDES
 
 
 @dataclass
@@ -40,64 +38,13 @@ class Release:
         return next(a for a in self.manifest["artifacts"] if a["name"] == name)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def gnu_tar(src: Path, out: Path, excludes: tuple[str, ...] = ()) -> None:
-    """What the seed's release process runs, plus the reproducible-builds flags."""
-    cmd = ["tar", "--format=gnu", "--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner",
-           *(f"--exclude={p}" for p in excludes), "-C", str(src.parent), "-cf", str(out), src.name]
-    subprocess.run(cmd, check=True)
-
-
-def make_tar(src: Path, out: Path, excludes: tuple[str, ...] = EXCLUDES) -> None:
-    """The project's tar builder if it is there, else GNU tar."""
-    try:
-        from objathor_release.tarball import build_tar
-    except ImportError:
-        gnu_tar(src, out, excludes)
-        return
-    build_tar(src, out, extra_excludes=[], show_progress=False)
-
-
-def tar_members(path: Path) -> list[dict[str, Any]]:
-    """Every regular file of a tar with size, sha256 and data offset (the manifest's ``members``)."""
-    out = []
-    with tarfile.open(path) as tf:
-        for m in tf:
-            if m.isreg():
-                fh = tf.extractfile(m)
-                assert fh is not None
-                out.append({"path": m.name, "size": m.size, "sha256": hashlib.sha256(fh.read()).hexdigest(),
-                            "offset": m.offset_data})
-    return out
+def make_tar(src: Path, out: Path) -> None:
+    build_tar(src, out, show_progress=False, fsync=False)
 
 
 def write_manifest(vdir: Path, version: str) -> dict[str, Any]:
-    """manifest.json for the files in ``vdir`` (the project's writer when present)."""
-    try:
-        from objathor_release.manifest import write_manifest as project_write_manifest
-    except ImportError:
-        pass
-    else:
-        return dict(project_write_manifest(vdir, version, show_progress=False))
-    artifacts = []
-    for path in sorted(vdir.iterdir()):
-        if path.name in ("manifest.json", "SHA256SUMS") or path.name.startswith("."):
-            continue
-        art: dict[str, Any] = {"name": path.name, "size": path.stat().st_size, "sha256": sha256(path)}
-        if path.suffix == ".tar":
-            art["members"] = tar_members(path)
-        artifacts.append(art)
-    manifest = {"version": version, "tool_version": "test", "excludes": list(EXCLUDES),
-                "artifacts": artifacts}
-    (vdir / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return manifest
+    """manifest.json (and SHA256SUMS) for the files in ``vdir``."""
+    return dict(project_write_manifest(vdir, version, show_progress=False))
 
 
 def annotations_of(assets_dir: Path) -> bytes:
@@ -119,10 +66,10 @@ def build_release(assets_dir: Path, root: Path, version: str, *, features_dir: P
                                                else annotations_of(assets_dir))
     make_tar(assets_dir, vdir / "assets.tar")
     if features_dir is not None:
-        make_tar(features_dir, vdir / "features.tar", ())
+        make_tar(features_dir, vdir / "features.tar")
     if holodeck_dir is not None:
         (root / "holodeck").mkdir(exist_ok=True)
-        make_tar(holodeck_dir, root / "holodeck" / f"{version}.tar", ())
+        make_tar(holodeck_dir, root / "holodeck" / f"{version}.tar")
     data = write_manifest(vdir, version) if manifest else None
     for leftover in [*vdir.glob(".*"), *(root / "holodeck").glob(".*")]:  # sidecars a tar builder leaves
         leftover.unlink() if leftover.is_file() else shutil.rmtree(leftover)

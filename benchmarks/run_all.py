@@ -60,6 +60,7 @@ def table(data: dict[str, Any]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", type=float, default=1.0, help="passed to every benchmark (1 = full size)")
+    p.add_argument("--repeat", type=int, default=3, help="runs per contender, passed to every benchmark")
     p.add_argument("--only", default="", help="comma-separated benchmark names, e.g. tarball,upload")
     args = p.parse_args()
     RESULTS.mkdir(exist_ok=True)
@@ -75,7 +76,8 @@ def main() -> int:
         out_json.unlink(missing_ok=True)
         print(f"== {script.name} (scale {args.scale})", flush=True)
         t0 = time.perf_counter()
-        argv = [sys.executable, str(script), "--scale", str(args.scale), "--json", str(out_json)]
+        argv = [sys.executable, str(script), "--scale", str(args.scale), "--repeat", str(args.repeat),
+                "--json", str(out_json)]
         proc = subprocess.run(argv, cwd=HERE.parent, env={**os.environ, "OBJATHOR_PROGRESS": "0"})
         took = time.perf_counter() - t0
         if proc.returncode != 0 or not out_json.exists():
@@ -97,7 +99,7 @@ def main() -> int:
                 f"{table(tab)}\n\n![{label}](results/{label}.png)\n")
     header = (
         "# Benchmark results\n\n"
-        f"Written by `make bench` (`benchmarks/run_all.py --scale {args.scale}`) on "
+        f"Written by `make bench` (`benchmarks/run_all.py --scale {args.scale} --repeat {args.repeat}`) on "
         f"{time.strftime('%Y-%m-%d')}. Every table compares objathor-release with its references "
         "measured in the same run on the same machine; a ratio above 1 means objathor-release is "
         "faster. CPU seconds and peak memory are the client process's own (wait4).\n")

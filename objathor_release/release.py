@@ -288,8 +288,9 @@ def publish(cfg: ReleaseConfig, *, remote: str | None = None, rclone_config: str
     """Upload the built release (refusing to change a published version without ``force``),
     then HEAD every object against the manifest. Nothing is reported as published before that."""
     from .manifest import load_manifest
+    from .remote import verify_remote
     from .s3 import make_client, redact, resolve_target
-    from .upload import upload_release, verify_remote
+    from .upload import upload_release
 
     rdir = release_dir_of(cfg)
     manifest = load_manifest(rdir)

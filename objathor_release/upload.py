@@ -10,7 +10,9 @@ returns must equal the local md5; after completion the object's ETag must equal
 the one computed locally (md5 of the parts' binary md5s, then ``-N``), and a HEAD
 checks size, ETag and the ``sha256`` metadata. A part is hashed just before it
 is sent and then streamed from the (now cached) file: there is no separate pass
-over the file, and memory stays flat however large the parts.
+over the file, and memory stays flat however large the parts. The ETag math, part
+reading and resume records live in :mod:`.upload_state`; reading and checking
+what is already in the bucket in :mod:`.remote`.
 
 Resume: ``RELEASE_DIR/.upload-state/`` holds one small JSON file per object
 (upload id, part size, per-part md5, the local file's size/mtime/sha256). The
@@ -28,25 +30,22 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as _dt
-import hashlib
-import json
-import math
 import os
 import random
-import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any
 
-from .config import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, UploadConfig, format_size, parse_size
+from .config import UploadConfig, format_size, parse_size
 from .errors import ChecksumError, InputError, PublishedError, ReleaseError, TransferError, UsageError
-from .fsutil import atomic_write, sha256_file
+from .fsutil import sha256_file
 from .progress import Progress, progress
+from .remote import _object_problems, expected_etag, published_manifest
 from .s3 import (
     S3Target,
     cleanup_uploads,
@@ -63,23 +62,25 @@ from .s3 import (
     redact,
     resolve_target,
 )
+from .upload_state import (
+    MANIFEST_NAME,
+    SHA256_META,
+    STATE_DIR,
+    SUMS_NAME,
+    Job,
+    PartReader,
+    UploadState,
+    _clean_etag,
+    multipart_etag,
+)
 
 __all__ = [
-    "FileResult", "Job", "PartReader", "RemoteCheck", "S3Target", "UploadReport", "cleanup_uploads",
-    "local_etag", "make_client", "multipart_etag", "published_manifest", "resolve_target",
-    "run_cleanup_command", "run_upload_command", "upload_release", "verify_remote",
+    "FileResult", "S3Target", "UploadReport", "cleanup_uploads", "make_client", "resolve_target",
+    "run_cleanup_command", "run_upload_command", "upload_release",
 ]
 
-MANIFEST_NAME = "manifest.json"
-SUMS_NAME = "SHA256SUMS"
-STATE_DIR = ".upload-state"
-SHA256_META = "sha256"
-HASH_BLOCK = 1024 * 1024
-STATE_SAVE_INTERVAL = 2.0  # seconds between state-file writes while parts complete
 BACKOFF_BASE = 0.5  # seconds; doubles per attempt, with jitter
 BACKOFF_CAP = 20.0
-CONTENT_TYPES = {".tar": "application/x-tar", ".gz": "application/gzip", ".json": "application/json",
-                 ".pkl": "application/octet-stream"}
 
 Log = Callable[[str], None]
 
@@ -162,118 +163,7 @@ class UploadReport:
                 f"{self.part_uploads} part uploads; every object verified (size, ETag, sha256 metadata)")
 
 
-# --------------------------------------------------------------------------- ETags and part reading
-
-
-def multipart_etag(md5s: Sequence[bytes]) -> str:
-    """S3's ETag of a multipart object: md5 of the concatenated binary part md5s, then ``-N``."""
-    return hashlib.md5(b"".join(md5s), usedforsecurity=False).hexdigest() + f"-{len(md5s)}"
-
-
-def _clean_etag(etag: str | None) -> str:
-    return (etag or "").strip().strip('"')
-
-
-class PartReader:
-    """A seekable read-only window ``[offset, offset + length)`` of an open binary file.
-
-    botocore streams the request body from it (and seeks back to 0 to retry), so
-    a part is never held in memory. ``md5()`` hashes the window first, for the
-    ``Content-MD5`` header.
-    """
-
-    def __init__(self, fh: BinaryIO, offset: int, length: int, name: str = "") -> None:
-        self._fh, self._offset, self._length, self._name = fh, offset, length, name
-        self._pos = 0
-
-    def __len__(self) -> int:
-        return self._length
-
-    def md5(self) -> bytes:
-        digest = hashlib.md5(usedforsecurity=False)
-        buf = memoryview(bytearray(min(HASH_BLOCK, max(self._length, 1))))
-        self._fh.seek(self._offset)
-        left = self._length
-        while left:
-            n = self._fh.readinto(buf[: min(len(buf), left)])  # type: ignore[attr-defined]
-            if not n:
-                raise InputError(f"{self._name}: the file got shorter while uploading: rebuild the release")
-            digest.update(buf[:n])
-            left -= n
-        self._pos = 0
-        return digest.digest()
-
-    def read(self, amt: int | None = -1) -> bytes:
-        left = self._length - self._pos
-        if amt is None or amt < 0 or amt > left:
-            amt = left
-        if amt <= 0:
-            return b""
-        self._fh.seek(self._offset + self._pos)
-        data = self._fh.read(amt)
-        if not data:
-            raise InputError(f"{self._name}: the file got shorter while uploading: rebuild the release")
-        self._pos += len(data)
-        return data
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._length}[whence]
-        self._pos = max(0, min(self._length, base + pos))
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-
-def local_etag(path: Path, size: int, part_size: int, multipart: bool) -> str:
-    """The ETag S3 gives ``path`` when uploaded with these settings (reads the file once)."""
-    with open(path, "rb", buffering=0) as fh:
-        if not multipart:
-            return PartReader(fh, 0, size, str(path)).md5().hex()
-        md5s = [PartReader(fh, off, min(part_size, size - off), str(path)).md5()
-                for off in range(0, size, part_size)]
-    return multipart_etag(md5s)
-
-
 # --------------------------------------------------------------------------- the plan
-
-
-@dataclass
-class Job:
-    """One file to put at one key, with its part layout."""
-
-    name: str
-    path: Path
-    key: str
-    size: int
-    sha256: str
-    part_size: int
-    multipart: bool
-    mtime_ns: int
-
-    @property
-    def parts(self) -> int:
-        return max(1, math.ceil(self.size / self.part_size)) if self.multipart else 1
-
-    def part_range(self, number: int) -> tuple[int, int]:
-        offset = (number - 1) * self.part_size
-        return offset, min(self.part_size, self.size - offset)
-
-    @property
-    def content_type(self) -> str:
-        if self.name.endswith(SUMS_NAME):
-            return "text/plain; charset=utf-8"
-        return CONTENT_TYPES.get(PurePosixPath(self.name).suffix, "application/octet-stream")
-
-    def identity(self) -> dict[str, Any]:
-        return {"size": self.size, "mtime_ns": self.mtime_ns, "sha256": self.sha256,
-                "part_size": self.part_size}
 
 
 def load_release_manifest(release_dir: Path) -> dict[str, Any]:
@@ -326,65 +216,6 @@ def plan_jobs(release_dir: Path, manifest: dict[str, Any], prefix: str, config: 
     return jobs
 
 
-# --------------------------------------------------------------------------- resume state
-
-
-class UploadState:
-    """The resume record of one object: a small JSON file under ``RELEASE_DIR/.upload-state/``."""
-
-    def __init__(self, path: Path, data: dict[str, Any], unreadable: bool = False) -> None:
-        self.path, self.data, self.unreadable = path, data, unreadable
-        self._lock = threading.Lock()
-        self._last_save = 0.0
-
-    @staticmethod
-    def path_for(state_dir: Path, endpoint: str, bucket: str, key: str, name: str) -> Path:
-        tag = hashlib.sha1(f"{endpoint}\n{bucket}\n{key}".encode(), usedforsecurity=False).hexdigest()[:12]
-        slug = re.sub(r"[^A-Za-z0-9._-]", "_", name)
-        return state_dir / f"{slug}.{tag}.json"
-
-    @classmethod
-    def load(cls, path: Path) -> UploadState | None:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return cls(path, {}, unreadable=True)  # treated as foreign, and replaced
-        return cls(path, data, unreadable=False) if isinstance(data, dict) else cls(path, {}, unreadable=True)
-
-    def matches(self, target: dict[str, Any], identity: dict[str, Any]) -> bool:
-        return all(self.data.get(k) == v for k, v in {**target, **identity}.items())
-
-    @property
-    def md5s(self) -> dict[int, bytes]:
-        out = {}
-        for k, v in (self.data.get("parts") or {}).items():
-            with contextlib.suppress(ValueError, TypeError):
-                out[int(k)] = bytes.fromhex(v)
-        return out
-
-    def record_part(self, number: int, md5: bytes) -> None:
-        with self._lock:
-            self.data.setdefault("parts", {})[str(number)] = md5.hex()
-            if time.monotonic() - self._last_save >= STATE_SAVE_INTERVAL:
-                self._save_locked()
-
-    def save(self) -> None:
-        with self._lock:
-            self._save_locked()
-
-    def _save_locked(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.path) as fh:
-            fh.write(json.dumps(self.data, sort_keys=True).encode())
-        self._last_save = time.monotonic()
-
-    def delete(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
-
 # --------------------------------------------------------------------------- errors and retries
 
 
@@ -398,52 +229,6 @@ def _retryable(exc: BaseException) -> bool:
 
 def _backoff(attempt: int) -> float:
     return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
-
-
-def published_manifest(client: Any, bucket: str, prefix: str) -> dict[str, Any] | None:
-    """The remote ``PREFIX/manifest.json`` if this version is published, else None."""
-    import botocore.exceptions as bx
-
-    key = object_key(normalize_prefix(prefix) or "", MANIFEST_NAME)
-    try:
-        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except bx.ClientError as exc:
-        if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
-            return None
-        raise client_error(client, exc, f"reading s3://{bucket}/{key}", bucket) from None
-    except bx.BotoCoreError as exc:
-        raise client_error(client, exc, f"reading s3://{bucket}/{key}", bucket) from None
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        raise ChecksumError(f"s3://{bucket}/{key} is not a JSON object: upload the release with --force")
-    return data
-
-
-def _remote_part_size(client: Any, bucket: str, key: str) -> int | None:
-    """Part 1's size of a multipart object (HEAD with partNumber), if the server tells."""
-    import botocore.exceptions as bx
-
-    try:
-        return int(client.head_object(Bucket=bucket, Key=key, PartNumber=1)["ContentLength"])
-    except (bx.ClientError, bx.BotoCoreError, KeyError, ValueError):
-        return None
-
-
-def expected_etag(client: Any, bucket: str, job: Job, remote_etag: str) -> str:
-    """The ETag the local file would have in the remote object's part layout (reads the file)."""
-    match = re.fullmatch(r"[0-9a-f]{32}-(\d+)", remote_etag)
-    if not match:
-        return local_etag(job.path, job.size, job.size, multipart=False)
-    count = int(match.group(1))
-    part_size = job.part_size if job.multipart and job.parts == count else None
-    if part_size is None:
-        part_size = _remote_part_size(client, bucket, job.key)
-    if not part_size or part_size < 1 or math.ceil(job.size / part_size) != count:
-        return ""
-    return local_etag(job.path, job.size, part_size, multipart=True)
 
 
 # --------------------------------------------------------------------------- the uploader
@@ -732,23 +517,6 @@ class _Uploader:
         return self.multipart(job) if job.multipart else self.put(job)
 
 
-def _object_problems(name: str, size: int, sha256: str, etag: str | None, head: dict[str, Any] | None
-                     ) -> list[str]:
-    if head is None:
-        return ["missing"]
-    out = []
-    remote_size = int(head.get("ContentLength", -1))
-    if remote_size != size:
-        out.append(f"size {remote_size} != {size}")
-    remote_etag = _clean_etag(head.get("ETag"))
-    if etag is not None and remote_etag != etag:
-        out.append(f"ETag {remote_etag} != {etag}")
-    remote_sha = (head.get("Metadata") or {}).get(SHA256_META)
-    if remote_sha != sha256:
-        out.append(f"sha256 metadata {remote_sha or 'missing'} != {sha256[:12]}...")
-    return out
-
-
 def _split_target(target: S3Target | tuple[str, str | None], manifest: dict[str, Any]) -> tuple[str, str]:
     if isinstance(target, S3Target):
         bucket, prefix = target.bucket, target.prefix
@@ -878,131 +646,6 @@ def _upload_all(up: _Uploader, jobs: list[Job], manifest: dict[str, Any], prefix
         for job in finals:  # SHA256SUMS, then manifest.json: published only when all else is there
             results[job.name] = up.upload(job)
     return [results[j.name] for j in jobs]
-
-
-# --------------------------------------------------------------------------- remote verification
-
-
-@dataclass
-class RemoteCheck:
-    """One object checked by :func:`verify_remote`; ``etag_check`` says how far the ETag was checked."""
-
-    name: str
-    key: str
-    size: int
-    etag: str
-    sha256: str
-    etag_check: str  # "exact", "part-count", or "content" (manifest.json compared as JSON)
-
-
-def _etag_shape_problem(etag: str, size: int, config: UploadConfig | None) -> str | None:
-    """Why ``etag`` cannot be the ETag of ``size`` bytes uploaded with ``config`` (any config if None)."""
-    m = re.fullmatch(r"[0-9a-f]{32}(?:-(\d+))?", etag)
-    if not m:
-        return f"ETag {etag!r} is not an S3 ETag"
-    count = int(m.group(1)) if m.group(1) else None
-    if config is not None:
-        multipart = size >= config.multipart_threshold
-        want = math.ceil(size / config.part_size_for(size)) if multipart else None
-        if count != want:
-            return f"ETag {etag} is not that of {want or 'a single'} part(s) for this size and part size"
-        return None
-    if count is None:
-        return None if size <= MAX_PART_SIZE else f"single-part ETag {etag} for an object over 5 GiB"
-    low, high = math.ceil(size / MAX_PART_SIZE), min(MAX_PARTS, max(1, math.ceil(size / MIN_PART_SIZE)))
-    return None if low <= count <= high else f"ETag {etag}: {count} parts cannot hold {size} bytes"
-
-
-def verify_remote(
-    client: Any,
-    bucket: str,
-    prefix: str,
-    manifest: dict[str, Any],
-    *,
-    release_dir: str | Path | None = None,
-    expected_etags: dict[str, str] | None = None,
-    config: UploadConfig | None = None,
-) -> list[RemoteCheck]:
-    """HEAD every artifact (size, ETag, sha256 metadata) and read back manifest.json.
-
-    The exact expected ETag comes from ``expected_etags`` (e.g. ``report.etags()``),
-    else from the local files in ``release_dir`` (the upload's state record, or a
-    re-hash in the remote object's part layout). Without either, an ETag is only
-    checked for its part count: exactly the one ``config`` gives for the size,
-    or (no ``config``) one that some legal part size gives. Raises ChecksumError
-    naming every mismatch.
-    """
-    prefix = normalize_prefix(prefix) or ""
-    local_dir = Path(release_dir) if release_dir is not None else None
-    state_dir = (local_dir or Path()) / STATE_DIR
-    expected_etags = expected_etags or {}
-    endpoint = str(client.meta.endpoint_url)
-    problems: list[str] = []
-    checks: list[RemoteCheck] = []
-
-    def check(artifact: dict[str, Any]) -> tuple[RemoteCheck | None, list[str]]:
-        name, size, sha = artifact["name"], int(artifact["size"]), str(artifact["sha256"])
-        key = object_key(prefix, name)
-        head = head_or_none(client, bucket, key)
-        if head is None:
-            return None, [f"{key} (missing)"]
-        remote_etag = _clean_etag(head.get("ETag"))
-        want: str | None = expected_etags.get(name)
-        path = local_dir / name if local_dir is not None else None
-        if want is None and path is not None and path.is_file() and path.stat().st_size == size:
-            cfg = config or UploadConfig()
-            multipart = size >= cfg.multipart_threshold
-            part_size = cfg.part_size_for(size) if multipart else max(size, 1)
-            job = Job(name, path, key, size, sha, part_size, multipart, path.stat().st_mtime_ns)
-            state = UploadState.load(UploadState.path_for(state_dir, endpoint, bucket, key, name))
-            fields = {"endpoint": endpoint, "bucket": bucket, "key": key}
-            if state and state.data.get("status") == "complete" and state.matches(fields, job.identity()):
-                want = str(state.data["etag"])
-            else:
-                want = expected_etag(client, bucket, job, remote_etag)
-        out = _object_problems(name, size, sha, want, head)
-        how = "exact"
-        if want is None:
-            how = "part-count"
-            shape = _etag_shape_problem(remote_etag, size, config)
-            out.extend([shape] if shape else [])
-        errs = [f"{key} ({'; '.join(out)})"] if out else []
-        return RemoteCheck(name, key, size, remote_etag, sha, how), errs
-
-    from concurrent.futures import ThreadPoolExecutor as _Pool
-
-    with _Pool(max_workers=8) as pool:
-        for result, errs in pool.map(check, manifest["artifacts"]):
-            problems.extend(errs)
-            if result is not None and not errs:
-                checks.append(result)
-    for name in (SUMS_NAME, MANIFEST_NAME):
-        key = object_key(prefix, name)
-        head = head_or_none(client, bucket, key)
-        if head is None:
-            problems.append(f"{key} (missing)")
-            continue
-        out: list[str] = []
-        local = local_dir / name if local_dir is not None else None
-        if local is not None and local.is_file():
-            data = local.read_bytes()
-            md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
-            remote_etag = _clean_etag(head.get("ETag"))
-            want = expected_etags.get(name) or (md5 if "-" not in remote_etag else None)
-            out = _object_problems(name, len(data), hashlib.sha256(data).hexdigest(), want, head)
-        if name == MANIFEST_NAME and published_manifest(client, bucket, prefix) != manifest:
-            out.append("differs from the local manifest")
-        if out:
-            problems.append(f"{key} ({'; '.join(out)})")
-        else:
-            meta = (head.get("Metadata") or {}).get(SHA256_META, "")
-            how = "exact" if local is not None and local.is_file() else "content"
-            size = int(head.get("ContentLength", 0))
-            checks.append(RemoteCheck(name, key, size, _clean_etag(head.get("ETag")), meta, how))
-    if problems:
-        raise ChecksumError(f"the remote copy at s3://{bucket}/{prefix} does not match the manifest: "
-                            f"{', '.join(problems)}: upload again (with --force for changed objects)")
-    return checks
 
 
 # --------------------------------------------------------------------------- command line

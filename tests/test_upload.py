@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from objathor_release import upload
+from objathor_release import remote, upload, upload_state
 from objathor_release.config import UploadConfig
 from objathor_release.errors import ChecksumError, UsageError
 from objathor_release.locals3 import free_port
@@ -72,10 +72,10 @@ def test_multipart_etag_and_part_reader(tmp_path: Path) -> None:
     data = random_bytes(2 * PART + 777, seed=5)
     path = tmp_path / "f.bin"
     path.write_bytes(data)
-    assert upload.local_etag(path, len(data), PART, multipart=True) == expected_etag(data)
-    assert upload.local_etag(path, len(data), len(data), multipart=False) == hashlib.md5(data).hexdigest()
+    assert upload_state.local_etag(path, len(data), PART, multipart=True) == expected_etag(data)
+    assert upload_state.local_etag(path, len(data), len(data), multipart=False) == hashlib.md5(data).hexdigest()
     with open(path, "rb", buffering=0) as fh:
-        reader = upload.PartReader(fh, PART, PART, "f.bin")
+        reader = upload_state.PartReader(fh, PART, PART, "f.bin")
         assert reader.md5() == hashlib.md5(data[PART:2 * PART]).digest()
         assert len(reader) == PART and reader.tell() == 0
         head = reader.read(1000)
@@ -236,13 +236,13 @@ def test_etag_part_sizes_md5_and_order(s3_env: dict[str, str], s3_server: Any, s
     small = s3_client.get_object(Bucket=bucket, Key=f"{VERSION}/annotations.json.gz")
     assert small["Body"].read() == (release / "annotations.json.gz").read_bytes()
     assert small["ContentType"] == "application/gzip"
-    assert upload.published_manifest(s3_client, bucket, VERSION) == manifest_of(release)
+    assert remote.published_manifest(s3_client, bucket, VERSION) == manifest_of(release)
     # the remote verify agrees, exactly and by part count
-    checks = upload.verify_remote(s3_client, bucket, VERSION, manifest_of(release), release_dir=release)
+    checks = remote.verify_remote(s3_client, bucket, VERSION, manifest_of(release), release_dir=release)
     assert [(c.name, c.etag_check) for c in checks] == [
         ("annotations.json.gz", "exact"), ("assets.tar", "exact"), ("SHA256SUMS", "exact"),
         ("manifest.json", "exact")]
-    checks = upload.verify_remote(s3_client, bucket, VERSION, manifest_of(release), config=CONFIG)
+    checks = remote.verify_remote(s3_client, bucket, VERSION, manifest_of(release), config=CONFIG)
     assert [c.etag_check for c in checks] == ["part-count", "part-count", "content", "content"]
 
 
@@ -302,10 +302,10 @@ def test_published_version_with_other_content_is_refused(s3_env: dict[str, str],
     forced = run_upload(s3_server.endpoint_url, bucket, release, "--force")
     assert forced.returncode == 0, forced.stderr
     assert "replacing a published version" in forced.stderr
-    assert upload.published_manifest(s3_client, bucket, VERSION) == manifest_of(release)
+    assert remote.published_manifest(s3_client, bucket, VERSION) == manifest_of(release)
     # annotations.json.gz, SHA256SUMS and manifest.json sent again; assets.tar is unchanged
     assert "3 uploaded, 0 resumed, 1 skipped" in forced.stdout
-    upload.verify_remote(s3_client, bucket, VERSION, manifest_of(release), release_dir=release)
+    remote.verify_remote(s3_client, bucket, VERSION, manifest_of(release), release_dir=release)
 
 
 def test_resume_after_sigkill_uploads_only_missing_parts(s3_env: dict[str, str], s3_server: Any,
@@ -613,14 +613,14 @@ def test_verify_remote_names_every_mismatch(s3_env: dict[str, str], s3_server: A
     client = make_client(target)
     report = upload.upload_release(client, release, target, CONFIG, show_progress=False)
     manifest = manifest_of(release)
-    upload.verify_remote(client, bucket, VERSION, manifest, expected_etags=report.etags())
+    remote.verify_remote(client, bucket, VERSION, manifest, expected_etags=report.etags())
     real = (release / "annotations.json.gz").read_bytes()
     tampered = real[:-1] + bytes([real[-1] ^ 1])
     s3_client.put_object(Bucket=bucket, Key=f"{VERSION}/annotations.json.gz", Body=tampered,
                          Metadata={"sha256": hashlib.sha256(real).hexdigest()})
     s3_client.delete_object(Bucket=bucket, Key=f"{VERSION}/SHA256SUMS")
     with pytest.raises(ChecksumError) as err:
-        upload.verify_remote(client, bucket, VERSION, manifest, release_dir=release)
+        remote.verify_remote(client, bucket, VERSION, manifest, release_dir=release)
     text = str(err.value)
     assert f"{VERSION}/annotations.json.gz (ETag" in text and f"{VERSION}/SHA256SUMS (missing)" in text
     assert "assets.tar" not in text and "\n" not in text

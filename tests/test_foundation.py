@@ -111,3 +111,18 @@ def test_moto_server_fixture_and_proxy(s3_client, bucket, s3_server) -> None:  #
                               config=Config(retries={"mode": "standard", "max_attempts": 3}))
         assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"hello"
         assert len(proxy.log) == 2
+
+
+def test_public_names_are_exported_from_the_package() -> None:
+    import objathor_release
+
+    for name in objathor_release.__all__:
+        assert getattr(objathor_release, name) is not None, name
+    from objathor_release.annotations import prepare_annotations
+    from objathor_release.remote import verify_remote
+
+    assert objathor_release.prepare_annotations is prepare_annotations
+    assert objathor_release.verify_remote is verify_remote
+    assert "build_tar" in dir(objathor_release)
+    with pytest.raises(AttributeError):
+        _ = objathor_release.no_such_name  # type: ignore[attr-defined]

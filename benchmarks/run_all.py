@@ -52,7 +52,8 @@ def table(data: dict[str, Any]) -> str:
         ratio = r["seconds"] / ours["seconds"] if ours["seconds"] else float("nan")
         cpu = f"{r['cpu_seconds']:.2f}" if r.get("cpu_seconds") is not None else "-"
         mem = f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") is not None else "-"
-        name = f"**{r['name']}**" if r is ours else r["name"]
+        label = r["name"].replace("|", "\\|")  # a pipe would end the table cell
+        name = f"**{label}**" if r is ours else label
         lines.append(f"| {name} | {r['seconds']:.2f} | {ratio:.2f}x | {cpu} | {mem} | {r.get('note', '')} |")
     return "\n".join(lines)
 
@@ -61,6 +62,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", type=float, default=1.0, help="passed to every benchmark (1 = full size)")
     p.add_argument("--repeat", type=int, default=3, help="runs per contender, passed to every benchmark")
+    p.add_argument("--render-only", action="store_true",
+                   help="rewrite RESULTS.md and the charts from the last results/*.json without running")
     p.add_argument("--only", default="", help="comma-separated benchmark names, e.g. tarball,upload")
     args = p.parse_args()
     RESULTS.mkdir(exist_ok=True)
@@ -70,21 +73,30 @@ def main() -> int:
         scripts = [s for s in scripts if s.name in wanted]
     sections = []
     failed = []
+    run = {"scale": args.scale, "repeat": args.repeat, "date": time.strftime("%Y-%m-%d")}
     for script in scripts:
         name = script.stem.removeprefix("bench_")
         out_json = RESULTS / f"{name}.json"
-        out_json.unlink(missing_ok=True)
-        print(f"== {script.name} (scale {args.scale})", flush=True)
-        t0 = time.perf_counter()
-        argv = [sys.executable, str(script), "--scale", str(args.scale), "--repeat", str(args.repeat),
-                "--json", str(out_json)]
-        proc = subprocess.run(argv, cwd=HERE.parent, env={**os.environ, "OBJATHOR_PROGRESS": "0"})
-        took = time.perf_counter() - t0
-        if proc.returncode != 0 or not out_json.exists():
-            failed.append(script.name)
-            sections.append(f"## {name}\n\n{script.name} failed (exit {proc.returncode}); see its output.\n")
+        if not args.render_only:
+            out_json.unlink(missing_ok=True)
+            print(f"== {script.name} (scale {args.scale})", flush=True)
+            t0 = time.perf_counter()
+            argv = [sys.executable, str(script), "--scale", str(args.scale), "--repeat", str(args.repeat),
+                    "--json", str(out_json)]
+            proc = subprocess.run(argv, cwd=HERE.parent, env={**os.environ, "OBJATHOR_PROGRESS": "0"})
+            if proc.returncode != 0 or not out_json.exists():
+                failed.append(script.name)
+                sections.append(f"## {name}\n\n{script.name} failed (exit {proc.returncode}).\n")
+                continue
+            data = json.loads(out_json.read_text())
+            data["took_seconds"] = time.perf_counter() - t0
+            data["run_all"] = run
+            out_json.write_text(json.dumps(data, indent=2) + "\n")
+        elif not out_json.exists():
             continue
         data = json.loads(out_json.read_text())
+        took = data.get("took_seconds", 0.0)
+        run = data.get("run_all", run)
         tables = data.get("tables") or [data]  # a benchmark may measure several setups
         for i, tab in enumerate(tables):
             label = name if len(tables) == 1 else f"{name}-{i + 1}"
@@ -95,14 +107,15 @@ def main() -> int:
             load_text = f", load average {load[0]:.2f}" if load else ""
             sections.append(
                 f"## {tab['title']}\n\n{setup}. Python {machine.get('python')}, {machine.get('cpus')} cores"
-                f"{load_text}; `{script.name}` took {took:.0f} s in all.\n\n"
+                f"{load_text}" + (f"; `{script.name}` took {took:.0f} s in all" if took else "") + ".\n\n"
                 f"{table(tab)}\n\n![{label}](results/{label}.png)\n")
     header = (
         "# Benchmark results\n\n"
-        f"Written by `make bench` (`benchmarks/run_all.py --scale {args.scale} --repeat {args.repeat}`) on "
-        f"{time.strftime('%Y-%m-%d')}. Every table compares objathor-release with its references "
-        "measured in the same run on the same machine; a ratio above 1 means objathor-release is "
-        "faster. CPU seconds and peak memory are the client process's own (wait4).\n")
+        f"Written by `make bench` (`benchmarks/run_all.py --scale {run['scale']} "
+        f"--repeat {run['repeat']}`) on {run['date']}. Every table compares objathor-release "
+        "with its references measured in the same run on the same machine; a ratio above 1 "
+        "means objathor-release is faster. CPU seconds and peak memory are each client "
+        "process's own (wait4).\n")
     (HERE / "RESULTS.md").write_text(header + "\n" + "\n".join(sections))
     print(f"wrote {HERE / 'RESULTS.md'}")
     if failed:

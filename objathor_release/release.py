@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ReleaseConfig, UploadConfig, format_size, parse_size, validate_version
+from .config import ReleaseConfig, UploadConfig, format_size, format_table, parse_size, validate_version
 from .errors import InputError, UsageError
 from .fsutil import atomic_write
 
@@ -253,19 +253,17 @@ class Summary:
     rows: list[dict[str, Any]]
     dry_run: bool
     upload_summary: str
+    upload_table: str = ""
 
     def table(self) -> str:
         head = ("artifact", "size", "sha256", "parts", "status")
         body = [(r["name"], format_size(r["size"]), r["sha256"][:12], str(r["parts"]), r["status"])
                 for r in self.rows]
-        widths = [max(len(c) for c in col) for col in zip(head, *body, strict=True)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                 for row in (head, *body)]
-        return "\n".join(lines)
+        return format_table(head, body)
 
     def text(self) -> str:
         lines = [f"release {self.version} -> s3://{self.bucket}/{self.prefix}/ at {self.endpoint_url}",
-                 self.table(), self.upload_summary]
+                 self.upload_table if self.dry_run else self.table(), self.upload_summary]
         if not self.dry_run:
             lines.append("public URLs:")
             lines += [f"  {r['url']}" for r in self.rows]
@@ -321,7 +319,7 @@ def publish(cfg: ReleaseConfig, *, remote: str | None = None, rclone_config: str
                      "status": status, "etag": r.etag,
                      "url": _public_url(cfg, target.endpoint_url, target.bucket, r.key)})
     summary = Summary(str(cfg.version), target.bucket, prefix, target.endpoint_url, rows, dry_run,
-                      report.summary())
+                      report.summary(), report.table())
     if not dry_run:
         stamp = rdir / f".published-{target.bucket}"
         with atomic_write(stamp) as fh:

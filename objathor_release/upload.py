@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .config import UploadConfig, format_size, parse_size
+from .config import UploadConfig, format_size, format_table, parse_size
 from .errors import ChecksumError, InputError, PublishedError, ReleaseError, TransferError, UsageError
 from .fsutil import sha256_file
 from .progress import Progress, progress
@@ -143,10 +143,7 @@ class UploadReport:
             head = ("file", "size", "parts", "status", "etag")
             rows = [(r.name, format_size(r.size), f"{r.parts} x {format_size(r.part_size)}", r.status, r.etag)
                     for r in self.results]
-        widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=False)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip()
-                 for row in (head, *rows)]
-        return "\n".join(lines)
+        return format_table(head, rows)
 
     def summary(self) -> str:
         where = f"s3://{self.bucket}/{self.prefix + '/' if self.prefix else ''}"

@@ -128,6 +128,8 @@ def test_dry_run_builds_locally_and_leaves_the_bucket_alone(tree, s3_server, s3_
     result = make("release", *settings(tree, s3_server, bucket, DRY_RUN="1"), env=s3_env)
     assert result.returncode == 0, result.stderr
     assert "dry run: would upload 5 files" in result.stdout
+    assert re.search(r"assets\.tar\s+[\d.]+ KiB\s+-\s+1\s+\d+", result.stdout), result.stdout  # size, part size, parts, requests
+    assert "part size" in result.stdout and "requests" in result.stdout
     assert "the bucket was not contacted" in result.stdout
     assert (tree["release"] / "manifest.json").exists()
     assert keys(s3_client, bucket) == {}

@@ -139,13 +139,21 @@ def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
                 yield rel, entry.stat(follow_symlinks=False)
 
 
-def fingerprint(root: Path, keep: Callable[[str], bool], *settings: object) -> str:
-    """A hash of the paths, sizes and mtimes of the files under ``root`` that ``keep`` accepts."""
-    h = hashlib.sha256(json.dumps([str(s) for s in settings]).encode())
+def fingerprints(root: Path, *selections: tuple[Callable[[str], bool], tuple[object, ...]]) -> list[str]:
+    """For each (keep, settings): a hash of the settings and of the paths, sizes and mtimes of the
+    files under ``root`` that ``keep`` accepts. One walk of the tree serves every selection."""
+    hashes = [hashlib.sha256(json.dumps([str(s) for s in settings]).encode()) for _, settings in selections]
     for rel, st in _walk(root):
-        if keep(rel):
-            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode())
-    return h.hexdigest()
+        line = f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode()
+        for (keep, _), h in zip(selections, hashes, strict=True):
+            if keep(rel):
+                h.update(line)
+    return [h.hexdigest() for h in hashes]
+
+
+def fingerprint(root: Path, keep: Callable[[str], bool], *settings: object) -> str:
+    """``fingerprints`` for one selection."""
+    return fingerprints(root, (keep, settings))[0]
 
 
 class State:
@@ -212,13 +220,15 @@ def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool
         out.built.append(name)
 
     top = assets.resolve().name
-    step("annotations.json.gz",
-         fingerprint(assets, lambda rel: rel.rsplit("/", 1)[-1] in ANNOTATION_FILES or rel.endswith(".tar")),
-         rdir / "annotations.json.gz",
+    annotation_inputs, tar_inputs = fingerprints(
+        assets,
+        (lambda rel: rel.rsplit("/", 1)[-1] in ANNOTATION_FILES or rel.endswith(".tar"), ()),
+        (lambda rel: not excluded(f"{top}/{rel}"), (epoch, excludes)),
+    )
+    step("annotations.json.gz", annotation_inputs, rdir / "annotations.json.gz",
          lambda: _say(prepare_annotations(assets, rdir / "annotations.json.gz",
                                           show_progress=show_progress).summary()))
-    step("assets.tar", fingerprint(assets, lambda rel: not excluded(f"{top}/{rel}"), epoch, excludes),
-         rdir / "assets.tar",
+    step("assets.tar", tar_inputs, rdir / "assets.tar",
          lambda: _say(build_tar(assets, rdir / "assets.tar", extra_excludes=cfg.excludes,
                                 source_date_epoch=epoch, verbose=verbose,
                                 show_progress=show_progress).summary()))

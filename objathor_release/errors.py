@@ -43,3 +43,7 @@ class PublishedError(ReleaseError):
     """Refused to overwrite something already published without --force."""
 
     exit_code = 3
+
+
+class DiskFullError(TransferError):
+    """The disk filled up while writing; the message names the path and the space needed."""

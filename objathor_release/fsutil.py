@@ -1,4 +1,4 @@
-"""File helpers shared by every job: atomic writes and hashing.
+"""File helpers shared by every job: atomic writes, hashing and opening input safely.
 
 Nothing is ever half-written under its final name: output goes to a temporary
 name in the same directory (so the rename is atomic on one filesystem) and is
@@ -8,12 +8,17 @@ renamed into place only when complete; on any error the temporary is removed.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from .errors import UsageError
 
 CHUNK = 1024 * 1024
 
@@ -54,3 +59,101 @@ def sha256_file(path: str | Path, chunk: int = CHUNK) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- reading input safely
+
+_OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def describe_mode(mode: int) -> str:
+    """What a non-regular file is, for a message: ``a FIFO``, ``a directory``, ..."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+class NotRegularFileError(OSError):
+    """``open_regular`` refused something that is not a regular file; ``strerror`` says what it is."""
+
+    def __init__(self, path: str | Path, what: str) -> None:
+        super().__init__(errno.EINVAL, what, str(path))
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+def open_regular(path: str | Path, *, dir_fd: int | None = None, buffering: int = -1) -> BinaryIO:
+    """Open an existing regular file for reading, never following a final symlink nor blocking.
+
+    The name is checked with lstat before it is opened (so a device is never
+    opened) and the descriptor with fstat after (so a swap in between is
+    caught); a FIFO, socket, device, folder or symlink raises
+    NotRegularFileError (an OSError) whose ``strerror`` names what it is.
+    """
+    st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+    if stat.S_ISLNK(st.st_mode):
+        raise NotRegularFileError(path, f"is a symlink (to {os.readlink(path, dir_fd=dir_fd)})")
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFileError(path, f"is {describe_mode(st.st_mode)}")
+    try:
+        fd = os.open(path, _OPEN_READ, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotRegularFileError(path, "is a symlink") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(path, f"is {describe_mode(st.st_mode)}")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb", buffering=buffering)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: str | Path, limit: int) -> bytes:
+    """The bytes of a small regular file (``open_regular``); OSError if it holds more than ``limit``."""
+    with open_regular(path) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+    return data
+
+
+def _blocker(folder: Path) -> tuple[Path, str] | None:
+    """The first component of ``folder`` that exists but is not a folder, and what it is."""
+    for p in [*reversed(folder.parents), folder]:
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            if os.path.lexists(p):
+                return p, "a dangling symlink"
+            return None
+        except OSError:
+            return None
+        if not stat.S_ISDIR(st.st_mode):
+            return p, describe_mode(st.st_mode) if not stat.S_ISREG(st.st_mode) else "a file"
+    return None
+
+
+def prepare_output(target: str | Path, what: str = "output") -> Path:
+    """Make sure a file can be written at ``target``: its folder exists (created if need be) and
+    ``target`` is not a folder. Raises UsageError naming the component in the way."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        found = _blocker(target.parent)
+        if found is not None:
+            raise UsageError(
+                f"{what} {target}: cannot be written: {found[0]} is {found[1]}, not a folder: "
+                "choose another path or move it away"
+            ) from None
+        raise UsageError(
+            f"{what} {target}: cannot create its folder {target.parent} ({exc.strerror}): choose another path"
+        ) from None
+    if os.path.isdir(target):
+        raise UsageError(f"{what} {target}: is a directory: name the file to write inside it")
+    return target

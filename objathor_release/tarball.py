@@ -33,14 +33,14 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from .config import format_size
 from .errors import InputError, ReleaseError, UsageError
-from .fsutil import atomic_path
+from .fsutil import atomic_path, describe_mode, open_regular, prepare_output
 from .progress import progress
 
 #: The seed release process's exclude list, exact and in its order.
@@ -371,10 +371,7 @@ def _special(path: str) -> str:
         mode = os.lstat(path).st_mode
     except OSError as exc:
         return f"cannot be read ({exc.strerror})"
-    kinds = [(stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device")]
-    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
-    return f"is {kind}"
+    return f"is {describe_mode(mode)}"
 
 
 def resolve_epoch(source_date_epoch: int | None) -> int:
@@ -586,10 +583,16 @@ class _Builder:
             )
 
 
+def end_of_archive(offset: int) -> int:
+    """How many zero bytes GNU tar writes after data ending at ``offset``: two zero blocks, then
+    zeros up to a whole 10240-byte record (more than one record when the data ends in a record's
+    last block)."""
+    return 2 * BLOCK + (-(offset + 2 * BLOCK) % RECORD)
+
+
 def _finish_record(out: _Out) -> None:
-    """Two zero blocks, then zeros up to a whole 10240-byte record, as GNU tar ends an archive."""
-    end = out.offset + 2 * BLOCK
-    out.write(_ZEROS[: 2 * BLOCK + (-end % RECORD)])
+    """End the archive as GNU tar does (see ``end_of_archive``)."""
+    out.write(bytes(end_of_archive(out.offset)))
 
 
 def _archive(builder: _Builder, src: Path, desc: str, show_progress: bool) -> None:
@@ -642,6 +645,7 @@ def build_tar(
         raise UsageError(f"--output {output} is inside {src_dir}: write the archive outside the tree")
     if out_path.is_dir():
         raise UsageError(f"--output {output} is a directory: name the archive file, e.g. {output}/assets.tar")
+    prepare_output(out_path, "--output")
     epoch = resolve_epoch(source_date_epoch)
     excludes = list(DEFAULT_EXCLUDES) + [p for p in extra_excludes if p not in DEFAULT_EXCLUDES]
     if verbose:
@@ -694,20 +698,57 @@ def read_sidecar(tar_path: str | Path) -> dict[str, Any] | None:
     """The sidecar of ``tar_path`` if it still describes the file on disk (same size and mtime), else None."""
     side = sidecar_path(tar_path)
     try:
-        index: dict[str, Any] = json.loads(side.read_bytes())
+        with open_regular(side) as fh:
+            index: dict[str, Any] = json.loads(fh.read())
         st = os.stat(tar_path)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if (
         not isinstance(index, dict) or index.get("format") != SIDECAR_FORMAT
         or index.get("size") != st.st_size or index.get("mtime_ns") != st.st_mtime_ns
         or not isinstance(index.get("members"), list) or not isinstance(index.get("sha256"), str)
+        or not all(_sidecar_member(m) for m in index["members"])
     ):
         return None
     return index
 
 
+def _sidecar_member(m: Any) -> bool:
+    return (type(m) is dict and len(m) == 4 and type(m.get("path")) is str and type(m.get("size")) is int
+            and type(m.get("offset")) is int and type(m.get("sha256")) is str)
+
+
 # --------------------------------------------------------------------------- reading any tar back
+
+MAX_EXTENSION = 1024 * 1024  # bytes of one long name or pax header: far beyond any real one
+_ZERO_BLOCK = bytes(BLOCK)
+_DIGITS = re.compile(r"[0-9]{1,20}")
+
+
+class TarFormatError(Exception):
+    """A tar that cannot be read: ``str()`` says what is wrong, ``hint`` what to do about it."""
+
+    def __init__(self, what: str, hint: str = "rebuild it with `objathor-release tar`") -> None:
+        super().__init__(what)
+        self.hint = hint
+
+
+@dataclass(frozen=True)
+class TarHeader:
+    """One member as ``iter_headers`` reads it."""
+
+    name: str  # long name or pax path applied; a folder's ends with "/"
+    kind: bytes
+    size: int  # bytes of data after the header
+    offset: int  # where they start
+
+
+class TarReader(Protocol):
+    pos: int
+
+    def read(self, n: int) -> bytes: ...
+
+    def skip(self, n: int) -> None: ...
 
 
 @dataclass
@@ -735,23 +776,62 @@ class _HashingReader:
         self.on_bytes(len(data))
         return data
 
-    def exact(self, n: int, what: str) -> bytes:
-        data = self.read(n)
-        if len(data) != n:
-            raise EOFError(what)
+    def skip(self, n: int) -> None:
+        while n > 0:
+            got = len(self.read(min(n, SCAN_CHUNK)))
+            if not got:
+                raise EOFError("data")
+            n -= got
+
+
+class SeekingReader:
+    """Reads a regular file of known size, skipping data by seeking (nothing is hashed)."""
+
+    def __init__(self, fh: BinaryIO, size: int) -> None:
+        self.fh = fh
+        self.size = size
+        self.pos = 0
+
+    def read(self, n: int) -> bytes:
+        data = self.fh.read(n)
+        self.pos += len(data)
         return data
 
+    def skip(self, n: int) -> None:
+        if self.pos + n > self.size:
+            raise EOFError("data")
+        self.fh.seek(n, os.SEEK_CUR)
+        self.pos += n
 
-def _pax_records(data: bytes) -> dict[str, str]:
-    """Parse a pax extended header's ``LEN key=value\\n`` records."""
+
+def _exact(r: TarReader, n: int, what: str) -> bytes:
+    data = r.read(n)
+    if len(data) != n:
+        raise EOFError(what)
+    return data
+
+
+def _bad(what: str, at: int) -> TarFormatError:
+    return TarFormatError(f"not a valid tar archive ({what} at byte {at})")
+
+
+def _pax_records(data: bytes, at: int) -> dict[str, str]:
+    """Parse a pax extended header's ``LEN key=value\\n`` records (TarFormatError when malformed)."""
     out: dict[str, str] = {}
-    pos = 0
-    while pos < len(data) and data[pos:pos + 1] != b"\x00":
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+    pos, n = 0, len(data)
+    while pos < n and data[pos] != 0:
+        space = data.find(b" ", pos, pos + 21)
+        digits = data[pos:space] if space > pos else b""
+        if not digits.isdigit():
+            raise _bad("malformed pax header", at)
+        end = pos + int(digits)
+        if end < space + 3 or end > n or data[end - 1] != 0x0A:
+            raise _bad("malformed pax header", at)
+        key, eq, value = data[space + 1:end - 1].partition(b"=")
+        if not eq or not key:
+            raise _bad("malformed pax header", at)
         out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-        pos += length
+        pos = end
     return out
 
 
@@ -759,68 +839,113 @@ def _cstr(raw: bytes) -> str:
     return raw.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
 
 
+def iter_headers(r: TarReader) -> Iterator[TarHeader]:
+    """Every member of the tar that ``r`` reads, in order (ustar, GNU long names and pax headers).
+
+    After each header the caller may read any part of the member's data from
+    ``r``; the rest and the padding are skipped before the next header. Any
+    malformation raises TarFormatError: a bad checksum or number, a negative
+    size, an extended header over MAX_EXTENSION bytes, a malformed pax record,
+    a sparse member, an empty or non-UTF-8 name, or an archive that ends early.
+    """
+    long_name: str | None = None
+    pax: dict[str, str] = {}
+    try:
+        while True:
+            start = r.pos
+            block = r.read(BLOCK)
+            if start == 0 and len(block) < BLOCK:
+                raise TarFormatError("empty or too short to be a tar archive", "rebuild it")
+            if len(block) < BLOCK or block == _ZERO_BLOCK:
+                return
+            try:
+                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            except (tarfile.HeaderError, ValueError) as exc:
+                raise _bad(f"bad header: {exc}", start) from None
+            size = info.size
+            if "size" in pax:
+                if not _DIGITS.fullmatch(pax["size"]):
+                    raise _bad("bad pax size", start)
+                size = int(pax["size"])
+            if size < 0:
+                raise _bad("negative size", start)
+            kind = info.type
+            if kind in _EXTENSION_TYPES:
+                if size > MAX_EXTENSION:
+                    raise _bad(f"an extended header of {size} bytes, more than {MAX_EXTENSION}", start)
+                data = _exact(r, size, "extended header")
+                _exact(r, -size % BLOCK, "padding")
+                if kind == tarfile.GNUTYPE_LONGNAME:
+                    long_name = _cstr(data)
+                elif kind == tarfile.XHDTYPE:
+                    pax = _pax_records(data, start)
+                continue
+            if kind == tarfile.GNUTYPE_SPARSE or "GNU.sparse.major" in pax:
+                raise TarFormatError(f"holds sparse member {info.name}", "rebuild it without --sparse")
+            name = pax.get("path") or long_name or info.name
+            if info.isdir() and not name.endswith("/"):
+                name += "/"
+            long_name, pax = None, {}
+            if not name.strip("/"):
+                raise _bad("a member with an empty name", start)
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _bad(f"member name {name!r} that is not valid UTF-8", start) from None
+            data_size = 0 if kind in (tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.DIRTYPE) else size
+            offset = r.pos
+            yield TarHeader(name, kind, data_size, offset)
+            left = offset + data_size + (-data_size % BLOCK) - r.pos
+            if left < 0:
+                raise AssertionError(f"read {-left} bytes past member {name}")
+            if left:
+                try:
+                    r.skip(left)
+                except EOFError:
+                    raise EOFError(name) from None
+    except EOFError as exc:
+        raise TarFormatError(f"truncated tar archive (ends inside {exc})", "rebuild or download it again") \
+            from None
+
+
 def scan_tar(path: str | Path, *, on_bytes: Callable[[int], None] = lambda n: None) -> ScanResult:
     """Read a tar in one streaming pass: whole-file sha256 plus every regular member's figures.
 
     Understands ustar, GNU (long names) and pax headers. ``members`` holds
     ``{"path", "size", "sha256", "offset"}`` for each regular file, ``offset``
-    being where its data starts. A file that is not a tar raises InputError.
+    being where its data starts. A file that is not a tar, or not a regular
+    file, raises InputError.
     """
     members: list[dict[str, Any]] = []
-    with open(path, "rb", buffering=SCAN_CHUNK) as raw:
+    try:
+        raw = open_regular(path, buffering=SCAN_CHUNK)
+    except OSError as exc:
+        raise InputError(f"{_display(str(path))}: cannot be read ({exc.strerror}): replace it with the "
+                         "archive, or remove it") from None
+    with raw:
         r = _HashingReader(raw, on_bytes)
-        long_name: str | None = None
-        pax: dict[str, str] = {}
         try:
-            while True:
-                block = r.read(BLOCK)
-                if r.pos == len(block) and len(block) < BLOCK:
-                    raise InputError(f"{path}: empty or too short to be a tar archive: rebuild it")
-                if len(block) < BLOCK or block == _ZEROS[:BLOCK]:
-                    break
-                try:
-                    info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-                except tarfile.HeaderError as exc:
-                    raise InputError(
-                        f"{path}: not a valid tar archive (bad header at byte {r.pos - BLOCK}: {exc}): "
-                        "rebuild it with `objathor-release tar`"
-                    ) from None
-                size = int(pax.get("size", info.size))
-                kind = info.type
-                if kind in _EXTENSION_TYPES:
-                    data = r.exact(size, "extended header")
-                    r.exact(-size % BLOCK, "padding")
-                    if kind == tarfile.GNUTYPE_LONGNAME:
-                        long_name = _cstr(data)
-                    elif kind == tarfile.XHDTYPE:
-                        pax = _pax_records(data)
+            for h in iter_headers(r):
+                if h.kind not in tarfile.REGULAR_TYPES:
                     continue
-                if kind in (tarfile.GNUTYPE_SPARSE,) or "GNU.sparse.major" in pax:
-                    raise InputError(f"{path}: holds sparse member {info.name}: rebuild it without --sparse")
-                name = pax.get("path") or long_name or info.name
-                if info.isdir() and not name.endswith("/"):
-                    name += "/"
-                long_name, pax = None, {}
-                offset = r.pos
-                if kind in tarfile.REGULAR_TYPES:
-                    sha = hashlib.sha256()
-                    left = size
-                    while left:
-                        chunk = r.read(min(left, SCAN_CHUNK))
-                        if not chunk:
-                            raise EOFError(name)
-                        sha.update(chunk)
-                        left -= len(chunk)
-                    members.append({"path": name, "size": size, "sha256": sha.hexdigest(), "offset": offset})
-                    r.exact(-size % BLOCK, "padding")
-                elif size and kind not in (tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.DIRTYPE):
-                    r.exact(size + (-size % BLOCK), "data")
+                sha = hashlib.sha256()
+                left = h.size
+                while left:
+                    chunk = r.read(min(left, SCAN_CHUNK))
+                    if not chunk:
+                        raise TarFormatError(f"truncated tar archive (ends inside {h.name})",
+                                             "rebuild or download it again")
+                    sha.update(chunk)
+                    left -= len(chunk)
+                members.append({"path": h.name, "size": h.size, "sha256": sha.hexdigest(),
+                                "offset": h.offset})
             while r.read(SCAN_CHUNK):
                 pass
-        except EOFError as exc:
-            raise InputError(
-                f"{path}: truncated tar archive (ends inside {exc}): rebuild or download it again"
-            ) from None
+        except TarFormatError as exc:
+            raise InputError(f"{_display(str(path))}: {exc}: {exc.hint}") from None
+        except OSError as exc:
+            raise InputError(f"{_display(str(path))}: cannot be read ({exc.strerror}): check the disk") \
+                from None
     return ScanResult(size=r.pos, sha256=r.sha.hexdigest(), members=members)
 
 

@@ -81,6 +81,25 @@ def test_identical_to_gnu_tar_on_a_sample_dataset(tmp_path: Path, sample_assets:
 
 
 @needs_gnu_tar
+def test_archive_end_matches_gnu_tar_wherever_the_data_ends_in_a_record(tmp_path: Path) -> None:
+    """The data may end at any of the 20 blocks of a 10240-byte record; GNU tar's two zero blocks and
+    record padding must come out the same at each (at the last block they spill into a new record)."""
+    positions = set()
+    for n in range(20):
+        src = tmp_path / f"t{n:02d}" / "assets"
+        write(src / "f", bytes(range(256)) * (2 * n))  # n blocks of data after two headers
+        end = 2 * 512 + n * 512
+        positions.add(end % 10240)
+        ours = build(src, tmp_path / f"t{n:02d}" / "ours.tar")
+        theirs = gnu_tar(src, tmp_path / f"t{n:02d}" / "gnu.tar")
+        data = ours.path.read_bytes()
+        assert data == theirs.read_bytes(), f"data ending at {end % 10240} of a record"
+        assert len(data) % 10240 == 0 and len(data) >= end + 1024 and data[end:] == bytes(len(data) - end)
+        assert ours.size == len(data) and ours.sha256 == hashlib.sha256(data).hexdigest()
+    assert positions == {512 * k for k in range(20)}
+
+
+@needs_gnu_tar
 def test_features_tar_from_a_features_directory(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     make_sample_dataset(tmp_path / "assets", 2, features_dir=tmp_path / "features")
     out = tmp_path / "rel" / "features.tar"

@@ -6,46 +6,91 @@ It reads the headers itself instead of going through :mod:`tarfile`, so a
 member's bytes go from the network buffer to ``os.write`` and ``sha256`` without
 per-member file objects.
 
-Safety follows PEP 706's ``data`` filter, stricter where the objathor layout
-allows: absolute names, ``..`` components, links whose target is absolute or
-resolves outside the top-level directory, device files, FIFOs, sparse and other
-unknown member types, and anything outside the one expected top-level directory
-are refused, naming the member. Modes lose setuid/setgid/sticky and group/other
-write bits (owner read/write added for files); owners are ignored. Nothing is
-written outside ``dest``: once a symlink exists, every write's parent directory
-is resolved and checked, and files are opened with ``O_NOFOLLOW``.
+Refused, naming the member (:class:`UnsafeMemberError`, exit 2):
 
-With ``expect`` (the manifest's members: path -> size, sha256, offset) every
-regular file must be listed, have the listed size, data offset and sha256, and
-no listed file may be missing.
+- absolute names, ``..`` components, NUL in a name, anything outside the one
+  expected top-level directory, and a top-level entry that is not a directory;
+- symbolic links, all of them. Releases contain none, and a link cannot be
+  judged by its text: ``a -> ..`` normalizes to a place inside the folder, yet
+  ``b -> a/../..`` (or a long ``p/p/p/...`` chain) resolves through ``a`` on
+  disk to somewhere else. Only the tree on disk says where a link leads, and a
+  tree without links is trivially safe;
+- hard links, except to a regular file this extractor itself wrote earlier from
+  the same archive (tracked by archive path);
+- devices, FIFOs, sparse files and unknown member types;
+- a member that changes the type of a path: a file or hard link where a folder
+  is, a folder where a file is;
+- names longer than the filesystem allows.
+
+Every folder and file is created relative to an open folder descriptor, walking
+from ``dest`` one component at a time with ``O_NOFOLLOW`` (``mkdir``/``open``/
+``link`` with ``dir_fd``), so no write follows a link, even one something else
+put into ``dest``. Open folder descriptors are cached (a few dozen at most) and
+closed by :meth:`close`, which also runs after any error and in ``finish()``.
+
+Headers are parsed strictly: a numeric field that is not octal or GNU base-256,
+a value out of range (negative or impossible sizes, mtimes beyond what
+``os.utime`` takes), a PAX record with a bad length, no ``=`` or a ``size``/
+``mtime`` that is not a plain decimal number, a name that is not UTF-8, or a bad
+header checksum is an :class:`~.errors.InputError` naming the byte offset. A
+filesystem error while writing a member is an InputError naming the member;
+running out of disk space is a :class:`~.errors.DiskFullError`.
+
+Modes lose setuid/setgid/sticky and group/other write bits (owner read/write
+added for files); owners are ignored. With ``expect`` (the manifest's members:
+path -> size, sha256, offset) every regular file must be listed, have the
+listed size, data offset and sha256, and no listed file may be missing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import itertools
 import os
-import posixpath
+import re
 import stat
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ChecksumError, InputError
+from .errors import ChecksumError, DiskFullError, InputError
 
 BLOCK = 512
 _META_LIMIT = 1 << 20  # longest GNU long-name / PAX header we accept
+_MAX_SIZE = (1 << 63) - 1  # the largest file offset a filesystem can hold
+_MTIME_RANGE = (-(1 << 33), 1 << 33)  # seconds, years 1697-2242: inside what os.utime takes in nanoseconds
+_PATH_MAX = 4096
+_DIR_CACHE = 64  # open folder descriptors kept
 _REGULAR = (b"0", b"\0", b"7")
+_HARDLINK, _DIRECTORY = b"1", b"5"
+_META = (b"L", b"K", b"x", b"g")
 _REFUSED_TYPES = {
+    b"2": "a symbolic link (releases contain none, and a link could lead later members outside the folder)",
     b"3": "a character device", b"4": "a block device", b"6": "a FIFO", b"S": "a sparse file",
     b"V": "a volume header", b"M": "a multi-volume continuation", b"D": "a GNU dump directory",
 }
 _MODE_CLEAR = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWGRP | stat.S_IWOTH
-_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_OCTAL = re.compile(rb"[0-7]*")
+_PAX_SIZE = re.compile(rb"[0-9]{1,19}")
+_PAX_TIME = re.compile(rb"(-?[0-9]{1,19})(\.[0-9]*)?")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_NOT_TAR_STARTS = (b"{", b"[", b"<")
 
 
 class UnsafeMemberError(InputError):
-    """A member the safe extractor refuses (absolute, ``..``, link outside, device, ...)."""
+    """A member the safe extractor refuses (absolute, ``..``, a link, a device, ...)."""
+
+
+class _Corrupt(Exception):
+    """A malformed header field; the extractor reports it with the header's byte offset."""
 
 
 @dataclass(frozen=True)
@@ -58,11 +103,24 @@ class ExpectedMember:
 
 
 def expected_members(members: list[Mapping[str, Any]]) -> dict[str, ExpectedMember]:
-    """Map a manifest artifact's ``members`` list to ``{path: ExpectedMember}``."""
-    return {
-        m["path"]: ExpectedMember(int(m["size"]), str(m["sha256"]).lower(), m.get("offset"))
-        for m in members
-    }
+    """Map a manifest artifact's ``members`` list to ``{path: ExpectedMember}``; InputError if malformed."""
+    out: dict[str, ExpectedMember] = {}
+    for i, m in enumerate(members if isinstance(members, list) else [members]):
+        try:
+            path, size, sha, offset = m["path"], m["size"], m["sha256"], m.get("offset")
+            ok = (isinstance(path, str) and _is_count(size) and isinstance(sha, str)
+                  and _SHA256.fullmatch(sha) is not None and (offset is None or _is_count(offset)))
+        except (TypeError, KeyError, AttributeError):
+            ok = False
+        if not ok:
+            raise InputError(f"manifest.json: member #{i} of an artifact is malformed (it needs a path, a "
+                             "size, a 64-digit sha256, maybe an offset): tell the release's publisher")
+        out[path] = ExpectedMember(size, sha.lower(), offset)
+    return out
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_SIZE
 
 
 def member_parts(name: str) -> list[str]:
@@ -77,15 +135,41 @@ def member_parts(name: str) -> list[str]:
     return parts
 
 
-def _number(field: bytes) -> int:
-    """A tar numeric field: octal text, or GNU base-256 when the high bit is set."""
-    if field and field[0] & 0x80:
+# ---------------------------------------------------------------------- header fields
+
+
+def _number(field: bytes, what: str, low: int, high: int) -> int:
+    """A numeric header field (octal text, or GNU base-256) within ``low..high``; _Corrupt otherwise."""
+    if field[:1] in (b"\x80", b"\xff"):
         value = int.from_bytes(field[1:], "big")
-        if field[0] & 0x40:  # negative base-256
+        if field[0] == 0xFF:
             value -= 1 << (8 * (len(field) - 1))
-        return value
-    text = field.split(b"\0", 1)[0].strip(b" ")
-    return int(text, 8) if text else 0
+    else:
+        text = field.split(b"\0", 1)[0].strip(b" ")
+        if not _OCTAL.fullmatch(text):
+            raise _Corrupt(f"its {what} field {field!r} is not an octal number")
+        value = int(text, 8) if text else 0
+    if not low <= value <= high:
+        raise _Corrupt(f"its {what} {value} is out of range")
+    return value
+
+
+def _pax_number(value: bytes, key: str, pattern: re.Pattern[bytes], low: int, high: int) -> int:
+    """A PAX ``size`` or ``mtime`` (decimal, an mtime may have a fraction); _Corrupt otherwise."""
+    match = pattern.fullmatch(value)
+    if match is None:
+        raise _Corrupt(f"its PAX {key} {value[:40]!r} is not a decimal number")
+    number = int(match.group(1) if match.groups() else match.group(0))
+    if not low <= number <= high:
+        raise _Corrupt(f"its PAX {key} {number} is out of range")
+    return number
+
+
+def _utf8(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Corrupt(f"its {what} {raw[:200]!r} is not UTF-8") from None
 
 
 def _text(field: bytes) -> bytes:
@@ -93,7 +177,7 @@ def _text(field: bytes) -> bytes:
 
 
 def _checksum_ok(header: bytes) -> bool:
-    stored = _number(header[148:156])
+    stored = _number(header[148:156], "checksum", 0, 1 << 21)
     unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
     if stored == unsigned:
         return True
@@ -101,25 +185,26 @@ def _checksum_ok(header: bytes) -> bool:
     return stored == signed
 
 
-def _parse_pax(data: bytes, source: str) -> dict[str, str]:
-    """PAX records ``"<len> key=value\\n"``."""
-    out: dict[str, str] = {}
+def _parse_pax(data: bytes) -> dict[str, bytes]:
+    """PAX records ``"<len> key=value\\n"``; _Corrupt for a bad length, a missing ``=`` or a non-UTF-8 key."""
+    out: dict[str, bytes] = {}
     pos = 0
-    while pos < len(data):
-        if data[pos] == 0:
-            break
-        space = data.find(b" ", pos)
-        try:
-            length = int(data[pos:space])
-        except ValueError:
-            raise InputError(f"{source}: malformed PAX header: the archive is corrupt") from None
-        record = data[space + 1: pos + length]
-        if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
-            raise InputError(f"{source}: malformed PAX header: the archive is corrupt")
-        key, _, value = record[:-1].partition(b"=")
-        out[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
-        pos += length
+    while pos < len(data) and data[pos] != 0:
+        space = data.find(b" ", pos, pos + 21)
+        if space <= pos or not data[pos:space].isdigit():
+            raise _Corrupt(f"a PAX record at {pos} has no decimal length")
+        end = pos + int(data[pos:space])
+        if end < space + 3 or end > len(data) or data[end - 1] != 0x0A:
+            raise _Corrupt(f"a PAX record at {pos} has a wrong length")
+        key, eq, value = data[space + 1:end - 1].partition(b"=")
+        if not eq or not key:
+            raise _Corrupt(f"a PAX record at {pos} is not key=value")
+        out[_utf8(key, "PAX key")] = value
+        pos = end
     return out
+
+
+# ---------------------------------------------------------------------- the extractor
 
 
 class TarStreamExtractor:
@@ -133,12 +218,12 @@ class TarStreamExtractor:
                  expect: Mapping[str, ExpectedMember] | None = None, source: str = "archive") -> None:
         self.dest = Path(dest)
         self._dest_str = os.fspath(self.dest)
+        self._dest_len = len(os.fsencode(self._dest_str))
         self.top = top
         self.expect = dict(expect) if expect is not None else None
         self.source = source
         self.pos = 0  # bytes of the stream consumed so far
         self.files = 0
-        self.file_bytes = 0
         self.finished = False
         self._state = "header"
         self._hdr = bytearray()
@@ -146,18 +231,19 @@ class TarStreamExtractor:
         self._pad = 0  # padding bytes after the current entry's data
         self._fd = -1
         self._hash: Any = None
-        self._path = ""  # archive path of the entry being written
+        self._expected: ExpectedMember | None = None
+        self._path = ""  # archive path of the entry being placed or written
         self._meta: bytearray | None = None  # collecting a long name / PAX header
         self._meta_kind = b""
-        self._long_name: str | None = None
-        self._long_link: str | None = None
-        self._pax: dict[str, str] = {}
+        self._long_name: bytes | None = None
+        self._long_link: bytes | None = None
+        self._pax: dict[str, bytes] = {}
         self._mtime = 0
-        self._data_offset = 0
         self._data_size = 0
-        self._made_dirs: set[str] = set()
-        self._symlinks = False
         self._zero_blocks = 0
+        self._root_fd = -1
+        self._dirs: OrderedDict[str, int] = OrderedDict()  # archive path -> open folder descriptor
+        self._files: set[str] = set()  # regular files this extractor wrote, by archive path
 
     # ------------------------------------------------------------------ feeding
 
@@ -194,91 +280,122 @@ class TarStreamExtractor:
                             continue
                         header = bytes(self._hdr)
                         self._hdr.clear()
-                    self._header(header, self.pos + i)
+                    self._header(header, self.pos + i - BLOCK)
                 else:  # "end": the zero blocks and record padding after the last member
                     i = n
-        except BaseException:
+        except BaseException as exc:
             self.pos += i
             self.close()
+            if isinstance(exc, OSError):
+                raise self._os_error(exc) from None
             raise
         self.pos += n
 
     def finish(self) -> None:
-        """Check that the archive ended properly and every expected member was seen."""
-        if self._state != "end" and not (self._state == "header" and not self._hdr and self._zero_blocks):
+        """Check that the archive ended properly and every expected member was seen; closes descriptors."""
+        try:
+            if self._state != "end" and not (self._state == "header" and not self._hdr and self._zero_blocks):
+                raise InputError(f"{self.source} ended in the middle of a member at byte {self.pos}: "
+                                 "the download was truncated; run the command again")
+            if self.top is None:
+                raise InputError(f"{self.source} is empty: expected one top-level directory")
+            if self.expect:
+                missing = sorted(self.expect)
+                raise ChecksumError(f"{self.source} lacks {len(missing)} member(s) listed in manifest.json, "
+                                    f"e.g. {missing[0]}: the release is incomplete; tell its publisher")
+        finally:
             self.close()
-            raise InputError(f"{self.source} ended in the middle of a member at byte {self.pos}: "
-                             "the download was truncated; run the command again")
-        if self.top is None:
-            raise InputError(f"{self.source} is empty: expected one top-level directory")
-        if self.expect:
-            missing = sorted(self.expect)
-            raise ChecksumError(f"{self.source} lacks {len(missing)} member(s) listed in manifest.json, "
-                                f"e.g. {missing[0]}: the release is incomplete; tell its publisher")
         self.finished = True
 
     def close(self) -> None:
-        """Close a half-written member (after an error); the caller deletes ``dest``."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        """Close the member being written and every folder descriptor; the caller deletes ``dest``."""
+        fds = [self._fd, self._root_fd, *self._dirs.values()]
+        self._fd = self._root_fd = -1
+        self._dirs.clear()
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
-    # ------------------------------------------------------------------ entries
+    def _os_error(self, exc: OSError) -> InputError | DiskFullError:
+        where = os.path.join(self._dest_str, self._path) if self._path else self._dest_str
+        if exc.errno in _DISK_FULL:
+            return DiskFullError(f"{self.source}: the disk is full: writing {where} (a member of "
+                                 f"{self._data_size} bytes) failed; free space and run the command again, "
+                                 "parts already downloaded are kept")
+        return InputError(f"{self.source}: cannot extract member {self._path!r} to {where}: "
+                          f"{exc.strerror or exc}; the archive does not fit this folder's filesystem or "
+                          "the folder is not writable; nothing was left behind")
 
-    def _header(self, header: bytes, end: int) -> None:
+    # ------------------------------------------------------------------ headers
+
+    def _header(self, header: bytes, start: int) -> None:
         if header.count(0) == BLOCK:
             self._zero_blocks += 1
             if self._zero_blocks >= 2:
                 self._state = "end"
             return
         if self._zero_blocks:
-            raise InputError(f"{self.source}: data after an end-of-archive block at byte {end - BLOCK}: "
+            raise InputError(f"{self.source}: data after an end-of-archive block at byte {start}: "
                              "the archive is corrupt")
-        if not _checksum_ok(header):
-            raise InputError(f"{self.source}: bad tar header checksum at byte {end - BLOCK}: the archive "
-                             "is corrupt or not a tar file")
+        try:
+            checksum_ok = _checksum_ok(header)
+        except _Corrupt:
+            checksum_ok = False
+        try:
+            if not checksum_ok:
+                if start == 0 and header.lstrip()[:1] in _NOT_TAR_STARTS:
+                    raise InputError(f"{self.source} is not a tar file: it starts with {header[:24]!r} (an "
+                                     "error page?); check --base-url and --version")
+                raise InputError(f"{self.source}: bad tar header checksum at byte {start}: the archive is "
+                                 "corrupt or not a tar file")
+            self._entry(header, start)
+        except _Corrupt as exc:
+            raise InputError(f"{self.source}: corrupt tar header at byte {start}: {exc}; the archive is "
+                             "damaged: run the command again, and tell the release's publisher if it "
+                             "persists") from None
+
+    def _entry(self, header: bytes, start: int) -> None:
         kind = header[156:157]
-        size = _number(header[124:136])
-        if "size" in self._pax:
-            size = int(self._pax["size"])
-        if size < 0:
-            raise InputError(f"{self.source}: negative member size at byte {end - BLOCK}")
+        if kind in _META:
+            size = _number(header[124:136], "size", 0, _META_LIMIT)
+            self._meta, self._meta_kind = bytearray(), kind
+            self._begin_data(size)
+            return
+        pax, self._pax = self._pax, {}
+        long_name, long_link = self._long_name, self._long_link
+        self._long_name = self._long_link = None
+        if "size" in pax:
+            size = _pax_number(pax["size"], "size", _PAX_SIZE, 0, _MAX_SIZE)
+        else:
+            size = _number(header[124:136], "size", 0, _MAX_SIZE)
+        if "mtime" in pax:
+            self._mtime = _pax_number(pax["mtime"], "mtime", _PAX_TIME, *_MTIME_RANGE)
+        else:
+            self._mtime = _number(header[136:148], "mtime", *_MTIME_RANGE)
+        mode = _number(header[100:108], "mode", 0, 0o7777777)
+        if "path" in pax:
+            name = _utf8(pax["path"], "PAX path")
+        elif long_name is not None:
+            name = _utf8(_text(long_name), "long name")
+        else:
+            raw = _text(header[0:100])
+            if header[257:263] == b"ustar\0" and header[345]:  # POSIX ustar: a prefix field
+                raw = _text(header[345:500]) + b"/" + raw
+            name = _utf8(raw, "name")
+        link = ""
+        if kind == _HARDLINK:
+            if "linkpath" in pax:
+                link = _utf8(pax["linkpath"], "PAX linkpath")
+            else:
+                link = _utf8(_text(long_link if long_link is not None else header[157:257]), "link name")
+        self._place(name, kind, link, mode, size, start + BLOCK)
+
+    def _begin_data(self, size: int) -> None:
         self._remaining = size
         self._pad = -size % BLOCK
-        self._data_offset = end
-        if kind in (b"L", b"K", b"x", b"g"):
-            if size > _META_LIMIT:
-                raise InputError(f"{self.source}: a {size}-byte extended header at byte {end - BLOCK} is "
-                                 "too large: the archive is corrupt")
-            self._meta, self._meta_kind = bytearray(), kind
-            self._begin_data()
-            return
-        name = self._member_name(header)
-        link = self._long_link if self._long_link is not None else _text(header[157:257]).decode(
-            "utf-8", "surrogateescape")
-        link = self._pax.get("linkpath", link)
-        self._mtime = int(float(self._pax.get("mtime", _number(header[136:148]))))
-        mode = _number(header[100:108])
-        self._long_name = self._long_link = None
-        self._pax = {}
-        self._path = name
-        self._place(name, kind, link, mode, size)
-
-    def _member_name(self, header: bytes) -> str:
-        if "path" in self._pax:
-            return self._pax["path"]
-        if self._long_name is not None:
-            return self._long_name
-        name = _text(header[0:100])
-        if header[257:263] == b"ustar\0":  # POSIX ustar: a prefix field may hold the leading part
-            prefix = _text(header[345:500])
-            if prefix:
-                name = prefix + b"/" + name
-        return name.decode("utf-8", "surrogateescape")
-
-    def _begin_data(self) -> None:
-        self._state = "data" if self._remaining else ("pad" if self._pad else "header")
-        if not self._remaining:
+        self._state = "data" if size else ("pad" if self._pad else "header")
+        if not size:
             self._end_entry()
 
     def _data(self, chunk: memoryview) -> None:
@@ -299,11 +416,11 @@ class TarStreamExtractor:
             meta, kind = bytes(self._meta), self._meta_kind
             self._meta = None
             if kind == b"L":
-                self._long_name = _text(meta).decode("utf-8", "surrogateescape")
+                self._long_name = meta
             elif kind == b"K":
-                self._long_link = _text(meta).decode("utf-8", "surrogateescape")
+                self._long_link = meta
             elif kind == b"x":
-                self._pax = _parse_pax(meta, self.source)
+                self._pax = _parse_pax(meta)
             return  # "g" (global PAX) carries nothing we use
         if self._fd < 0:
             return
@@ -314,146 +431,138 @@ class TarStreamExtractor:
         finally:
             os.close(fd)
         self.files += 1
-        if self._hash is not None:
-            self._check_expected(self._hash.hexdigest())
-            self._hash = None
+        if self._hash is not None and self._expected is not None:
+            digest, exp = self._hash.hexdigest(), self._expected
+            self._hash = self._expected = None
+            if digest != exp.sha256:
+                raise ChecksumError(f"{self.source}: {self._path} has sha256:{digest}, manifest.json says "
+                                    f"sha256:{exp.sha256}: the download is corrupt")
 
-    def _check_expected(self, digest: str) -> None:
-        assert self.expect is not None
-        exp = self.expect.pop(self._path)
-        size = self._data_size
-        if size != exp.size:
-            raise ChecksumError(f"{self.source}: {self._path} is {size} bytes, manifest.json says "
-                                f"{exp.size}: the download is corrupt")
-        if exp.offset is not None and exp.offset != self._data_offset:
-            raise ChecksumError(f"{self.source}: {self._path} starts at byte {self._data_offset}, "
-                                f"manifest.json says {exp.offset}: manifest and archive disagree")
-        if digest != exp.sha256:
-            raise ChecksumError(f"{self.source}: {self._path} has sha256:{digest}, manifest.json says "
-                                f"sha256:{exp.sha256}: the download is corrupt")
-
-    # ------------------------------------------------------------------ safety and placing
+    # ------------------------------------------------------------------ placing members
 
     def _refuse(self, name: str, why: str) -> UnsafeMemberError:
         return UnsafeMemberError(f"{self.source}: refused member {name!r}: {why}; nothing was extracted "
                                  "outside the staging directory, which is removed")
 
-    def _safe_path(self, name: str, original: str) -> str:
-        """Normalized archive path inside the top-level directory, or raise."""
+    def _place(self, name: str, kind: bytes, link: str, mode: int, size: int, data_offset: int) -> None:
+        if kind in _REFUSED_TYPES:
+            raise self._refuse(name, f"{_REFUSED_TYPES[kind]} is not allowed")
+        if kind not in (*_REGULAR, _HARDLINK, _DIRECTORY):
+            raise self._refuse(name, f"unknown member type {kind!r}")
         try:
             parts = member_parts(name)
         except ValueError as exc:
-            raise self._refuse(original, str(exc)) from None
-        if not parts:
-            return ""
+            raise self._refuse(name, str(exc)) from None
+        path = self._path = "/".join(parts)
+        if not parts:  # "./": the archive root itself
+            if kind != _DIRECTORY:
+                raise self._refuse(name, "a file or link cannot be the archive's root")
+            self._begin_data(size)
+            return
         if self.top is None:
             self.top = parts[0]
         if parts[0] != self.top:
-            raise self._refuse(original, f"outside the one top-level directory {self.top!r}")
-        return "/".join(parts)
-
-    def _place(self, name: str, kind: bytes, link: str, mode: int, size: int) -> None:
-        if kind in _REFUSED_TYPES:
-            raise self._refuse(name, f"{_REFUSED_TYPES[kind]} is not allowed")
-        if kind not in (*_REGULAR, b"1", b"2", b"5"):
-            raise self._refuse(name, f"unknown member type {kind!r}")
-        path = self._safe_path(name, name)
-        self._path = path
-        if not path:  # "./": the archive root itself
-            self._begin_data()
-            return
-        is_top = "/" not in path
-        if is_top and kind != b"5":
+            raise self._refuse(name, f"outside the one top-level directory {self.top!r}")
+        if len(parts) == 1 and kind != _DIRECTORY:
             raise self._refuse(name, "the top-level entry must be a directory, not a file or link")
-        target = os.path.join(self._dest_str, path)
-        if kind == b"5":
-            self._mkdirs(path)
-        elif kind == b"2":
-            self._symlink(name, path, link, target)
-        elif kind == b"1":
-            self._hardlink(name, link, target)
+        if self._dest_len + 1 + len(path.encode("utf-8")) >= _PATH_MAX:
+            raise self._refuse(name, f"its path is longer than the {_PATH_MAX} bytes a path may have")
+        self._data_size = size
+        if kind == _DIRECTORY:
+            self._dir(parts, len(parts), name)
+        elif kind == _HARDLINK:
+            self._hardlink(name, parts, link)
         else:
-            self._open_file(path, target, mode)
-            self._data_size = size
-        self._begin_data()
+            self._open_file(name, parts, mode, size, data_offset)
+        self._begin_data(size)
 
-    def _mkdirs(self, path: str) -> None:
-        if path in self._made_dirs:
-            return
-        parent = posixpath.dirname(path)
-        if parent:
-            self._mkdirs(parent)
-        full = os.path.join(self._dest_str, path)
-        self._check_inside(path, full, is_parent=True)
+    def _dir(self, parts: list[str], n: int, member: str) -> int:
+        """An open descriptor of the folder ``parts[:n]``, made if missing; never goes through a link.
+
+        The descriptor stays valid until the next call (the cache may close older ones then).
+        """
+        if n == 0:
+            if self._root_fd < 0:
+                self._root_fd = os.open(self._dest_str, _DIR_FLAGS)
+            return self._root_fd
+        key = "/".join(parts[:n])
+        fd = self._dirs.get(key)
+        if fd is not None:
+            self._dirs.move_to_end(key)
+            return fd
+        keys = list(itertools.accumulate(parts[:n], lambda a, b: f"{a}/{b}"))
+        have = n - 1
+        while have > 0 and keys[have - 1] not in self._dirs:
+            have -= 1
+        fd = self._dir(parts, have, member)
+        for i in range(have, n):
+            fd = self._open_dir(fd, parts[i], keys[i], member)
+            self._dirs[keys[i]] = fd
+            while len(self._dirs) > _DIR_CACHE:
+                os.close(self._dirs.popitem(last=False)[1])
+        return fd
+
+    def _open_dir(self, parent: int, name: str, path: str, member: str) -> int:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o777, dir_fd=parent)
         try:
-            os.mkdir(full)
-        except FileExistsError:
-            if not stat.S_ISDIR(os.lstat(full).st_mode):
-                raise self._refuse(self._path or path, f"its folder {path} is a link or a file") from None
-        self._made_dirs.add(path)
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                raise self._refuse(member, f"{path} is already a file or a link, not a folder") from None
+            raise
 
-    def _check_inside(self, path: str, full: str, *, is_parent: bool = False) -> None:
-        """Once symlinks exist, resolve the real location and insist it is inside the top directory."""
-        if not self._symlinks:
-            return
-        check = full if is_parent else os.path.dirname(full)
-        real = os.path.realpath(check)
-        top = os.path.realpath(os.path.join(self._dest_str, self.top or ""))
-        if real != top and not real.startswith(top + os.sep):
-            raise self._refuse(path, "it would be written through a link to outside the top-level directory")
+    def _make_room(self, parent: int, name: str, member: str) -> None:
+        """Remove an earlier file of the same name (a later copy replaces it, like tar); refuse a folder."""
+        if stat.S_ISDIR(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+            raise self._refuse(member, "a file or hard link would replace a folder of the same name")
+        os.unlink(name, dir_fd=parent)
 
-    def _open_file(self, path: str, target: str, mode: int) -> None:
-        parent = posixpath.dirname(path)
-        self._mkdirs(parent)
-        self._check_inside(path, target)
+    def _open_file(self, member: str, parts: list[str], mode: int, size: int, data_offset: int) -> None:
+        path = self._path
+        if self.expect is not None:
+            self._expected = self._check_expected(path, size, data_offset)
+            self._hash = hashlib.sha256()
+        parent = self._dir(parts, len(parts) - 1, member)
         mode = (mode & 0o7777 & ~_MODE_CLEAR) | stat.S_IRUSR | stat.S_IWUSR
         try:
-            self._fd = os.open(target, _OPEN_FLAGS, mode)
-        except FileExistsError:  # a later copy of the same member replaces the earlier one, like tar
-            if stat.S_ISDIR(os.lstat(target).st_mode):
-                raise self._refuse(path, "a file would replace a directory") from None
-            os.unlink(target)
-            self._fd = os.open(target, _OPEN_FLAGS, mode)
-        if self.expect is not None:
-            if path not in self.expect:
-                raise ChecksumError(f"{self.source}: member {path} is not listed in manifest.json (or is "
-                                    "listed once but appears twice): manifest and archive disagree")
-            self._hash = hashlib.sha256()
+            self._fd = os.open(parts[-1], _FILE_FLAGS, mode, dir_fd=parent)
+        except FileExistsError:
+            self._make_room(parent, parts[-1], member)
+            self._fd = os.open(parts[-1], _FILE_FLAGS, mode, dir_fd=parent)
+        self._files.add(path)
 
-    def _link_target(self, name: str, path: str, link: str) -> str:
-        if not link or link.startswith("/"):
-            raise self._refuse(name, f"link to absolute path {link!r}")
-        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), link))
-        top = self.top or ""
-        if resolved != top and not resolved.startswith(top + "/"):
-            raise self._refuse(name, f"link target {link!r} is outside the top-level directory")
-        return resolved
+    def _check_expected(self, path: str, size: int, data_offset: int) -> ExpectedMember:
+        assert self.expect is not None
+        exp = self.expect.pop(path, None)
+        if exp is None:
+            raise ChecksumError(f"{self.source}: member {path} is not listed in manifest.json (or is "
+                                "listed once but appears twice): manifest and archive disagree")
+        if size != exp.size:
+            raise ChecksumError(f"{self.source}: {path} is {size} bytes, manifest.json says "
+                                f"{exp.size}: the download is corrupt")
+        if exp.offset is not None and exp.offset != data_offset:
+            raise ChecksumError(f"{self.source}: {path} starts at byte {data_offset}, "
+                                f"manifest.json says {exp.offset}: manifest and archive disagree")
+        return exp
 
-    def _symlink(self, name: str, path: str, link: str, target: str) -> None:
-        self._link_target(name, path, link)
-        self._mkdirs(posixpath.dirname(path))
-        self._check_inside(path, target)
-        if os.path.lexists(target):
-            if stat.S_ISDIR(os.lstat(target).st_mode):
-                raise self._refuse(name, "a link would replace a directory")
-            os.unlink(target)
-        os.symlink(link, target)
-        self._symlinks = True
-
-    def _hardlink(self, name: str, link: str, target: str) -> None:
-        source = self._safe_path(link, name)
-        if not source:
-            raise self._refuse(name, f"hard link to {link!r}")
-        self._mkdirs(posixpath.dirname(self._path))
-        self._check_inside(self._path, target)
-        source_full = os.path.join(self._dest_str, source)
-        self._check_inside(source, source_full)
+    def _hardlink(self, member: str, parts: list[str], link: str) -> None:
         try:
-            st = os.lstat(source_full)
-        except FileNotFoundError:
-            raise self._refuse(name, f"hard link to {link!r}, not found earlier in the archive") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise self._refuse(name, f"hard link to {link!r}, which is not a regular file")
-        if os.path.lexists(target):
-            os.unlink(target)
-        os.link(source_full, target, follow_symlinks=False)
+            source = member_parts(link)
+        except ValueError as exc:
+            raise self._refuse(member, f"hard link to {link!r}: {exc}") from None
+        source_path = "/".join(source)
+        if source_path not in self._files:
+            raise self._refuse(member, f"hard link to {link!r}, which is not a file extracted earlier from "
+                                       "this archive")
+        if source_path == self._path:
+            raise self._refuse(member, "hard link to itself")
+        source_dir = os.dup(self._dir(source, len(source) - 1, member))
+        try:
+            parent = self._dir(parts, len(parts) - 1, member)
+            with contextlib.suppress(FileNotFoundError):
+                self._make_room(parent, parts[-1], member)
+            os.link(source[-1], parts[-1], src_dir_fd=source_dir, dst_dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(source_dir)
+        self._files.add(self._path)

@@ -314,7 +314,7 @@ MALICIOUS = {  # case: (entries, the member the error must name)
     "symlink then write through it": ([*GOOD, _entry("assets/up", tarfile.SYMTYPE, link=".."),
                                        _entry("assets/up/ESCAPED")], "assets/up"),
     "symlink inside then a dir through it": ([*GOOD, _entry("assets/u2", tarfile.SYMTYPE, link="u1"),
-                                              _entry("assets/u2/ESCAPED")], "assets/u2/ESCAPED"),
+                                              _entry("assets/u2/ESCAPED")], "assets/u2"),
     "hardlink outside": ([*GOOD, _entry("assets/u1/hard", tarfile.LNKTYPE, link="../ESCAPED")],
                          "assets/u1/hard"),
     "hardlink absolute": ([*GOOD, _entry("assets/u1/hard", tarfile.LNKTYPE, link="/etc/passwd")],
@@ -354,7 +354,6 @@ def test_extractor_handles_long_names_pax_and_any_chunking(tmp_path: Path) -> No
     (src / "u1").mkdir()
     (src / "u1" / "empty").write_bytes(b"")
     (src / "u1" / "ünïcode.jpg").write_bytes(b"j" * 513)
-    os.symlink("../u1/empty", src / ("d" * 120) / "inside-link")
     for fmt in ("gnu", "posix"):
         tar = tmp_path / f"{fmt}.tar"
         subprocess.run(["tar", f"--format={fmt}", "-C", str(tmp_path), "-cf", str(tar), "assets"], check=True)
@@ -367,7 +366,6 @@ def test_extractor_handles_long_names_pax_and_any_chunking(tmp_path: Path) -> No
                 ex.feed(data[i:i + step])
             ex.finish()
             assert tree(out / "assets") == tree(src)
-            assert os.readlink(out / "assets" / ("d" * 120) / "inside-link") == "../u1/empty"
             shutil.rmtree(out)
 
 

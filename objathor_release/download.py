@@ -29,6 +29,14 @@ member against their sha256); a mismatch deletes what failed, retries once,
 then fails. Without one (older releases) one line says the data is unverified,
 and ``require_checksums=True`` refuses instead.
 
+A hostile or unlucky server cannot hang a download or leave half of it
+behind: every read has a minimum throughput (:mod:`.download_http`),
+redirects go only to http(s) URLs, error pages of any type (HTML, XML, JSON,
+text) are named as such, 401/403 say "access denied", and only a 404 for
+manifest.json means a version without one. A full disk, an unwritable folder
+or a manifest that lies about its members is one line, with the staging
+folder removed and the lock released.
+
 Test hook: ``OBJATHOR_FREE_SPACE`` (a size such as ``10M``) replaces the free
 disk space figure used by the "will it fit" check.
 """
@@ -36,6 +44,7 @@ disk space figure used by the "will it fit" check.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -50,8 +59,17 @@ from pathlib import Path
 from typing import Any
 
 from .config import format_size, parse_size, validate_version
-from .download_http import Http, HttpConfig, Info, NotFound, download_file, part_paths
-from .errors import ChecksumError, InputError, TransferError, UsageError
+from .download_http import (
+    Http,
+    HttpConfig,
+    Info,
+    NotFound,
+    disk_full,
+    download_file,
+    is_disk_full,
+    part_paths,
+)
+from .errors import ChecksumError, InputError, ReleaseError, TransferError, UsageError
 from .extract import TarStreamExtractor, expected_members, member_parts
 from .fsutil import atomic_write, sha256_file
 from .progress import progress
@@ -73,6 +91,16 @@ WHATS = (*PARTS, "all")
 STATE = ".objathor-release"
 FILES = {"annotations": "annotations.json.gz", "assets": "assets.tar", "features": "features.tar"}
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
+_MARKUP_TYPES = (*_HTML_TYPES, "application/xml", "text/xml")
+_PAGE_TYPES = (*_MARKUP_TYPES, "application/json", "application/problem+json", "application/javascript")
+MANIFEST_LIMIT = 256 * 1024 * 1024  # bytes: a manifest of 100,000 members is about 20 MB
+
+
+def _is_page_type(ctype: str, kind: str) -> bool:
+    """Whether a Content-Type is an error page rather than ``kind`` data (JSON may come as text/plain)."""
+    if kind == "json":
+        return ctype in _MARKUP_TYPES or ctype.endswith("+xml")
+    return ctype in _PAGE_TYPES or ctype.startswith("text/") or ctype.endswith(("+json", "+xml"))
 
 
 @dataclass(frozen=True)
@@ -228,8 +256,13 @@ def _check_manifest(data: bytes, url: str, version: str) -> dict[str, Any]:
     try:
         manifest = json.loads(data)
     except ValueError as exc:
-        raise bad(f"not JSON ({exc})") from None
-    problems = manifest_problems(manifest)
+        raise bad(f"not JSON ({str(exc)[:100]})") from None
+    except RecursionError:
+        raise bad("nested too deeply to be a manifest") from None
+    try:
+        problems = manifest_problems(manifest)
+    except RecursionError:
+        raise bad("nested too deeply to be a manifest") from None
     if problems:
         raise bad(f"field {problems[0]}")
     if manifest["version"] != version:
@@ -278,6 +311,7 @@ class _Downloader:
         self.keep_tar = keep_tar
         self.vdir = root / version
         self.manifest: dict[str, Any] | None = None
+        self.needed: int | None = None  # bytes the part being fetched needs on disk, once known
 
     # ------------------------------------------------------------------ paths
 
@@ -314,9 +348,9 @@ class _Downloader:
         """A check run on the first response of ``url``: content type, size, free space."""
         def check(info: Info) -> None:
             ctype = info.content_type
-            if ctype in _HTML_TYPES or (ctype.startswith("text/") and kind != "json"):
+            if _is_page_type(ctype, kind):
                 raise TransferError(f"{url} returned a {ctype} page instead of {kind} data: check --base-url "
-                                    "and --version (a proxy or captive portal may be answering)")
+                                    "and --version (a proxy, captive portal or error page may be answering)")
             if expected is not None and info.size is not None and info.size != expected:
                 raise ChecksumError(f"{url} is {info.size} bytes on the server but manifest.json says "
                                     f"{expected}: the upload is incomplete or stale; tell the publisher")
@@ -325,6 +359,7 @@ class _Downloader:
         return check
 
     def check_space(self, url: str, needed: int) -> None:
+        self.needed = needed
         self.root.mkdir(parents=True, exist_ok=True)
         free = free_space(self.root)
         if needed > free:
@@ -348,9 +383,9 @@ class _Downloader:
         """The finished marker, if it is there, its target exists and it matches the manifest."""
         try:
             mark: dict[str, Any] = json.loads(self.marker(what).read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
-        if not self.target(what).exists():
+        if not isinstance(mark, dict) or not self.target(what).exists():
             return None
         art = self.artifact(what)
         if art is not None and mark.get("sha256") != art["sha256"].lower():
@@ -372,6 +407,23 @@ class _Downloader:
     # ------------------------------------------------------------------ parts
 
     def run_part(self, what: str, uids: Sequence[str] | None) -> PartResult:
+        """Fetch one part under its lock; a full disk or an unwritable folder becomes one line."""
+        self.needed = None
+        try:
+            return self._run_part(what, uids)
+        except ReleaseError:
+            raise
+        except OSError as exc:
+            where = exc.filename or self.target(what)
+            if is_disk_full(exc):
+                raise disk_full(where, self.needed) from None
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise UsageError(f"cannot write {where}: {exc.strerror}: check --path and its "
+                                 "permissions") from None
+            raise TransferError(f"cannot write {where} while fetching {what}: {exc.strerror or exc}; "
+                                "check --path and run the command again") from None
+
+    def _run_part(self, what: str, uids: Sequence[str] | None) -> PartResult:
         state = self.state(what)
         with _locked(state / f"{self.key(what)}.lock", f"{what} of {self.version}"):
             if what == "assets" and uids is not None:
@@ -437,6 +489,9 @@ class _Downloader:
         with progress(self.size_of(url, art), f"download {target.name}",
                       enabled=self.show_progress) as bar:
             info = download_file(self.http, url, target, check=check, bar=bar)
+        if kind in ("gzip", "tar"):
+            with open(part, "rb") as fh:
+                _sniff_page(url, fh.read(512), "gzip data" if kind == "gzip" else "a tar")
         digest = sha256_file(part)
         size = part.stat().st_size
         if art is not None:
@@ -518,7 +573,7 @@ class _Downloader:
             try:
                 for data in self.http.stream(url, on_open=check, stop=stop):
                     if total == 0:
-                        _sniff_html(url, data)
+                        _sniff_page(url, data)
                     digest.update(data)
                     total += len(data)
                     put(data)
@@ -558,7 +613,7 @@ class _Downloader:
         """
         tar_mark = self.state(what) / f"{kept.name}.done"
         digest: str | None = None
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, RecursionError):
             saved = json.loads(tar_mark.read_text())
             if kept.exists() and kept.stat().st_size == saved["size"] and (
                     art is None or saved["sha256"] == art["sha256"].lower()):
@@ -588,12 +643,28 @@ class _Downloader:
         _replace_dir(extracted, target, self.state(what) / f"{self.key(what)}.old")
         return entries[0].name
 
-def _sniff_html(url: str, data: bytes, kind: str = "a tar") -> None:
-    """Refuse a body that is an HTML or XML page (error pages, captive portals), whatever its type says."""
-    head = bytes(data[:512]).lstrip().lower()
-    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
-        raise TransferError(f"{url} returned an HTML/XML page instead of {kind}: check --base-url and "
-                            "--version (a proxy or captive portal may be answering)")
+def _sniff_page(url: str, data: bytes, kind: str = "a tar") -> None:
+    """Refuse a body that is an error page (HTML, XML, JSON or plain text), whatever its type says.
+
+    For JSON (manifest.json) only markup is a page. Binary data (a tar's first
+    header, gzip) always holds a NUL or the gzip magic in its first 512 bytes;
+    text without either is a page.
+    """
+    block = bytes(data[:512])
+    head = block.lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body", b"<error")):
+        what = "an HTML/XML page"
+    elif kind == "JSON" or block.startswith(b"\x1f\x8b") or b"\0" in block or not block:
+        return
+    elif head.startswith((b"{", b"[")):
+        what = "a JSON page"
+    elif head.startswith(b"<"):
+        what = "an HTML/XML page"
+    else:
+        what = "a text page"
+    text = "".join(c if c.isprintable() else " " for c in block[:80].decode("utf-8", "replace")).strip()
+    raise TransferError(f"{url} returned {what} instead of {kind} (it begins {text[:60]!r}): check "
+                        "--base-url and --version (a proxy, captive portal or error page may be answering)")
 
 
 def _flatten_pkl(folder: Path, out: Path) -> Path:
@@ -682,14 +753,14 @@ def _load_manifest(http: Http, source: Source, version: str) -> dict[str, Any] |
     url = source.url("manifest.json")
 
     def check(info: Info) -> None:
-        if info.content_type in _HTML_TYPES:
+        if _is_page_type(info.content_type, "json"):
             raise TransferError(f"{url} returned a {info.content_type} page instead of JSON: check "
                                 "--base-url and --version")
     try:
-        data, _ = http.fetch_bytes(url, check=check)
-    except NotFound:
+        data, _ = http.fetch_bytes(url, limit=MANIFEST_LIMIT, check=check)
+    except NotFound:  # only a 404: an older version without one (401/403/5xx are errors, never "none")
         return None
-    _sniff_html(url, data, "JSON")
+    _sniff_page(url, data, "JSON")
     return _check_manifest(data, url, version)
 
 

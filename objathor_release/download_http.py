@@ -2,12 +2,22 @@
 
 One :class:`Http` (a urllib3 PoolManager with ``retries=False``) is shared by a
 whole download. Retries live here, pooch style: only connection errors,
-timeouts, cut bodies and the statuses in ``RETRY_STATUS`` are retried, with
-exponential backoff, at most ``HttpConfig.attempts`` times in a row without
-progress. A cut body resumes from the byte it stopped at with ``Range`` and
-``If-Range`` (the ETag, else Last-Modified), so nothing is fetched twice; if the
-server says the file changed meanwhile, :class:`ResourceChanged` tells the
-caller to start that file over.
+timeouts, cut bodies, too slow transfers and the statuses in ``RETRY_STATUS``
+are retried, with exponential backoff, at most ``HttpConfig.attempts`` times in
+a row without real progress (``HttpConfig.progress_bytes``). A cut body resumes
+from the byte it stopped at with ``Range`` and ``If-Range`` (the ETag, else
+Last-Modified), so nothing is fetched twice; if the server says the file
+changed meanwhile, :class:`ResourceChanged` tells the caller to start that file
+over.
+
+No server can hold a download forever. A read timeout bounds one ``recv``, but
+a server that drips a byte every few seconds never trips it, so every read path
+also goes through a throughput meter: fewer than ``min_rate`` bytes per second
+over a ``rate_window`` is a failure (retried like a cut connection, then
+reported as "too slow"). The response headers have a deadline of their own,
+enforced by shutting the socket down, so a server dripping its headers is cut
+off too. Redirects are followed here (never by urllib3), only to http(s) URLs
+and never from https down to http.
 
 :func:`download_file` fetches one file with parallel Range requests into a
 preallocated ``NAME.part`` beside the target; a ``NAME.part.json`` beside it
@@ -18,10 +28,12 @@ where it stopped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import json
 import os
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -32,10 +44,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from . import __version__
-from .config import MiB
-from .errors import TransferError, UsageError
+from .config import MiB, format_size, parse_size
+from .errors import DiskFullError, InputError, TransferError, UsageError
 from .progress import Progress
 
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -50,18 +64,32 @@ T = TypeVar("T")
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
 class NotFound(TransferError):
-    """The server answered 404 (or 403/410, as buckets do for a missing key)."""
+    """The server answered 404: the file is not there."""
 
     def __init__(self, url: str, status: int) -> None:
         super().__init__(f"{url} was not found (HTTP {status})")
         self.url, self.status = url, status
 
 
+class AccessDenied(UsageError):
+    """The server answered 401 or 403: the file may exist, but we may not read it."""
+
+    def __init__(self, url: str, status: int) -> None:
+        super().__init__(f"access denied (HTTP {status}) for {url}: the bucket may be private; check "
+                         "--base-url and --version, or ask the publisher to allow public reads")
+        self.url, self.status = url, status
+
+
 class ResourceChanged(TransferError):
     """The file changed on the server between two requests (If-Range failed)."""
+
+
+class RangeRefused(TransferError):
+    """The server answered 416 to a Range request: the file is shorter than the range."""
 
 
 class _RetryableStatus(Exception):
@@ -70,7 +98,22 @@ class _RetryableStatus(Exception):
         self.status = status
 
 
-_RETRYABLE: tuple[type[BaseException], ...] = (*RETRY_ERRORS, _RetryableStatus)
+class _TooSlow(Exception):
+    """Fewer bytes than the minimum rate over a window, or headers past their deadline."""
+
+
+_RETRYABLE: tuple[type[BaseException], ...] = (*RETRY_ERRORS, _RetryableStatus, _TooSlow)
+
+
+def disk_full(path: Path | str, needed: int | None) -> DiskFullError:
+    """The one line for ENOSPC: the path, the space needed (when known), what to do."""
+    need = f" ({format_size(needed)} needed in all)" if needed else ""
+    return DiskFullError(f"no space left on the disk of {path}{need}: free some space or pass --path on a "
+                         "larger disk, then run the command again")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL
 
 
 @dataclass(frozen=True)
@@ -79,12 +122,14 @@ class HttpConfig:
 
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
-    attempts: int = 5  # tries in a row without progress before giving up
+    attempts: int = 5  # tries in a row without real progress before giving up
     backoff: float = 0.5  # first wait in seconds; doubles each time
     max_backoff: float = 15.0
     connections: int = 8  # parallel Range requests for one file
     part_size: int = 32 * MiB  # bytes per Range request
     read_size: int = 4 * MiB  # bytes per read from a response
+    min_rate: int = 1024  # bytes per second a transfer must keep up over rate_window (0: no minimum)
+    rate_window: float = 30.0  # seconds
 
     def __post_init__(self) -> None:
         if not 1 <= self.connections <= 64:
@@ -93,24 +138,132 @@ class HttpConfig:
             raise UsageError("attempts, timeouts and backoff must be positive")
         if self.part_size < 1 * MiB or self.read_size < 64 * 1024:
             raise UsageError("part_size must be at least 1 MiB and read_size at least 64 KiB")
+        if self.min_rate < 0 or self.rate_window <= 0 or self.max_backoff < 0:
+            raise UsageError("min_rate must be 0 or more, rate_window and max_backoff positive")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> HttpConfig:
-        """Defaults, then ``OBJATHOR_DOWNLOAD_<NAME>`` (attempts, backoff, timeouts), then overrides."""
+        """Defaults, then ``OBJATHOR_DOWNLOAD_<NAME>`` (attempts, backoff, max_backoff, timeouts,
+        min_rate as a size such as ``1K`` or 0, rate_window in seconds), then overrides."""
         values: dict[str, Any] = {}
-        for name, kind in (("attempts", int), ("backoff", float), ("connect_timeout", float),
-                           ("read_timeout", float)):
+        kinds: tuple[tuple[str, Callable[[str], Any]], ...] = (
+            ("attempts", int), ("backoff", float), ("max_backoff", float), ("connect_timeout", float),
+            ("read_timeout", float), ("rate_window", float), ("min_rate", _rate))
+        for name, kind in kinds:
             raw = os.environ.get(f"OBJATHOR_DOWNLOAD_{name.upper()}")
             if raw:
                 try:
                     values[name] = kind(raw)
-                except ValueError:
+                except (ValueError, UsageError):
                     raise UsageError(f"OBJATHOR_DOWNLOAD_{name.upper()}={raw!r} is not a number") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
     def wait(self, failures: int) -> float:
         return float(min(self.backoff * 2 ** (failures - 1), self.max_backoff))
+
+    @property
+    def stall_timeout(self) -> float:
+        """Longest wait for any one read or for the response headers."""
+        return min(self.read_timeout, self.rate_window) if self.min_rate else self.read_timeout
+
+    @property
+    def progress_bytes(self) -> int:
+        """Bytes a stream must bring between two failures for them not to count as "in a row"."""
+        return max(1, int(self.min_rate * self.rate_window))
+
+
+def _rate(text: str) -> int:
+    return 0 if text.strip() == "0" else parse_size(text)
+
+
+class _Meter:
+    """Bytes over tumbling windows of ``rate_window`` seconds; too few raise :class:`_TooSlow`."""
+
+    def __init__(self, config: HttpConfig) -> None:
+        self.window = config.rate_window
+        self.rate = config.min_rate
+        self.reset()
+
+    def reset(self) -> None:
+        self.started = time.monotonic()
+        self.got = 0
+
+    def add(self, n: int) -> None:
+        self.got += n
+        if not self.rate:
+            return
+        elapsed = time.monotonic() - self.started
+        if elapsed >= self.window:
+            if self.got < self.rate * elapsed:
+                raise _TooSlow(f"{self.got} bytes in {elapsed:.1f} s, under the minimum of "
+                               f"{format_size(self.rate)}/s")
+            self.reset()
+
+
+# ---------------------------------------------------------------------- connections with a header deadline
+
+
+class _HeaderDeadline:
+    """Mixed into urllib3's connections: the whole status line and headers within ``self.timeout``.
+
+    The socket's timeout bounds each ``recv``; a server sending its headers a
+    byte at a time would pass that forever, so a timer shuts the socket down
+    at the deadline and the request fails as too slow.
+    """
+
+    timeout: Any
+    sock: socket.socket | None
+
+    def getresponse(self) -> Any:
+        limit = self.timeout if isinstance(self.timeout, (int, float)) else None
+        sock = self.sock
+        if limit is None or sock is None:
+            return super().getresponse()  # type: ignore[misc]
+        fired = threading.Event()
+
+        def expire() -> None:
+            fired.set()
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+        timer = threading.Timer(limit, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            return super().getresponse()  # type: ignore[misc]
+        except Exception:
+            if fired.is_set():
+                raise _TooSlow(f"the response headers took more than {limit:g} s") from None
+            raise
+        finally:
+            timer.cancel()
+
+
+class _Conn(_HeaderDeadline, HTTPConnection):
+    pass
+
+
+class _TLSConn(_HeaderDeadline, HTTPSConnection):
+    pass
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _Conn
+
+
+class _TLSPool(HTTPSConnectionPool):
+    ConnectionCls = _TLSConn
+
+
+def _pool_manager(config: HttpConfig) -> urllib3.PoolManager:
+    pool = urllib3.PoolManager(
+        num_pools=8, maxsize=config.connections + 2, block=False, retries=False,
+        timeout=urllib3.Timeout(connect=config.connect_timeout, read=config.stall_timeout),
+        headers={"User-Agent": f"objathor-release/{__version__}", "Accept-Encoding": "identity"},
+    )
+    pool.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+    return pool
 
 
 @dataclass
@@ -132,16 +285,34 @@ def _validator(resp: urllib3.BaseHTTPResponse) -> str | None:
     return str(modified) if modified else None
 
 
+def _shown(url: str, limit: int = 200) -> str:
+    """A URL from a server, safe to print: no control characters, bounded length."""
+    text = "".join(c if c.isprintable() else "?" for c in url)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _redirect_target(url: str, where: str, location: str) -> str:
+    """Where a redirect from ``where`` to ``location`` goes; refuse anything but http(s), and downgrades."""
+    try:
+        target = urllib.parse.urljoin(where, location.strip())
+        scheme = urllib.parse.urlsplit(target).scheme.lower()
+    except ValueError:
+        target, scheme = location, ""
+    if scheme not in ("http", "https"):
+        raise InputError(f"{url} redirected to {_shown(target)!r}, which is not an http:// or https:// URL: "
+                         "refused; check --base-url")
+    if scheme == "http" and urllib.parse.urlsplit(where).scheme.lower() == "https":
+        raise InputError(f"{url} redirected from https to {_shown(target)!r}, plain http: refused; check "
+                         "--base-url")
+    return target
+
+
 class Http:
     """A pooled urllib3 client with the retry policy; safe to share between threads."""
 
     def __init__(self, config: HttpConfig | None = None, pool: urllib3.PoolManager | None = None) -> None:
         self.config = config or HttpConfig()
-        self.pool = pool or urllib3.PoolManager(
-            num_pools=8, maxsize=self.config.connections + 2, block=False, retries=False,
-            timeout=urllib3.Timeout(connect=self.config.connect_timeout, read=self.config.read_timeout),
-            headers={"User-Agent": f"objathor-release/{__version__}", "Accept-Encoding": "identity"},
-        )
+        self.pool = pool or _pool_manager(self.config)
 
     # ------------------------------------------------------------------ single requests
 
@@ -155,33 +326,49 @@ class Http:
                 headers["If-Range"] = validator
         where = url
         for _ in range(MAX_REDIRECTS + 1):
-            resp = self.pool.request(method, where, headers=headers, preload_content=False,
-                                     decode_content=False, redirect=False)
+            try:
+                resp = self.pool.request(method, where, headers=headers, preload_content=False,
+                                         decode_content=False, redirect=False)
+            except _RETRYABLE:
+                raise
+            except urllib3.exceptions.LocationValueError as exc:
+                raise InputError(f"{url}: cannot request {_shown(where)!r} ({exc}): check "
+                                 "--base-url") from None
+            except urllib3.exceptions.HTTPError as exc:
+                raise TransferError(f"{url}: {_describe(exc)}: check --base-url and the network") from None
             location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
             if not location:
                 break
             _discard(resp)
-            where = urllib.parse.urljoin(where, location)
+            where = _redirect_target(url, where, location)
         else:
             raise TransferError(f"{url}: more than {MAX_REDIRECTS} redirects: check --base-url")
         if resp.status in (200, 206):
             return resp
         status = resp.status
         _discard(resp)
-        if status in (403, 404, 410):
+        if status == 404:
             raise NotFound(url, status)
+        if status in (401, 403):
+            raise AccessDenied(url, status)
         if status in RETRY_STATUS:
             raise _RetryableStatus(status)
         if status == 416:
-            raise TransferError(f"{url}: the server refused byte range {start}-{end} (HTTP 416): delete "
-                                "the .part file beside the target and run again")
+            raise RangeRefused(f"{url}: the server refused byte range {start}-{'' if end is None else end} "
+                               "(HTTP 416): the file on the server is shorter than expected; run the "
+                               "command again, or tell the publisher if it persists")
         raise TransferError(f"{url} answered HTTP {status}: check --base-url and --version")
 
     def _failed(self, url: str, exc: BaseException, failures: int) -> None:
         """After the ``failures``-th failure in a row: give up with a clear error, or wait."""
         if failures >= self.config.attempts:
-            raise TransferError(f"{url}: {_describe(exc)} ({failures} attempts in a row without progress): "
-                                "check the network and run the command again to resume") from None
+            tries = f"{failures} attempts in a row without progress"
+            slow = _slow(exc, self.config)
+            if slow:
+                raise TransferError(f"{url}: the server is too slow ({slow}; {tries}): run the command again "
+                                    "later to resume where it stopped") from None
+            raise TransferError(f"{url}: {_describe(exc)} ({tries}): check the network and run the command "
+                                "again to resume") from None
         time.sleep(self.config.wait(failures))
 
     def retrying(self, url: str, attempt: Callable[[], T]) -> T:
@@ -202,13 +389,21 @@ class Http:
         """
         def attempt() -> Info:
             resp = self.request(url, start=0, end=0)
-            _discard(resp)
-            return _info(url, resp)
+            try:
+                if resp.status == 206:
+                    _check_range(url, resp, 0, None, None)
+                return _info(url, resp)
+            finally:
+                _discard(resp)
         return self.retrying(url, attempt)
 
     def fetch_bytes(self, url: str, limit: int = 256 * MiB,
                     check: Callable[[Info], None] | None = None) -> tuple[bytes, Info]:
-        """The whole body of a small file (manifest.json), with retries."""
+        """The whole body of a small file (manifest.json), with retries; at most ``limit`` bytes."""
+        def too_big(size: str) -> InputError:
+            return InputError(f"{url} is {size}, more than the {format_size(limit)} expected for this file: "
+                              "check --base-url, or tell the release's publisher")
+
         def attempt() -> tuple[bytes, Info]:
             resp = self.request(url)
             try:
@@ -216,13 +411,22 @@ class Http:
                 if check is not None:
                     check(info)
                 if info.size is not None and info.size > limit:
-                    raise TransferError(f"{url} is {info.size} bytes, more than expected for this file")
-                data = resp.read(limit + 1, decode_content=False)
-                if len(data) > limit:
-                    raise TransferError(f"{url} is larger than {limit} bytes, more than expected")
-                if info.size is not None and len(data) != info.size:
-                    raise urllib3.exceptions.ProtocolError(f"got {len(data)} of {info.size} bytes")
-                return data, info
+                    raise too_big(f"{info.size} bytes")
+                meter = _Meter(self.config)
+                chunks: list[bytes] = []
+                got = 0
+                while got <= limit:
+                    data = _read_some(resp, min(self.config.read_size, limit + 1 - got))
+                    if not data:
+                        break
+                    meter.add(len(data))
+                    chunks.append(data)
+                    got += len(data)
+                if got > limit:
+                    raise too_big(f"larger than {limit} bytes")
+                if info.size is not None and got != info.size:
+                    raise urllib3.exceptions.ProtocolError(f"got {got} of {info.size} bytes")
+                return b"".join(chunks), info
             finally:
                 _discard(resp)
         return self.retrying(url, attempt)
@@ -234,17 +438,19 @@ class Http:
                stop: threading.Event | None = None) -> Iterator[bytes]:
         """Yield the bytes of ``url`` from ``start`` to ``end`` (inclusive) in ``read_size`` pieces.
 
-        A cut connection or a retryable status reopens at the next byte with
-        Range and If-Range; failures in a row at the same byte are bounded by
-        ``attempts``. ``on_open`` sees the first response's Info (to check its
-        type and size before any byte is used).
+        A cut connection, a too slow transfer or a retryable status reopens at
+        the next byte with Range and If-Range; failures in a row without
+        ``progress_bytes`` between them are bounded by ``attempts``. ``on_open``
+        sees the first response's Info (to check its type and size before any
+        byte is used). Never yields a byte past ``end``.
         """
         pos = start
         failures = 0
-        failed_at = -1
+        failed_at = start
         resp: urllib3.BaseHTTPResponse | None = None
         info: Info | None = None
         read_size = self.config.read_size
+        meter = _Meter(self.config)
         try:
             while end is None or pos <= end:
                 if stop is not None and stop.is_set():
@@ -252,24 +458,28 @@ class Http:
                 try:
                     if resp is None:
                         resp = self.request(url, start=pos, end=end, validator=validator)
-                        skip = _check_range(url, resp, pos, validator)
+                        meter.reset()
+                        skip = _check_range(url, resp, pos, validator, info.size if info else None)
                         if info is None:
                             info = _info(url, resp)
                             validator = validator or info.validator
                             if on_open is not None:
                                 on_open(info)
-                        _skip(resp, skip)
-                    data = _read_some(resp, read_size)
+                        _skip(resp, skip, meter)
+                    data = _read_some(resp, read_size if end is None else min(read_size, end + 1 - pos))
                     if not data:
                         expected = end + 1 if end is not None else (info.size if info else None)
                         if expected is None or pos >= expected:
                             return
                         raise urllib3.exceptions.ProtocolError(f"closed at byte {pos} of {expected}")
+                    meter.add(len(data))
                 except _RETRYABLE as exc:
                     if resp is not None:
                         _discard(resp)
                         resp = None
-                    failures = failures + 1 if pos == failed_at else 1
+                    if pos - failed_at >= self.config.progress_bytes:
+                        failures = 0
+                    failures += 1
                     failed_at = pos
                     self._failed(url, exc, failures)
                     continue
@@ -287,13 +497,23 @@ def _read_some(resp: urllib3.BaseHTTPResponse, limit: int) -> bytes:
     """What has arrived, up to ``limit`` bytes (blocking only until something arrives).
 
     ``read1`` (urllib3 2) keeps a slow link's bytes moving on to the extractor
-    and the progress bar instead of waiting for ``limit`` bytes to pile up.
+    and the progress bar instead of waiting for ``limit`` bytes to pile up, and
+    lets the throughput meter see every byte as it comes.
     """
     read1 = getattr(resp, "read1", None)
     if read1 is not None:
         data: bytes = read1(limit, decode_content=False)
         return data
     return resp.read(limit, decode_content=False)  # pragma: no cover - urllib3 1.26
+
+
+def _slow(exc: BaseException, config: HttpConfig) -> str:
+    """Why ``exc`` means the server is too slow ("" when it does not)."""
+    if isinstance(exc, _TooSlow):
+        return str(exc)
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+        return f"no data for {config.stall_timeout:g} s"
+    return ""
 
 
 def _describe(exc: BaseException) -> str:
@@ -305,11 +525,14 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _discard(resp: urllib3.BaseHTTPResponse, *, head: bool = False) -> None:
-    """Give the connection back when what is left of the body is small, else close it."""
-    length = resp.headers.get("Content-Length", "")
+def _discard(resp: urllib3.BaseHTTPResponse) -> None:
+    """Give the connection back when its body was read to the end, else close it.
+
+    Never drains what is left: a server dripping the rest of an error page
+    would hold us for as long as it liked.
+    """
     with contextlib.suppress(Exception):
-        if head or (length.isdigit() and int(length) <= 64 * 1024):
+        if getattr(resp, "length_remaining", None) == 0:
             resp.drain_conn()
         else:
             resp.close()
@@ -331,16 +554,28 @@ def _info(url: str, resp: urllib3.BaseHTTPResponse) -> Info:
     return Info(url, size, _validator(resp), ctype, ranges)
 
 
-def _check_range(url: str, resp: urllib3.BaseHTTPResponse, start: int, validator: str | None) -> int:
-    """How many leading bytes of the body to skip to reach ``start`` (raise if the file changed)."""
+def _check_range(url: str, resp: urllib3.BaseHTTPResponse, start: int, validator: str | None,
+                 size: int | None) -> int:
+    """How many leading bytes of the body to skip to reach ``start`` (raise if the file changed).
+
+    A 206 must say it starts at ``start``, with a sane end and, once the size
+    is known, the same total size.
+    """
     if resp.status == 206:
-        m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", "").strip())
-        if not m or int(m.group(1)) != start:
-            raise TransferError(f"{url}: the server sent byte range {resp.headers.get('Content-Range')!r} "
-                                f"for a request starting at byte {start}")
+        header = resp.headers.get("Content-Range", "").strip()
+        m = _CONTENT_RANGE.match(header)
+        first, last = (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
+        total = int(m.group(3)) if m and m.group(3) != "*" else None
+        if not m or first != start or last < first or (total is not None and last >= total):
+            raise TransferError(f"{url}: the server sent byte range {_shown(header)!r} for a request "
+                                f"starting at byte {start}: it does not serve byte ranges correctly; tell "
+                                "its operator, or try again later")
         now = _validator(resp)
         if validator and now and now != validator:
             raise ResourceChanged(f"{url} changed on the server during the download")
+        if size is not None and total is not None and total != size:
+            raise ResourceChanged(f"{url} changed on the server during the download ({size} bytes, now "
+                                  f"{total})")
         return 0
     if start == 0:
         return 0
@@ -350,11 +585,12 @@ def _check_range(url: str, resp: urllib3.BaseHTTPResponse, start: int, validator
     return start  # the server ignores Range: read and drop the bytes we already have
 
 
-def _skip(resp: urllib3.BaseHTTPResponse, n: int) -> None:
+def _skip(resp: urllib3.BaseHTTPResponse, n: int, meter: _Meter) -> None:
     while n > 0:
-        data = resp.read(min(n, 4 * MiB), decode_content=False)
+        data = _read_some(resp, min(n, 4 * MiB))
         if not data:
             raise urllib3.exceptions.ProtocolError("connection closed while skipping to the resume point")
+        meter.add(len(data))
         n -= len(data)
 
 
@@ -379,7 +615,9 @@ def _load_state(path: Path, url: str) -> _PartState | None:
         raw = json.loads(path.read_text())
         state = _PartState(raw["url"], int(raw["size"]), raw["validator"], int(raw["part_size"]),
                            {int(i) for i in raw["done"]})
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+    if state.size < 0 or state.part_size < 1 or not isinstance(state.validator, str):
         return None
     return state if state.url == url and state.validator else None
 
@@ -397,8 +635,26 @@ def download_file(http: Http, url: str, target: Path, *, check: Callable[[Info],
     write into a preallocated file with ``os.pwrite``. ``check(info)`` runs on
     the first response, before anything is written (content type, free space).
     A ``.part`` left by an earlier run continues if the file is unchanged on the
-    server (same size and validator, and the server honours If-Range).
+    server (same size and validator, and the server honours If-Range). A full
+    disk removes the ``.part`` (and its state) and raises :class:`DiskFullError`.
     """
+    part, state_path = part_paths(target)
+    size: int | None = None
+    try:
+        return _download_file(http, url, target, check, bar)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        with contextlib.suppress(OSError):
+            size = part.stat().st_size
+        for p in (part, state_path):
+            with contextlib.suppress(OSError):
+                p.unlink()
+        raise disk_full(target.parent, size) from None
+
+
+def _download_file(http: Http, url: str, target: Path, check: Callable[[Info], None] | None,
+                   bar: Progress | None) -> Info:
     part, state_path = part_paths(target)
     state = _load_state(state_path, url) if part.exists() else None
     if state is None:
@@ -414,9 +670,17 @@ def download_file(http: Http, url: str, target: Path, *, check: Callable[[Info],
 
     def open_probe() -> tuple[urllib3.BaseHTTPResponse, Info]:
         """The first piece still needed: it also tells the size, the validator and Range support."""
-        r = http.request(url, start=first * piece, end=(first + 1) * piece - 1,
-                         validator=state.validator if state else None)
         try:
+            r = http.request(url, start=first * piece, end=(first + 1) * piece - 1,
+                             validator=state.validator if state else None)
+        except RangeRefused:
+            if state is None:
+                raise
+            raise ResourceChanged(f"{url} is shorter than in the last run") from None
+        try:
+            if r.status == 206:
+                _check_range(url, r, first * piece, state.validator if state else None,
+                             state.size if state else None)
             info = _info(url, r)
             if state and (r.status != 206 or info.validator != state.validator or info.size != state.size):
                 raise ResourceChanged(f"{url} changed since the last run")
@@ -430,9 +694,11 @@ def download_file(http: Http, url: str, target: Path, *, check: Callable[[Info],
     try:
         resp, info = http.retrying(url, open_probe)
     except ResourceChanged:
+        if state is None:
+            raise
         for p in (part, state_path):
             p.unlink()
-        return download_file(http, url, target, check=check, bar=bar)
+        return _download_file(http, url, target, check, bar)
     if resp.status == 200 or info.size is None or not info.validator:
         _sequential(http, url, part, resp, info, bar)  # no usable Range support: one plain stream
         return info
@@ -460,7 +726,7 @@ def _parallel(http: Http, url: str, part: Path, state_path: Path, state: _PartSt
     def fetch(index: int, resp: urllib3.BaseHTTPResponse | None) -> None:
         start = index * piece
         end = min(start + piece, size) - 1
-        pos = _copy_body(resp, fd, start, end, bar) if resp is not None else start
+        pos = _copy_body(http, resp, fd, start, end, bar) if resp is not None else start
         if pos <= end:
             for data in http.stream(url, start=pos, end=end, validator=state.validator, stop=stop):
                 _pwrite_all(fd, data, pos)
@@ -497,18 +763,22 @@ def _pieces(size: int, piece: int) -> int:
     return max(1, -(-size // piece))
 
 
-def _copy_body(resp: urllib3.BaseHTTPResponse, fd: int, pos: int, end: int, bar: Progress | None) -> int:
-    """Write what an already-open response delivers; stop quietly at a cut (the caller resumes)."""
+def _copy_body(http: Http, resp: urllib3.BaseHTTPResponse, fd: int, pos: int, end: int,
+               bar: Progress | None) -> int:
+    """Write what an already-open response delivers up to ``end``; stop quietly at a cut or when it is
+    too slow (the caller resumes from the returned position)."""
+    meter = _Meter(http.config)
     try:
         while pos <= end:
-            data = resp.read(min(4 * MiB, end + 1 - pos), decode_content=False)
+            data = _read_some(resp, min(http.config.read_size, end + 1 - pos))
             if not data:
                 break
+            meter.add(len(data))
             _pwrite_all(fd, data, pos)
             pos += len(data)
             if bar is not None:
                 bar.update(len(data))
-    except RETRY_ERRORS:
+    except _RETRYABLE:
         pass
     finally:
         _discard(resp)
@@ -528,8 +798,10 @@ def _preallocate(fd: int, size: int) -> None:
         try:
             os.posix_fallocate(fd, 0, size)
             return
-        except OSError:
-            pass  # e.g. a filesystem without fallocate: a sparse file is fine
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise
+            # e.g. a filesystem without fallocate: a sparse file is fine
     os.ftruncate(fd, size)
 
 
@@ -537,9 +809,10 @@ def _sequential(http: Http, url: str, part: Path, resp: urllib3.BaseHTTPResponse
                 bar: Progress | None) -> None:
     """One plain stream into ``part`` from the start, for a server without usable Range support."""
     with open(part, "wb") as fh:
-        pos = _copy_body(resp, fh.fileno(), 0, (info.size or 1 << 62) - 1, bar)
+        pos = _copy_body(http, resp, fh.fileno(), 0, (info.size or 1 << 62) - 1, bar)
         if info.size is None or pos < info.size:
-            for data in http.stream(url, start=pos, validator=info.validator):
+            for data in http.stream(url, start=pos, end=None if info.size is None else info.size - 1,
+                                    validator=info.validator):
                 _pwrite_all(fh.fileno(), data, pos)
                 pos += len(data)
                 if bar is not None:

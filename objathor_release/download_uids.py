@@ -10,13 +10,22 @@ checked; an asset is built in a staging folder and renamed into
 are recorded (with the release's sha256) beside the markers, so a later run
 fetches only what is missing, and a full download later simply replaces the
 folder.
+
+The manifest is checked before any byte is fetched: the chosen members must be
+listed once each, lie inside assets.tar and not overlap. Files are created the
+way the extractor creates them: component by component from the staging
+folder with ``O_NOFOLLOW`` (never through a link), ``O_EXCL`` (never over an
+existing file), and a member that cannot be created (a file where a folder
+must be, a name too long for the filesystem) is one line naming it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .download_http import Http
-from .errors import ChecksumError, UsageError
+from .errors import ChecksumError, InputError, UsageError
 from .extract import member_parts
 from .fsutil import atomic_write
 from .progress import Progress, progress
@@ -52,6 +61,8 @@ def fetch_uids(d: _Downloader, uids: Sequence[str]) -> PartResult:
     if unknown:
         raise UsageError(f"{len(unknown)} uid(s) are not in version {d.version}'s assets.tar, e.g. "
                          f"{', '.join(unknown[:5])}: check --uids/--uids-file")
+    for uid in uids:
+        _check_members(d.source.url("manifest.json"), by_uid[uid], int(art["size"]))
     target = d.target("assets")
     record = d.state("assets") / "assets.uids.json"
     sha = art["sha256"].lower()
@@ -77,18 +88,21 @@ def fetch_uids(d: _Downloader, uids: Sequence[str]) -> PartResult:
     staging.mkdir(parents=True)
     target.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
+    stop = threading.Event()
 
     def one(uid: str, bar: Progress) -> None:
         members = sorted(by_uid[uid], key=lambda m: m["offset"])
         for attempt in (1, 2):
             try:
-                write_members(d.http, url, info.validator, members, staging, bar)
+                write_members(d.http, url, info.validator, members, staging, bar, stop=stop)
                 break
             except ChecksumError as exc:
                 _remove(staging / uid)
                 if attempt == 2:
                     raise
                 _warn(f"{exc}; deleted it, retrying asset {uid} once")
+        if stop.is_set():
+            return  # another asset failed: this one may be incomplete
         _replace_dir(staging / uid, target / uid, staging / f".old-{uid}")
         with lock:
             have.add(uid)
@@ -102,6 +116,9 @@ def fetch_uids(d: _Downloader, uids: Sequence[str]) -> PartResult:
             try:
                 for future in [pool.submit(one, u, bar) for u in todo]:
                     future.result()
+            except BaseException:
+                stop.set()
+                raise
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
     finally:
@@ -111,27 +128,24 @@ def fetch_uids(d: _Downloader, uids: Sequence[str]) -> PartResult:
 
 
 def write_members(http: Http, url: str, validator: str | None, members: list[dict[str, Any]],
-                  staging: Path, bar: Progress) -> None:
+                  staging: Path, bar: Progress, *, stop: threading.Event | None = None) -> None:
     """Stream the byte range holding ``members`` (sorted by offset) into files under ``staging``.
 
-    Paths drop the tar's top-level folder: ``assets/<uid>/x`` lands in ``staging/<uid>/x``.
+    Paths drop the tar's top-level folder: ``assets/<uid>/x`` lands in
+    ``staging/<uid>/x``. Returns early, with files incomplete, once ``stop`` is set.
     """
-    def path_of(m: Mapping[str, Any]) -> Path:
-        return staging.joinpath(*member_parts(m["path"])[1:])
-
     for m in members:
-        path_of(m).parent.mkdir(parents=True, exist_ok=True)
         if m["size"] == 0:
-            path_of(m).write_bytes(b"")
+            os.close(_create(staging, m))
             _check(url, m, hashlib.sha256())
     data_members = [m for m in members if m["size"] > 0]
     if not data_members:
         return
     start = data_members[0]["offset"]
     end = data_members[-1]["offset"] + data_members[-1]["size"] - 1
-    k, pos, fh, h = 0, start, None, hashlib.sha256()
+    k, pos, fd, h = 0, start, -1, hashlib.sha256()
     try:
-        for data in http.stream(url, start=start, end=end, validator=validator):
+        for data in http.stream(url, start=start, end=end, validator=validator, stop=stop):
             view = memoryview(data)
             i = 0
             while i < len(view) and k < len(data_members):
@@ -139,22 +153,92 @@ def write_members(http: Http, url: str, validator: str | None, members: list[dic
                 if pos < m["offset"]:  # a tar header or padding between two members
                     step = min(m["offset"] - pos, len(view) - i)
                 else:
-                    if fh is None:
-                        fh, h = path_of(m).open("wb"), hashlib.sha256()
+                    if fd < 0:
+                        fd, h = _create(staging, m), hashlib.sha256()
                     step = min(m["offset"] + m["size"] - pos, len(view) - i)
                     h.update(view[i:i + step])
-                    fh.write(view[i:i + step])
+                    _write_all(fd, view[i:i + step])
                     if pos + step == m["offset"] + m["size"]:
-                        fh.close()
-                        fh = None
+                        os.close(fd)
+                        fd = -1
                         _check(url, m, h)
                         k += 1
                 i += step
                 pos += step
             bar.update(len(data))
     finally:
-        if fh is not None:
-            fh.close()
+        if fd >= 0:
+            os.close(fd)
+
+
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _create(staging: Path, member: Mapping[str, Any]) -> int:
+    """A new file for ``member`` under ``staging`` (its top-level folder dropped); returns its fd.
+
+    Each folder is made and opened relative to its parent's descriptor with
+    ``O_NOFOLLOW``, so nothing is created through a link, whatever is planted.
+    """
+    path = member["path"]
+    parts = member_parts(path)[1:]
+    fd = os.open(staging, _DIR_FLAGS)
+    try:
+        for name in parts[:-1]:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o755, dir_fd=fd)
+            try:
+                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                raise _member_error(path, exc, f"its folder {name!r} is a file or a link") from None
+            os.close(fd)
+            fd = sub
+        try:
+            return os.open(parts[-1], _FILE_FLAGS, 0o644, dir_fd=fd)
+        except OSError as exc:
+            raise _member_error(path, exc, "it is listed twice, or a folder of that name exists") from None
+    finally:
+        os.close(fd)
+
+
+def _member_error(path: str, exc: OSError, in_the_way: str) -> OSError | InputError:
+    """The one line for a member that cannot be created (a full disk stays an OSError for the caller)."""
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return exc
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.ELOOP, errno.EISDIR):
+        why = in_the_way
+    elif exc.errno == errno.ENAMETOOLONG:
+        why = "its name is too long for this filesystem"
+    else:
+        why = exc.strerror or str(exc)
+    return InputError(f"manifest.json: cannot create member {path!r} ({why}): the release's manifest is "
+                      "malformed; tell its publisher")
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _check_members(url: str, members: list[dict[str, Any]], tar_size: int) -> None:
+    """One asset's members, as the manifest lists them: each once, inside the tar, not overlapping."""
+    def bad(why: str) -> InputError:
+        return InputError(f"{url}: {why}: the release's manifest is malformed; tell its publisher")
+
+    seen: set[str] = set()
+    for m in members:
+        if m["path"] in seen:
+            raise bad(f"member {m['path']!r} is listed twice")
+        seen.add(m["path"])
+        if m["offset"] + m["size"] > tar_size:
+            raise bad(f"member {m['path']!r} ends at byte {m['offset'] + m['size']}, past the end of "
+                      f"assets.tar ({tar_size} bytes)")
+    ordered = sorted(members, key=lambda m: m["offset"])
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        if b["offset"] < a["offset"] + a["size"] + 512:  # a tar header sits between two members
+            raise bad(f"members {a['path']!r} and {b['path']!r} overlap in assets.tar (offsets "
+                      f"{a['offset']} and {b['offset']})")
 
 
 def _span(members: list[dict[str, Any]]) -> int:

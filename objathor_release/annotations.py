@@ -14,9 +14,12 @@ temporary name that is renamed into place only when every asset was good.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
+import itertools
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -25,14 +28,24 @@ import tarfile
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from .config import schema_validator
-from .errors import InputError
-from .fsutil import atomic_path, atomic_write
+from .config import MiB, format_size, schema_validator
+from .errors import InputError, ReleaseError
+from .fsutil import (
+    NotRegularFileError,
+    atomic_path,
+    atomic_write,
+    describe_mode,
+    open_regular,
+    prepare_output,
+)
 from .progress import progress
+from .tarball import SeekingReader, TarFormatError, iter_headers
+from .validation import too_deep
 
 ANNOTATION = "annotations.json.gz"
 THOR_METADATA = "thor_metadata.json"
@@ -40,6 +53,11 @@ UID_TAR_RE = re.compile(r"^[0-9a-f]{32}\.tar$")
 BATCH = 128
 INPROCESS_BELOW = 256  # fewer assets than this: no worker processes
 MAX_MESSAGE = 240
+DEFAULT_MAX_SIZE = 64 * MiB  # per file, decompressed; real annotations are a few KB
+MAX_DEPTH = 64  # JSON nesting; real annotations and thor metadata nest 4 deep
+MAX_TAR_MEMBERS = 10_000  # in one per-asset <uid>.tar
+MAX_ERRORS = 20  # schema errors listed per asset
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -50,7 +68,7 @@ class Problem:
     message: str
 
     def line(self) -> str:
-        return f"{self.uid}: {self.file}: {self.path}: {self.message}"
+        return _one_line(f"{self.uid}: {self.file}: {self.path}: {self.message}")
 
 
 @dataclass
@@ -79,41 +97,146 @@ class _Source:
     uid: str
     folder: str | None  # ASSETS_DIR/<uid>
     tar: str | None  # ASSETS_DIR/<uid>.tar
+    refused: tuple[str, str] | None = None  # (path, message): an entry that is never read
+
+
+def _refusal(entry: os.DirEntry[str]) -> str | None:
+    """Why a top-level entry cannot be an asset (a symlink or special file), or None if it can."""
+    try:
+        if entry.is_symlink():
+            try:
+                target = os.readlink(entry.path)
+            except OSError:
+                target = "?"
+            return (f"is a symlink (to {target}): symlinks are not followed (tar refuses them too); "
+                    "put the real folder or file here")
+        if entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False):
+            return None
+        mode = entry.stat(follow_symlinks=False).st_mode
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror}): check it"
+    return f"is {describe_mode(mode)}: remove it from the assets directory"
 
 
 def scan_assets(save_dir: Path) -> list[_Source]:
-    """The assets under ``save_dir``, sorted by uid. Junk at the top level is ignored."""
+    """The assets under ``save_dir``, sorted by uid. Junk at the top level is ignored; a symlink or
+    special file there (other than junk) becomes a refused asset named after it."""
     if not save_dir.is_dir():
         raise InputError(f"{save_dir}: assets directory not found: pass the folder of optimized assets")
     folders: dict[str, str] = {}
     tars: dict[str, str] = {}
+    refused: dict[str, tuple[str, str]] = {}
     try:
-        entries = list(os.scandir(save_dir))
+        with os.scandir(save_dir) as it:
+            entries = list(it)
     except OSError as exc:
         raise InputError(f"{save_dir}: cannot list the assets directory ({exc.strerror})") from None
     for entry in entries:
         name = entry.name
         if name.startswith(".") or name.endswith(".lock"):
             continue  # .DS_Store, ._*, .Spotlight-V100, .Trashes, ..., *.lock
-        if entry.is_dir(follow_symlinks=False):
+        is_tar = UID_TAR_RE.match(name) is not None
+        why = _refusal(entry)
+        if why is not None:
+            refused[name[:-4] if is_tar else name] = (entry.path, why)
+        elif entry.is_dir(follow_symlinks=False):
             folders[name] = entry.path
-        elif UID_TAR_RE.match(name) and entry.is_file(follow_symlinks=False):
+        elif is_tar:
             tars[name[:-4]] = entry.path
-    uids = sorted(set(folders) | set(tars))
+    uids = sorted(set(folders) | set(tars) | set(refused))
     if not uids:
         raise InputError(f"{save_dir}: no asset folders or <uid>.tar files found: check --save-dir")
-    return [_Source(uid, folders.get(uid), tars.get(uid)) for uid in uids]
+    return [_Source(uid, folders.get(uid), tars.get(uid), refused.get(uid)) for uid in uids]
 
 
 # --------------------------------------------------------------------------- one asset (in workers)
+
+
+class _Bad(Exception):
+    """One input file's problem: the file (label) and the message of its Problem line."""
+
+    def __init__(self, file: str, message: str) -> None:
+        super().__init__(file, message)
+        self.file = file
+        self.message = message
+
 
 def _short(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
 
 
-def _parse_annotation(data: bytes) -> Any:
-    return json.loads(gzip.decompress(data))
+def _one_line(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _too_big(limit: int, how: str = "") -> str:
+    return (f"larger than {format_size(limit)}{how}: real annotations are a few KB; "
+            "pass --max-annotation-size to raise the limit")
+
+
+def _unreadable(exc: OSError) -> str:
+    if isinstance(exc, NotRegularFileError):
+        return f"cannot read ({exc.strerror}): it must be a regular file (symlinks are not followed)"
+    return f"cannot read ({exc.strerror}): check the file and its permissions"
+
+
+EMPTY = "empty file: re-run objathor's annotation step for this asset, or remove it"
+
+
+def _gunzip(fh: BinaryIO, limit: int, label: str) -> bytes:
+    """Decompress at most ``limit`` bytes (memory stays within it); _Bad when more, or not gzip."""
+    try:
+        with gzip.GzipFile(fileobj=fh, mode="rb") as gz:
+            data = gz.read(limit + 1)
+    except gzip.BadGzipFile:
+        raise _Bad(label, "not a gzip file: it must be gzip-compressed JSON") from None
+    except EOFError:
+        raise _Bad(label, "truncated gzip file (it ends early): write it again") from None
+    except zlib.error as exc:
+        raise _Bad(label, _short(f"corrupt gzip data ({exc}): write it again")) from None
+    if len(data) > limit:
+        raise _Bad(label, _too_big(limit, " when decompressed"))
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate key {dup[:60]!r}: write each key once")
+    return obj
+
+
+def parse_json(data: bytes, label: str) -> Any:
+    """Strict JSON: UTF-8, no NaN/Infinity or out-of-range numbers, no duplicate keys, at most
+    MAX_DEPTH levels of nesting. Raises _Bad naming ``label``."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Bad(label, f"not valid UTF-8 (byte {exc.start}): JSON must be UTF-8 text") from None
+    deep = _Bad(label, f"nested more than {MAX_DEPTH} levels deep: not an annotation")
+    try:
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_unique)
+    except RecursionError:
+        raise deep from None
+    except ValueError as exc:
+        raise _Bad(label, _short(f"not valid JSON ({exc})")) from None
+    if too_deep(value, MAX_DEPTH):
+        raise deep
+    return value
 
 
 def _choose(src: _Source) -> tuple[str, bool]:
@@ -126,69 +249,118 @@ def _choose(src: _Source) -> tuple[str, bool]:
     return src.tar, True
 
 
-def _read_sources(src: _Source, path: str, is_tar: bool) -> tuple[bytes | None, bytes | None]:
-    """(annotation bytes, or None if missing; thor_metadata bytes, or None if missing)."""
-    if not is_tar:
+def _read_file(dfd: int, name: str, label: str, limit: int, gz: bool) -> bytes | None:
+    """One file of an open asset folder (None if missing), decompressed when ``gz``, within ``limit``."""
+    try:
+        fh = open_regular(name, dir_fd=dfd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _Bad(label, _unreadable(exc)) from None
+    with fh:
         try:
-            with open(path, "rb") as fh:
-                ann = fh.read()
-        except FileNotFoundError:
+            if os.fstat(fh.fileno()).st_size == 0:
+                raise _Bad(label, EMPTY)
+            if gz:
+                return _gunzip(fh, limit, label)
+            data = fh.read(limit + 1)
+        except OSError as exc:
+            raise _Bad(label, _unreadable(exc)) from None
+    if len(data) > limit:
+        raise _Bad(label, _too_big(limit))
+    return data
+
+
+def _read_folder(folder: str, limit: int) -> tuple[bytes | None, bytes | None]:
+    """(decompressed annotation or None if missing, thor_metadata bytes or None if missing)."""
+    try:
+        dfd = os.open(folder, _OPEN_DIR)
+    except OSError as exc:
+        raise _Bad(folder, f"cannot read the folder ({exc.strerror}): check it") from None
+    try:
+        ann = _read_file(dfd, ANNOTATION, os.path.join(folder, ANNOTATION), limit, gz=True)
+        if ann is None:
             return None, None
-        try:
-            with open(os.path.join(os.path.dirname(path), THOR_METADATA), "rb") as fh:
-                meta: bytes | None = fh.read()
-        except FileNotFoundError:
-            meta = None
-        return ann, meta
+        return ann, _read_file(dfd, THOR_METADATA, os.path.join(folder, THOR_METADATA), limit, gz=False)
+    finally:
+        os.close(dfd)
+
+
+def _read_tar(uid: str, path: str, limit: int) -> tuple[bytes | None, bytes | None]:
+    """(decompressed annotation or None, thor_metadata bytes or None) from a per-asset tar."""
+    wanted = {f"{uid}/{ANNOTATION}": ANNOTATION, f"{uid}/{THOR_METADATA}": THOR_METADATA}
     found: dict[str, bytes] = {}
-    with tarfile.open(path, "r:") as tf:
-        for member in tf:
-            for wanted in (ANNOTATION, THOR_METADATA):
-                if member.isfile() and member.name.lstrip("./") == f"{src.uid}/{wanted}":
-                    member_fh = tf.extractfile(member)
-                    assert member_fh is not None
-                    found[wanted] = member_fh.read()
-    return found.get(ANNOTATION), found.get(THOR_METADATA)
+    try:
+        fh = open_regular(path)
+    except OSError as exc:
+        raise _Bad(path, _unreadable(exc)) from None
+    with fh:
+        try:
+            reader = SeekingReader(fh, os.fstat(fh.fileno()).st_size)
+            for n, h in enumerate(iter_headers(reader)):
+                if n >= MAX_TAR_MEMBERS:
+                    raise _Bad(path, f"holds more than {MAX_TAR_MEMBERS} members: a per-asset tar holds "
+                               "one asset's files")
+                key = wanted.get(h.name.lstrip("./"))
+                if key is None:
+                    continue
+                label = f"{path}:{uid}/{key}"
+                if h.kind not in tarfile.REGULAR_TYPES:
+                    raise _Bad(label, "is a link or folder in the tar: store the file itself")
+                if key in found:
+                    raise _Bad(label, "is in the tar twice: keep one")
+                if h.size == 0:
+                    raise _Bad(label, EMPTY)
+                if h.size > limit:
+                    raise _Bad(label, _too_big(limit))
+                data = reader.read(h.size)
+                if len(data) < h.size:
+                    raise _Bad(path, "truncated tar archive: write it again")
+                found[key] = _gunzip(io.BytesIO(data), limit, label) if key == ANNOTATION else data
+        except TarFormatError as exc:
+            raise _Bad(path, _short(f"{exc}: write it again with objathor or tar")) from None
+        except OSError as exc:
+            raise _Bad(path, _unreadable(exc)) from None
+    ann = found.get(ANNOTATION)
+    return ann, (found.get(THOR_METADATA) if ann is not None else None)
 
 
-def load_one(src: _Source) -> tuple[str, bytes | None, list[Problem]]:
-    """Read, check and serialize one asset: (uid, JSON bytes or None, problems)."""
+def _load(src: _Source, limit: int) -> tuple[str, bytes | None, list[Problem]]:
     uid = src.uid
+    if src.refused is not None:
+        raise _Bad(*src.refused)
     label, is_tar = _choose(src)
-    try:
-        raw, meta_raw = _read_sources(src, label, is_tar)
-    except (OSError, tarfile.TarError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        return uid, None, [Problem(uid, label, "$", _short(f"cannot read ({reason}): check the file"))]
+    if is_tar:
+        raw, meta_raw = _read_tar(uid, label, limit)
+    else:
+        raw, meta_raw = _read_folder(os.path.dirname(label), limit)
     if raw is None:
-        if is_tar:
-            label = f"{label}:{uid}/{ANNOTATION}"
-        return uid, None, [Problem(uid, label, "$", f"missing {ANNOTATION}: re-run objathor's annotation "
-                                   "step for this asset, or remove it from the assets directory")]
-    try:
-        ann = _parse_annotation(raw)
-    except (OSError, EOFError, zlib.error):
-        return uid, None, [Problem(uid, label, "$", "not a gzip file: it must be gzip-compressed JSON")]
-    except (ValueError, UnicodeDecodeError) as exc:
-        return uid, None, [Problem(uid, label, "$", _short(f"not valid JSON ({exc})"))]
-    problems = [
-        Problem(uid, label, err.json_path, _short(err.message))
-        for err in schema_validator("annotation").iter_errors(ann)
-    ]
-    if isinstance(ann, dict) and isinstance(ann.get("uid"), str) and ann["uid"] != uid:
-        problems.append(Problem(uid, label, "$.uid", f"uid {ann['uid']!r} differs from its folder name "
+        missing = f"{label}:{uid}/{ANNOTATION}" if is_tar else label
+        raise _Bad(missing, f"missing {ANNOTATION}: re-run objathor's annotation step for this asset, "
+                   "or remove it from the assets directory")
+    ann = parse_json(raw, label)
+    if type(ann) is not dict:
+        raise _Bad(label, f"must be a JSON object, not {_json_kind(ann)}")
+    errors = itertools.islice(schema_validator("annotation").iter_errors(ann), MAX_ERRORS + 1)
+    problems = [Problem(uid, label, err.json_path, _short(err.message)) for err in errors]
+    if len(problems) > MAX_ERRORS:
+        problems[MAX_ERRORS:] = [Problem(uid, label, "$", f"more than {MAX_ERRORS} problems: only the "
+                                         "first are listed")]
+    if isinstance(ann.get("uid"), str) and ann["uid"] != uid:
+        problems.append(Problem(uid, label, "$.uid", f"uid {ann['uid'][:64]!r} differs from its folder name "
                                 f"{uid!r}: fix the uid or rename the folder"))
     thor: Any = {}
     if meta_raw is not None:
         folder = os.path.dirname(label)
         meta_label = f"{label}:{uid}/{THOR_METADATA}" if is_tar else os.path.join(folder, THOR_METADATA)
         try:
-            thor = json.loads(meta_raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            problems.append(Problem(uid, meta_label, "$", _short(f"not valid JSON ({exc})")))
+            thor = parse_json(meta_raw, meta_label)
+        except _Bad as bad:
+            problems.append(Problem(uid, bad.file, "$", bad.message))
         else:
-            if not isinstance(thor, dict):
-                problems.append(Problem(uid, meta_label, "$", "must be a JSON object"))
+            if type(thor) is not dict:
+                problems.append(Problem(uid, meta_label, "$",
+                                        f"must be a JSON object, not {_json_kind(thor)}"))
             else:
                 thor.pop("objectMetadata", None)
     if problems:
@@ -198,8 +370,29 @@ def load_one(src: _Source) -> tuple[str, bytes | None, list[Problem]]:
     return uid, json.dumps(ann, sort_keys=True, separators=(",", ":")).encode(), []
 
 
-def _load_batch(batch: list[_Source]) -> list[tuple[str, bytes | None, list[Problem]]]:
-    return [load_one(src) for src in batch]
+def _json_kind(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def load_one(src: _Source, limit: int = DEFAULT_MAX_SIZE) -> tuple[str, bytes | None, list[Problem]]:
+    """Read, check and serialize one asset: (uid, JSON bytes or None, problems).
+
+    Never raises for any input: every failure, even an unexpected one, comes back as a problem
+    (so a worker process never dies with a traceback over one asset).
+    """
+    try:
+        return _load(src, limit)
+    except _Bad as bad:
+        return src.uid, None, [Problem(src.uid, bad.file, "$", bad.message)]
+    except Exception as exc:  # noqa: BLE001 - reported as this asset's problem, one line
+        where = src.folder or src.tar or src.uid
+        return src.uid, None, [Problem(src.uid, where, "$", _short(
+            f"unexpected error ({type(exc).__name__}: {exc}): please report it with this file"))]
+
+
+def _load_batch(batch: list[_Source], limit: int) -> list[tuple[str, bytes | None, list[Problem]]]:
+    return [load_one(src, limit) for src in batch]
 
 
 # --------------------------------------------------------------------------- driver
@@ -210,17 +403,24 @@ def _batches(sources: list[_Source], size: int) -> Iterator[list[_Source]]:
         yield sources[i : i + size]
 
 
-def _results(sources: list[_Source], workers: int) -> Iterator[tuple[str, bytes | None, list[Problem]]]:
+def _results(sources: list[_Source], workers: int,
+             limit: int) -> Iterator[tuple[str, bytes | None, list[Problem]]]:
     """Every asset's result, in uid order."""
     if workers <= 1 or len(sources) < INPROCESS_BELOW:
         for src in sources:
-            yield load_one(src)
+            yield load_one(src, limit)
         return
     schema_validator("annotation")  # build it once here, so forked workers inherit it
     ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        for batch in pool.map(_load_batch, _batches(sources, BATCH)):
-            yield from batch
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            for batch in pool.map(functools.partial(_load_batch, limit=limit), _batches(sources, BATCH)):
+                yield from batch
+    except BrokenProcessPool:
+        raise ReleaseError(
+            "a worker process died (killed, perhaps for lack of memory): run again with fewer --workers "
+            "or a lower --max-annotation-size"
+        ) from None
 
 
 def _write_report(report: str | Path, save_dir: Path, result: PrepareResult) -> None:
@@ -244,15 +444,19 @@ def prepare_annotations(
     workers: int | None = None,
     show_progress: bool = True,
     compresslevel: int = 6,
+    max_size: int = DEFAULT_MAX_SIZE,
 ) -> PrepareResult:
     """Validate and merge every asset's annotation into ``output_file``.
 
     Every problem is printed to stderr as one line naming the uid, the file and
     the JSON path. Without ``skip_invalid`` any problem raises InputError and
-    nothing is written; with it the invalid assets are left out.
+    nothing is written; with it the invalid assets are left out. ``max_size``
+    bounds each annotation (decompressed), thor_metadata.json and tar member.
     """
     save_dir = Path(save_dir)
-    output = Path(output_file)
+    output = prepare_output(output_file, "--output-file")
+    if report is not None:
+        prepare_output(report, "--report")
     sources = scan_assets(save_dir)
     workers = workers or os.cpu_count() or 1
     result = PrepareResult(output=None, assets=len(sources), written=0)
@@ -263,7 +467,7 @@ def prepare_annotations(
             out = io.BufferedWriter(gz, buffer_size=1 << 20)
             out.write(b"{")
             first = True
-            for uid, body, problems in _results(sources, workers):
+            for uid, body, problems in _results(sources, workers, max_size):
                 bar.update(1)
                 if problems:
                     result.problems.extend(problems)

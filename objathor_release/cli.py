@@ -59,15 +59,19 @@ def _add_prepare_annotations(sub: Any) -> None:
                    help="leave invalid assets out (and say how many) instead of failing")
     p.add_argument("--report", metavar="FILE", help="write a JSON report of every problem found")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: every core)")
+    p.add_argument("--max-annotation-size", default="64M", metavar="SIZE",
+                   help="largest annotation (decompressed), thor_metadata.json or tar member read per "
+                   "asset, e.g. 64M (default 64M; real ones are a few KB)")
     p.set_defaults(func=_run_prepare_annotations)
 
 
 def _run_prepare_annotations(args: argparse.Namespace) -> int:
     from .annotations import prepare_annotations
+    from .config import parse_size
 
     result = prepare_annotations(
         args.save_dir, args.output_file, skip_invalid=args.skip_invalid, report=args.report,
-        workers=args.workers, show_progress=not args.quiet,
+        workers=args.workers, show_progress=not args.quiet, max_size=parse_size(args.max_annotation_size),
     )
     print(result.summary())
     return 0

@@ -31,13 +31,15 @@ from typing import Any
 from . import __version__
 from .config import schema_errors, validate_version
 from .errors import ChecksumError, InputError, UsageError
-from .fsutil import CHUNK, atomic_write
+from .fsutil import CHUNK, atomic_write, describe_mode, open_regular
 from .progress import progress
 from .tarball import DEFAULT_EXCLUDES, read_sidecar, scan_tar
+from .validation import too_deep
 
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
 MANIFEST_FORMAT = 1
+MAX_DEPTH = 16  # JSON nesting; a manifest nests 4 deep
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _encode_str: Callable[[str], str] = json.encoder.encode_basestring
 
@@ -49,6 +51,8 @@ def list_artifacts(release_dir: str | Path) -> list[str]:
     """Every artifact's name under ``release_dir`` (relative, ``/``-separated, sorted)."""
     root = Path(release_dir)
     if not root.is_dir():
+        if os.path.lexists(root):
+            raise InputError(f"{root}: is not a directory: pass the release directory (--release-dir)")
         raise InputError(f"{root}: no such release directory: build the artifacts there first")
     names: list[str] = []
 
@@ -72,7 +76,12 @@ def list_artifacts(release_dir: str | Path) -> list[str]:
                 if name not in (MANIFEST, SUMS):
                     names.append(name)
             else:
-                raise InputError(f"{e.path}: is not a regular file: remove it from the release directory")
+                try:
+                    kind = describe_mode(e.stat(follow_symlinks=False).st_mode)
+                except OSError:
+                    kind = "not a regular file"
+                raise InputError(f"{e.path}: is {kind}, not a regular file: remove it from the release "
+                                 "directory")
 
     walk(root, "")
     return sorted(names)
@@ -83,16 +92,30 @@ def _hash_file(path: Path, tick: Callable[[int], None]) -> tuple[int, str]:
 
     sha = hashlib.sha256()
     size = 0
-    with open(path, "rb", buffering=0) as fh:
-        while block := fh.read(CHUNK):
-            sha.update(block)
-            size += len(block)
-            tick(len(block))
+    try:
+        with open_regular(path, buffering=0) as fh:
+            while block := fh.read(CHUNK):
+                sha.update(block)
+                size += len(block)
+                tick(len(block))
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
     return size, sha.hexdigest()
 
 
+def _unreadable(path: Path, exc: OSError) -> InputError:
+    return InputError(f"{path}: cannot be read ({exc.strerror}): it must be a regular file that can be "
+                      "read; replace it or remove it from the release directory")
+
+
 def _sizes(root: Path, names: list[str]) -> dict[str, int]:
-    return {name: os.stat(root / name).st_size for name in names}
+    sizes = {}
+    for name in names:
+        try:
+            sizes[name] = os.lstat(root / name).st_size
+        except OSError as exc:
+            raise _unreadable(root / name, exc) from None
+    return sizes
 
 
 # --------------------------------------------------------------------------- writing
@@ -281,19 +304,30 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         p = p / MANIFEST
     try:
-        text = p.read_text(encoding="utf-8")
+        with open_regular(p) as fh:
+            text = fh.read().decode("utf-8")
     except FileNotFoundError:
         raise InputError(
             f"{p}: not found: run `objathor-release manifest --release-dir {p.parent}` first"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise InputError(
+            f"{p}: cannot be read ({exc.strerror}): rebuild it with `objathor-release manifest`"
+        ) from None
+    except UnicodeDecodeError as exc:
         raise InputError(f"{p}: cannot be read ({exc}): rebuild it with `objathor-release manifest`") \
             from None
+    deep = InputError(f"{p}: not valid JSON (nested more than {MAX_DEPTH} deep): rebuild it with "
+                      "`objathor-release manifest`")
     try:
         manifest = json.loads(text)
+    except RecursionError:
+        raise deep from None
     except ValueError as exc:
         raise InputError(f"{p}: not valid JSON ({exc}): rebuild it with `objathor-release manifest`") \
             from None
+    if too_deep(manifest, MAX_DEPTH):
+        raise deep
     problems = manifest_problems(manifest)
     if problems:
         raise InputError(
@@ -363,7 +397,9 @@ def verify_release(release_dir: str | Path, *, members: bool = False, show_progr
                 problems.append(f"{path}: sha256 {sha}, manifest says {art['sha256']}")
     sums = root / SUMS
     try:
-        if sums.read_text(encoding="utf-8") != render_sums(manifest):
+        with open_regular(sums) as fh:
+            sums_text = fh.read().decode("utf-8")
+        if sums_text != render_sums(manifest):
             problems.append(f"{sums}: does not match {MANIFEST}")
     except (OSError, UnicodeDecodeError):
         problems.append(f"{sums}: missing or unreadable")

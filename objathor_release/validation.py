@@ -136,6 +136,27 @@ def compile_schema(schema: Any) -> Predicate | None:
     return _all(preds)
 
 
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` (parsed JSON) nests objects and arrays more than ``limit`` levels deep.
+
+    Checked without recursion, before anything recursive (validation, repr in
+    error messages, serialization) sees a hostile document.
+    """
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if type(node) is dict:
+            children: Any = node.values()
+        elif type(node) is list:
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if type(c) is dict or type(c) is list)
+    return False
+
+
 class FastValidator:
     """jsonschema's Draft202012Validator behind a compiled certainly-valid check."""
 

@@ -32,6 +32,8 @@ environment variables:
   SOURCE_DATE_EPOCH                          timestamp for reproducible tars and manifests
   OBJATHOR_PROGRESS=0                        no progress output
   OBJATHOR_PROGRESS_INTERVAL                 seconds between progress lines when not on a terminal
+  OBJATHOR_SIGNING_KEY                       Ed25519 private key publish signs manifest.json with
+  OBJATHOR_REGISTRY, OBJATHOR_TRUSTED_KEYS   other files for the manifest pins and trusted keys
 """
 
 
@@ -233,6 +235,11 @@ def _add_download(sub: Any) -> None:
     p.add_argument("--uids-file", default=None, metavar="FILE", help="fetch only the uids in FILE")
     p.add_argument("--require-checksums", action="store_true",
                    help="refuse a version that has no manifest.json to verify against")
+    p.add_argument("--trusted-key", action="append", default=[], metavar="KEY",
+                   help="check manifest.json.sig with this Ed25519 public key (base64, or a file holding "
+                   "it; repeatable; added to the package's trusted_keys.txt)")
+    p.add_argument("--require-signature", action="store_true",
+                   help="refuse a version whose manifest is not signed by a trusted key")
     p.add_argument("--keep-tar", action="store_true", help="keep the .tar beside the extracted folder")
     p.add_argument("--connections", type=int, default=8, metavar="N",
                    help="parallel Range requests per file (default 8)")
@@ -352,9 +359,74 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo_command(args)
 
 
+# --------------------------------------------------------------------------- registry / keygen
+
+
+def _add_registry(sub: Any) -> None:
+    p = sub.add_parser("registry", help="the package's pins of published manifests (registry/manifests.txt)",
+                       description="List or add the sha256 of a published version's manifest.json; "
+                       "download refuses a manifest of a listed version with other bytes.")
+    actions = p.add_subparsers(dest="registry_command", metavar="<action>", required=True)
+    add = actions.add_parser("add", help="pin a version to its manifest.json (after publishing it)")
+    add.add_argument("--version", default=_env("VERSION"), metavar="YYYY_MM_DD",
+                     help="dataset version (default: $VERSION)")
+    source = add.add_mutually_exclusive_group(required=True)
+    source.add_argument("--release-dir", metavar="DIR", help="the release directory holding manifest.json")
+    source.add_argument("--manifest", metavar="FILE", help="the manifest.json itself")
+    add.add_argument("--force", action="store_true", help="replace a different pin of the version")
+    listing = actions.add_parser("list", help="print the pinned versions")
+    for q in (add, listing):
+        q.add_argument("--registry", default=None, metavar="FILE",
+                       help="registry file (default: $OBJATHOR_REGISTRY, else the package's manifests.txt)")
+    p.set_defaults(func=_run_registry)
+
+
+def _run_registry(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .config import validate_version
+    from .registry import add_pin, load_registry, manifest_file_sha256, registry_path
+
+    if args.registry_command == "list":
+        reg = load_registry(args.registry)
+        for version, entry in sorted(reg.entries.items()):
+            print(f"{version} sha256:{entry.sha256}")
+        print(f"{len(reg.entries)} version{'s' if len(reg.entries) != 1 else ''} pinned in {reg.path}",
+              file=sys.stderr)
+        return 0
+    version = validate_version(args.version)
+    manifest = Path(args.manifest) if args.manifest else Path(args.release_dir) / "manifest.json"
+    digest = manifest_file_sha256(manifest, version)
+    status = add_pin(version, digest, registry=args.registry, force=args.force)
+    print(f"{registry_path(args.registry)}: {version} sha256:{digest} ({status})")
+    return 0
+
+
+def _add_keygen(sub: Any) -> None:
+    p = sub.add_parser("keygen", help="make an Ed25519 key pair for signing releases",
+                       description="Write a new private key to FILE (mode 0600; base64 of the raw 32-byte "
+                       "key, the format $OBJATHOR_SIGNING_KEY takes) and its public key to FILE.pub, and "
+                       "print the public key.")
+    p.add_argument("--output", required=True, metavar="FILE", help="where to write the private key")
+    p.add_argument("--force", action="store_true", help="replace existing key files")
+    p.set_defaults(func=_run_keygen)
+
+
+def _run_keygen(args: argparse.Namespace) -> int:
+    from .signing import keygen
+
+    key = keygen(args.output, force=args.force)
+    print(f"wrote the private key to {args.output} (mode 0600: keep it secret; give it to publish as "
+          f"$OBJATHOR_SIGNING_KEY) and the public key to {args.output}.pub")
+    print(f"public key: {key.public_key}")
+    print(f"fingerprint: {key.fingerprint}")
+    return 0
+
+
 COMMANDS: list[Callable[[Any], None]] = [
     _add_prepare_annotations, _add_tar, _add_manifest, _add_verify, _add_upload, _add_cleanup,
     _add_download, _add_release, _add_publish, _add_config, _add_sample_dataset, _add_demo,
+    _add_registry, _add_keygen,
 ]
 
 

@@ -47,3 +47,8 @@ class PublishedError(ReleaseError):
 
 class DiskFullError(TransferError):
     """The disk filled up while writing; the message names the path and the space needed."""
+
+
+class OriginError(ChecksumError):
+    """A manifest is not the one its publisher released: a registry pin or a signature does not match,
+    or a required signature is missing. Exit code 1."""

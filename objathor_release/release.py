@@ -296,6 +296,7 @@ def publish(cfg: ReleaseConfig, *, remote: str | None = None, rclone_config: str
     """Upload the built release (refusing to change a published version without ``force``),
     then HEAD every object against the manifest. Nothing is reported as published before that."""
     from .manifest import load_manifest
+    from .origin import sign_release
     from .remote import verify_remote
     from .s3 import make_client, redact, resolve_target
     from .upload import upload_release
@@ -305,6 +306,7 @@ def publish(cfg: ReleaseConfig, *, remote: str | None = None, rclone_config: str
     if manifest["version"] != cfg.version:
         raise InputError(f"{rdir}/manifest.json is for version {manifest['version']}, not {cfg.version}: "
                          "rebuild it or check VERSION")
+    _say(sign_release(rdir).message)  # manifest.json.sig (or none), uploaded before manifest.json
     config = upload_config(cfg)
     env = {**os.environ, **({"R2_ACCOUNT_ID": cfg.r2_account_id} if cfg.r2_account_id else {})}
     target = resolve_target(bucket=cfg.bucket, prefix=cfg.prefix or cfg.version,

@@ -25,7 +25,7 @@ from typing import Any
 
 from .config import ReleaseConfig, UploadConfig, format_size, format_table, parse_size, validate_version
 from .errors import InputError, UsageError
-from .fsutil import atomic_write
+from .fsutil import atomic_write, open_regular, prepare_output
 
 STATE_FILE = ".release-state.json"
 ANNOTATION_FILES = ("annotations.json.gz", "thor_metadata.json")
@@ -125,18 +125,42 @@ def run_config_command(args: argparse.Namespace) -> int:
 
 
 def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Every regular file below ``root`` as (relative path, stat), in sorted order."""
+    """Every entry below ``root`` but folders as (relative path, lstat), in sorted order.
+
+    Nothing is opened (a FIFO cannot block it) and no symlink is followed; a
+    folder that cannot be read, or vanishes or changes during the walk, raises
+    InputError naming it.
+    """
     stack = [""]
     while stack:
         rel_dir = stack.pop()
-        with os.scandir(root / rel_dir) as it:
-            entries = sorted(it, key=lambda e: e.name, reverse=True)
+        folder = root / rel_dir if rel_dir else root
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name, reverse=True)
+        except OSError as exc:
+            raise _walk_error(folder, exc) from None
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            if entry.is_dir(follow_symlinks=False):
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                st = None if is_dir else entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                raise _walk_error(Path(entry.path), exc) from None
+            if st is None:
                 stack.append(rel)
             else:
-                yield rel, entry.stat(follow_symlinks=False)
+                yield rel, st
+
+
+def _walk_error(path: Path, exc: OSError) -> InputError:
+    if isinstance(exc, FileNotFoundError):
+        how = "vanished while it was being read"
+    elif isinstance(exc, NotADirectoryError):
+        how = "was replaced by a file while it was being read"
+    else:
+        how = f"cannot be read ({exc.strerror})"
+    return InputError(f"{path}: {how}: fix its permissions, or stop whatever changes the tree, and run again")
 
 
 def fingerprints(root: Path, *selections: tuple[Callable[[str], bool], tuple[object, ...]]) -> list[str]:
@@ -161,10 +185,19 @@ class State:
 
     def __init__(self, release_dir: Path) -> None:
         self.path = release_dir / STATE_FILE
+        self.data: dict[str, Any] = {}
         try:
-            self.data: dict[str, Any] = json.loads(self.path.read_text())
-        except (FileNotFoundError, ValueError):
-            self.data = {}
+            with open_regular(self.path) as fh:
+                data = json.loads(fh.read())
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot be read ({exc.strerror}): remove it (every step is then "
+                             "rebuilt)") from None
+        except (ValueError, RecursionError):
+            return  # unreadable state: every step is rebuilt
+        if isinstance(data, dict):
+            self.data = {k: v for k, v in data.items() if isinstance(v, dict)}
 
     @staticmethod
     def _stat(path: Path) -> list[int] | None:
@@ -176,7 +209,7 @@ class State:
 
     def fresh(self, step: str, inputs: str, output: Path) -> bool:
         entry: dict[str, Any] = self.data.get(step) or {}
-        return bool(entry) and entry["inputs"] == inputs and entry["output"] == self._stat(output)
+        return bool(entry) and entry.get("inputs") == inputs and entry.get("output") == self._stat(output)
 
     def record(self, step: str, inputs: str, output: Path) -> None:
         self.data[step] = {"inputs": inputs, "output": self._stat(output)}
@@ -203,7 +236,7 @@ def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool
     assert cfg.assets_dir and cfg.version
     assets = Path(cfg.assets_dir)
     rdir = release_dir_of(cfg)
-    rdir.mkdir(parents=True, exist_ok=True)
+    prepare_output(rdir / STATE_FILE, "release directory")
     state = State(rdir)
     out = LocalBuild(rdir)
     epoch = resolve_epoch(cfg.source_date_epoch)

@@ -20,7 +20,7 @@ Refused, naming the member (:class:`UnsafeMemberError`, exit 2):
 - devices, FIFOs, sparse files and unknown member types;
 - a member that changes the type of a path: a file or hard link where a folder
   is, a folder where a file is;
-- names longer than the filesystem allows.
+- names longer than the filesystem allows, and paths more than 64 levels deep.
 
 Every folder and file is created relative to an open folder descriptor, walking
 from ``dest`` one component at a time with ``O_NOFOLLOW`` (``mkdir``/``open``/
@@ -64,6 +64,7 @@ _META_LIMIT = 1 << 20  # longest GNU long-name / PAX header we accept
 _MAX_SIZE = (1 << 63) - 1  # the largest file offset a filesystem can hold
 _MTIME_RANGE = (-(1 << 33), 1 << 33)  # seconds, years 1697-2242: inside what os.utime takes in nanoseconds
 _PATH_MAX = 4096
+_MAX_DEPTH = 64  # folders in a member's path; deeper trees defeat recursive tools such as shutil.rmtree
 _DIR_CACHE = 64  # open folder descriptors kept
 _REGULAR = (b"0", b"\0", b"7")
 _HARDLINK, _DIRECTORY = b"1", b"5"
@@ -147,7 +148,8 @@ def _number(field: bytes, what: str, low: int, high: int) -> int:
     else:
         text = field.split(b"\0", 1)[0].strip(b" ")
         if not _OCTAL.fullmatch(text):
-            raise _Corrupt(f"its {what} field {field!r} is not an octal number")
+            shown = field.rstrip(b"\0")
+            raise _Corrupt(f"its {what} field {shown!r} is not an octal number")
         value = int(text, 8) if text else 0
     if not low <= value <= high:
         raise _Corrupt(f"its {what} {value} is out of range")
@@ -241,6 +243,7 @@ class TarStreamExtractor:
         self._mtime = 0
         self._data_size = 0
         self._zero_blocks = 0
+        self._at = 0  # where the header being handled starts
         self._root_fd = -1
         self._dirs: OrderedDict[str, int] = OrderedDict()  # archive path -> open folder descriptor
         self._files: set[str] = set()  # regular files this extractor wrote, by archive path
@@ -288,12 +291,20 @@ class TarStreamExtractor:
             self.close()
             if isinstance(exc, OSError):
                 raise self._os_error(exc) from None
+            if isinstance(exc, _Corrupt):
+                raise InputError(f"{self.source}: corrupt tar header at byte {self._at}: {exc}; the archive "
+                                 "is damaged: run the command again, and tell the release's publisher if it "
+                                 "persists") from None
             raise
         self.pos += n
 
     def finish(self) -> None:
         """Check that the archive ended properly and every expected member was seen; closes descriptors."""
         try:
+            if self.pos == 0:
+                raise InputError(f"{self.source} is empty (0 bytes): expected a tar; run the command again")
+            if self.pos < BLOCK:
+                self._refuse_page(bytes(self._hdr))
             if self._state != "end" and not (self._state == "header" and not self._hdr and self._zero_blocks):
                 raise InputError(f"{self.source} ended in the middle of a member at byte {self.pos}: "
                                  "the download was truncated; run the command again")
@@ -320,9 +331,9 @@ class TarStreamExtractor:
     def _os_error(self, exc: OSError) -> InputError | DiskFullError:
         where = os.path.join(self._dest_str, self._path) if self._path else self._dest_str
         if exc.errno in _DISK_FULL:
-            return DiskFullError(f"{self.source}: the disk is full: writing {where} (a member of "
-                                 f"{self._data_size} bytes) failed; free space and run the command again, "
-                                 "parts already downloaded are kept")
+            size = f" (the member is {self._data_size} bytes)" if self._data_size else ""
+            return DiskFullError(f"{self.source}: the disk is full: writing {where} failed{size}; free space "
+                                 "and run the command again, parts already downloaded are kept")
         return InputError(f"{self.source}: cannot extract member {self._path!r} to {where}: "
                           f"{exc.strerror or exc}; the archive does not fit this folder's filesystem or "
                           "the folder is not writable; nothing was left behind")
@@ -338,22 +349,23 @@ class TarStreamExtractor:
         if self._zero_blocks:
             raise InputError(f"{self.source}: data after an end-of-archive block at byte {start}: "
                              "the archive is corrupt")
+        self._at = start
         try:
             checksum_ok = _checksum_ok(header)
         except _Corrupt:
             checksum_ok = False
-        try:
-            if not checksum_ok:
-                if start == 0 and header.lstrip()[:1] in _NOT_TAR_STARTS:
-                    raise InputError(f"{self.source} is not a tar file: it starts with {header[:24]!r} (an "
-                                     "error page?); check --base-url and --version")
-                raise InputError(f"{self.source}: bad tar header checksum at byte {start}: the archive is "
-                                 "corrupt or not a tar file")
-            self._entry(header, start)
-        except _Corrupt as exc:
-            raise InputError(f"{self.source}: corrupt tar header at byte {start}: {exc}; the archive is "
-                             "damaged: run the command again, and tell the release's publisher if it "
-                             "persists") from None
+        if not checksum_ok:
+            if start == 0:
+                self._refuse_page(header)
+            raise InputError(f"{self.source}: bad tar header checksum at byte {start}: the archive is "
+                             "corrupt or not a tar file")
+        self._entry(header, start)
+
+    def _refuse_page(self, head: bytes) -> None:
+        """A stream that starts like a JSON, XML or HTML document is an error page, not a tar."""
+        if head.lstrip()[:1] in _NOT_TAR_STARTS:
+            raise InputError(f"{self.source} is not a tar file: it starts with {head[:24]!r} (an error "
+                             "page?); check --base-url and --version")
 
     def _entry(self, header: bytes, start: int) -> None:
         kind = header[156:157]
@@ -465,6 +477,9 @@ class TarStreamExtractor:
             raise self._refuse(name, f"outside the one top-level directory {self.top!r}")
         if len(parts) == 1 and kind != _DIRECTORY:
             raise self._refuse(name, "the top-level entry must be a directory, not a file or link")
+        if len(parts) > _MAX_DEPTH:
+            raise self._refuse(name, f"its path is {len(parts)} levels deep, more than the {_MAX_DEPTH} "
+                                     "allowed")
         if self._dest_len + 1 + len(path.encode("utf-8")) >= _PATH_MAX:
             raise self._refuse(name, f"its path is longer than the {_PATH_MAX} bytes a path may have")
         self._data_size = size

@@ -11,6 +11,7 @@ any of them only the ETag's part count is checked.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -25,35 +26,52 @@ from .s3 import client_error, error_code, head_or_none, normalize_prefix, object
 from .upload_state import (
     MANIFEST_NAME,
     SHA256_META,
-    STATE_DIR,
+    SIGNATURE_NAME,
     SUMS_NAME,
     Job,
+    ReleaseDir,
+    StateDir,
     UploadState,
     _clean_etag,
-    local_etag,
+    local_digests,
 )
 
-__all__ = ["RemoteCheck", "expected_etag", "published_manifest", "verify_remote"]
+SMALL_FILE_LIMIT = 256 * 1024 * 1024  # SHA256SUMS, manifest.json and its signature are read whole
+
+__all__ = ["RemoteCheck", "expected_digests", "expected_etag", "published_manifest", "read_object",
+           "verify_remote"]
 
 
 # --------------------------------------------------------------------------- reading the bucket
 
 
-def published_manifest(client: Any, bucket: str, prefix: str) -> dict[str, Any] | None:
-    """The remote ``PREFIX/manifest.json`` if this version is published, else None."""
+def read_object(client: Any, bucket: str, key: str, limit: int) -> bytes | None:
+    """The body of ``key`` (at most ``limit + 1`` bytes are read), or None when it does not exist."""
     import botocore.exceptions as bx
 
-    key = object_key(normalize_prefix(prefix) or "", MANIFEST_NAME)
     try:
-        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+        try:
+            data: bytes = body.read(limit + 1)
+        finally:
+            body.close()
     except bx.ClientError as exc:
         if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
             return None
         raise client_error(client, exc, f"reading s3://{bucket}/{key}", bucket) from None
-    except bx.BotoCoreError as exc:
+    except (bx.BotoCoreError, OSError, KeyError, ValueError, TypeError) as exc:
         raise client_error(client, exc, f"reading s3://{bucket}/{key}", bucket) from None
+    return data
+
+
+def published_manifest(client: Any, bucket: str, prefix: str) -> dict[str, Any] | None:
+    """The remote ``PREFIX/manifest.json`` if this version is published, else None."""
+    key = object_key(normalize_prefix(prefix) or "", MANIFEST_NAME)
+    body = read_object(client, bucket, key, SMALL_FILE_LIMIT)
+    if body is None:
+        return None
     try:
-        data = json.loads(body)
+        data = json.loads(body) if len(body) <= SMALL_FILE_LIMIT else None
     except ValueError:
         data = None
     if not isinstance(data, dict):
@@ -71,18 +89,25 @@ def _remote_part_size(client: Any, bucket: str, key: str) -> int | None:
         return None
 
 
-def expected_etag(client: Any, bucket: str, job: Job, remote_etag: str) -> str:
-    """The ETag the local file would have in the remote object's part layout (reads the file)."""
+def expected_digests(client: Any, bucket: str, job: Job, remote_etag: str) -> tuple[str, str]:
+    """(the ETag the local file would have in the remote object's part layout, or "" when that
+    layout cannot be known; the file's sha256), from one read of the file."""
+    source = job.file if job.file is not None else job.path
     match = re.fullmatch(r"[0-9a-f]{32}-(\d+)", remote_etag)
     if not match:
-        return local_etag(job.path, job.size, job.size, multipart=False)
+        return local_digests(source, job.size, job.size, multipart=False)
     count = int(match.group(1))
     part_size = job.part_size if job.multipart and job.parts == count else None
     if part_size is None:
         part_size = _remote_part_size(client, bucket, job.key)
     if not part_size or part_size < 1 or math.ceil(job.size / part_size) != count:
-        return ""
-    return local_etag(job.path, job.size, part_size, multipart=True)
+        return "", local_digests(source, job.size, max(job.size, 1), multipart=False)[1]
+    return local_digests(source, job.size, part_size, multipart=True)
+
+
+def expected_etag(client: Any, bucket: str, job: Job, remote_etag: str) -> str:
+    """The ETag the local file would have in the remote object's part layout (reads the file)."""
+    return expected_digests(client, bucket, job, remote_etag)[0]
 
 
 # --------------------------------------------------------------------------- remote verification
@@ -135,6 +160,18 @@ def _object_problems(name: str, size: int, sha256: str, etag: str | None, head: 
     return out
 
 
+def _local_small(local: ReleaseDir | None, name: str) -> bytes | None:
+    if local is None:
+        return None
+    f = local.open(name)
+    if f is None:
+        return None
+    try:
+        return f.read_all(SMALL_FILE_LIMIT)
+    finally:
+        f.close()
+
+
 def verify_remote(
     client: Any,
     bucket: str,
@@ -149,15 +186,25 @@ def verify_remote(
 
     The exact expected ETag comes from ``expected_etags`` (e.g. ``report.etags()``),
     else from the local files in ``release_dir`` (the upload's state record, or a
-    re-hash in the remote object's part layout). Without either, an ETag is only
-    checked for its part count: exactly the one ``config`` gives for the size,
-    or (no ``config``) one that some legal part size gives. Raises ChecksumError
-    naming every mismatch.
+    re-hash in the remote object's part layout, which also checks the local file's
+    sha256 against the manifest). Without either, an ETag is only checked for its
+    part count: exactly the one ``config`` gives for the size, or (no ``config``)
+    one that some legal part size gives. SHA256SUMS, manifest.json.sig (when the
+    release has one, or the server does) and manifest.json are compared with the
+    local files. Raises ChecksumError naming every mismatch.
     """
     prefix = normalize_prefix(prefix) or ""
-    local_dir = Path(release_dir) if release_dir is not None else None
-    state_dir = (local_dir or Path()) / STATE_DIR
-    expected_etags = expected_etags or {}
+    with contextlib.ExitStack() as stack:
+        local = stack.enter_context(ReleaseDir(Path(release_dir))) if release_dir is not None else None
+        states = local.state_dir(create=False) if local is not None else None
+        if states is not None:
+            stack.callback(states.close)
+        return _verify(client, bucket, prefix, manifest, local, states, expected_etags or {}, config)
+
+
+def _verify(client: Any, bucket: str, prefix: str, manifest: dict[str, Any], local: ReleaseDir | None,
+            states: StateDir | None, expected_etags: dict[str, str], config: UploadConfig | None
+            ) -> list[RemoteCheck]:
     endpoint = str(client.meta.endpoint_url)
     problems: list[str] = []
     checks: list[RemoteCheck] = []
@@ -170,19 +217,26 @@ def verify_remote(
             return None, [f"{key} (missing)"]
         remote_etag = _clean_etag(head.get("ETag"))
         want: str | None = expected_etags.get(name)
-        path = local_dir / name if local_dir is not None else None
-        if want is None and path is not None and path.is_file() and path.stat().st_size == size:
-            cfg = config or UploadConfig()
-            multipart = size >= cfg.multipart_threshold
-            part_size = cfg.part_size_for(size) if multipart else max(size, 1)
-            job = Job(name, path, key, size, sha, part_size, multipart, path.stat().st_mtime_ns)
-            state = UploadState.load(UploadState.path_for(state_dir, endpoint, bucket, key, name))
-            fields = {"endpoint": endpoint, "bucket": bucket, "key": key}
-            if state and state.data.get("status") == "complete" and state.matches(fields, job.identity()):
-                want = str(state.data["etag"])
-            else:
-                want = expected_etag(client, bucket, job, remote_etag)
-        out = _object_problems(name, size, sha, want, head)
+        out: list[str] = []
+        file = local.open(name) if want is None and local is not None else None
+        if file is not None:
+            try:
+                if file.size == size:
+                    cfg = config or UploadConfig()
+                    multipart = size >= cfg.multipart_threshold
+                    part_size = cfg.part_size_for(size) if multipart else max(size, 1)
+                    job = Job(name, file.path, key, size, sha, part_size, multipart, file.mtime_ns, file)
+                    state = UploadState.load(states, UploadState.name_for(endpoint, bucket, key, name))
+                    fields = {"endpoint": endpoint, "bucket": bucket, "key": key}
+                    if state.data.get("status") == "complete" and state.matches(fields, job.identity()):
+                        want = str(state.data["etag"])
+                    else:
+                        want, local_sha = expected_digests(client, bucket, job, remote_etag)
+                        if local_sha != sha:
+                            out.append(f"the local {name} does not match the manifest")
+            finally:
+                file.close()
+        out.extend(_object_problems(name, size, sha, want, head))
         how = "exact"
         if want is None:
             how = "part-count"
@@ -198,27 +252,29 @@ def verify_remote(
             problems.extend(errs)
             if result is not None and not errs:
                 checks.append(result)
-    for name in (SUMS_NAME, MANIFEST_NAME):
+    for name in (SUMS_NAME, SIGNATURE_NAME, MANIFEST_NAME):
         key = object_key(prefix, name)
         head = head_or_none(client, bucket, key)
+        data = _local_small(local, name)
         if head is None:
-            problems.append(f"{key} (missing)")
+            if name != SIGNATURE_NAME or data is not None:
+                problems.append(f"{key} (missing)")
             continue
         out: list[str] = []
-        local = local_dir / name if local_dir is not None else None
-        if local is not None and local.is_file():
-            data = local.read_bytes()
+        if data is not None:
             md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
             remote_etag = _clean_etag(head.get("ETag"))
             want = expected_etags.get(name) or (md5 if "-" not in remote_etag else None)
             out = _object_problems(name, len(data), hashlib.sha256(data).hexdigest(), want, head)
+        elif name == SIGNATURE_NAME and local is not None:
+            out.append("on the server but not in the local release: publish again with --force")
         if name == MANIFEST_NAME and published_manifest(client, bucket, prefix) != manifest:
             out.append("differs from the local manifest")
         if out:
             problems.append(f"{key} ({'; '.join(out)})")
         else:
             meta = (head.get("Metadata") or {}).get(SHA256_META, "")
-            how = "exact" if local is not None and local.is_file() else "content"
+            how = "exact" if data is not None else "content"
             size = int(head.get("ContentLength", 0))
             checks.append(RemoteCheck(name, key, size, _clean_etag(head.get("ETag")), meta, how))
     if problems:

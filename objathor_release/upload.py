@@ -30,6 +30,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as _dt
+import hashlib
+import json
 import os
 import random
 import sys
@@ -43,9 +45,8 @@ from typing import Any
 
 from .config import UploadConfig, format_size, format_table, parse_size
 from .errors import ChecksumError, InputError, PublishedError, ReleaseError, TransferError, UsageError
-from .fsutil import sha256_file
 from .progress import Progress, progress
-from .remote import _object_problems, expected_etag, published_manifest
+from .remote import SMALL_FILE_LIMIT, _object_problems, expected_digests, published_manifest, read_object
 from .s3 import (
     S3Target,
     cleanup_uploads,
@@ -54,6 +55,7 @@ from .s3 import (
     error_code,
     format_age,
     head_or_none,
+    http_status,
     is_transient,
     make_client,
     normalize_prefix,
@@ -65,10 +67,15 @@ from .s3 import (
 from .upload_state import (
     MANIFEST_NAME,
     SHA256_META,
+    SIGNATURE_NAME,
     STATE_DIR,
     SUMS_NAME,
     Job,
+    LocalFile,
     PartReader,
+    ReleaseDir,
+    SequentialSha256,
+    StateDir,
     UploadState,
     _clean_etag,
     multipart_etag,
@@ -81,6 +88,7 @@ __all__ = [
 
 BACKOFF_BASE = 0.5  # seconds; doubles per attempt, with jitter
 BACKOFF_CAP = 20.0
+FINAL_NAMES = (SUMS_NAME, SIGNATURE_NAME, MANIFEST_NAME)  # uploaded last, in this order
 
 Log = Callable[[str], None]
 
@@ -157,60 +165,135 @@ class UploadReport:
         rate = self.bytes_sent / self.seconds / 1e6 if self.seconds > 0 else 0.0
         return (f"{where}: {counts['uploaded']} uploaded, {counts['resumed']} resumed, {counts['skipped']} "
                 f"skipped; {format_size(self.bytes_sent)} sent in {self.seconds:.1f} s ({rate:.1f} MB/s), "
-                f"{self.part_uploads} part uploads; every object verified (size, ETag, sha256 metadata)")
+                f"{self.part_uploads} part uploads; every object verified (the sha256 of the local bytes "
+                "against manifest.json, then the remote size, ETag and sha256 metadata)")
 
 
 # --------------------------------------------------------------------------- the plan
 
 
-def load_release_manifest(release_dir: Path) -> dict[str, Any]:
-    """Read and validate ``RELEASE_DIR/manifest.json`` (through manifest.load_manifest)."""
-    path = release_dir / MANIFEST_NAME
-    if not path.is_file():
-        raise InputError(f"{path}: not found: run 'objathor-release manifest --release-dir {release_dir}'")
-    from .manifest import load_manifest
+def _parse_manifest(data: bytes, path: Path) -> dict[str, Any]:
+    """The manifest in ``data`` (the bytes that will be uploaded), validated like manifest.load_manifest."""
+    from .manifest import manifest_problems
 
-    manifest: dict[str, Any] = load_manifest(path)
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: cannot be read ({exc}): rebuild it with `objathor-release manifest`") \
+            from None
+    except ValueError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc}): rebuild it with `objathor-release manifest`") \
+            from None
+    problems = manifest_problems(manifest)
+    if problems:
+        raise InputError(f"{path}: field {problems[0]} (see schemas/manifest.schema.json): "
+                         "rebuild it with `objathor-release manifest`")
+    seen: set[str] = set()
+    for art in manifest["artifacts"]:
+        if art["name"] in seen:
+            raise InputError(f"{path}: field artifacts: {art['name']!r} is listed twice: "
+                             "rebuild the manifest")
+        seen.add(art["name"])
+    result: dict[str, Any] = manifest
+    return result
+
+
+def _open_manifest(rd: ReleaseDir) -> tuple[LocalFile, bytes, dict[str, Any]]:
+    path = rd.path / MANIFEST_NAME
+    file = rd.open(MANIFEST_NAME)
+    if file is None:
+        raise InputError(f"{path}: not found: run 'objathor-release manifest --release-dir {rd.path}'")
+    try:
+        data = file.read_all(SMALL_FILE_LIMIT)
+        return file, data, _parse_manifest(data, path)
+    except BaseException:
+        file.close()
+        raise
+
+
+def load_release_manifest(release_dir: Path) -> dict[str, Any]:
+    """Read and validate ``RELEASE_DIR/manifest.json`` (a regular file, never through a symlink)."""
+    with ReleaseDir(release_dir) as rd:
+        file, _, manifest = _open_manifest(rd)
+        file.close()
     return manifest
 
 
 def _check_name(name: str, release_dir: Path) -> None:
     parts = PurePosixPath(name).parts
-    reserved = (MANIFEST_NAME, SUMS_NAME)
-    if not name or name.startswith("/") or ".." in parts or "\\" in name or name in reserved:
+    reserved = (MANIFEST_NAME, SUMS_NAME, SIGNATURE_NAME)
+    if (not name or name.startswith("/") or ".." in parts or "." in name.split("/") or "\\" in name
+            or name in reserved or "\0" in name or parts[0] == STATE_DIR):
         raise InputError(f"{release_dir / MANIFEST_NAME}: artifact name {name!r} is not a relative path "
                          "inside the release dir: rebuild the manifest")
 
 
-def plan_jobs(release_dir: Path, manifest: dict[str, Any], prefix: str, config: UploadConfig,
-              log: Log = _stderr) -> list[Job]:
-    """Every file to upload, artifacts first, then SHA256SUMS and manifest.json; checks local sizes."""
-    jobs = []
-    entries = [(a["name"], int(a["size"]), str(a["sha256"])) for a in manifest["artifacts"]]
-    for name, _, _ in entries:
-        _check_name(name, release_dir)
-    for extra in (SUMS_NAME, MANIFEST_NAME):
-        path = release_dir / extra
-        if not path.is_file():
-            raise InputError(f"{path}: not found: run 'objathor-release manifest' for this release dir")
-        entries.append((extra, path.stat().st_size, sha256_file(path)))
-    for name, size, sha in entries:
-        path = release_dir / name
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            raise InputError(f"{path}: listed in manifest.json but missing: rebuild the release") from None
-        if st.st_size != size:
-            raise InputError(f"{path}: size {st.st_size} does not match manifest.json ({size}): "
-                             "rebuild the release or rerun 'objathor-release manifest'")
+def _check_sums(data: bytes, manifest: dict[str, Any], path: Path) -> None:
+    """SHA256SUMS must list exactly the manifest's artifacts with their sha256 (in any order)."""
+    from .manifest import render_sums
+
+    want = sorted(render_sums({"artifacts": [a]}).rstrip("\n") for a in manifest["artifacts"])
+    try:
+        have = sorted(line.rstrip("\n") for line in data.decode("utf-8").splitlines(keepends=True))
+    except UnicodeDecodeError:
+        have = []
+    if have != want:
+        raise InputError(f"{path}: does not list exactly the artifacts and sha256 of manifest.json: "
+                         f"rerun 'objathor-release manifest --release-dir {path.parent}'")
+
+
+def plan_jobs(rd: ReleaseDir, manifest: dict[str, Any], manifest_file: LocalFile, prefix: str,
+              config: UploadConfig, log: Log = _stderr) -> list[Job]:
+    """Every file to upload, artifacts first, then SHA256SUMS, manifest.json.sig (when the release
+    has one) and manifest.json. Each file is opened here, once (a regular file, no symlink on the
+    way), and its size checked on the open descriptor; the jobs own the descriptors."""
+    jobs: list[Job] = []
+
+    def add(name: str, file: LocalFile, size: int, sha: str) -> None:
         multipart = size >= config.multipart_threshold and size > 0
         part_size = config.part_size_for(size) if multipart else max(size, 1)
         if multipart and part_size != config.chunk_size:
             log(f"{name}: {format_size(size)} would need more than 10,000 parts of "
                 f"{format_size(config.chunk_size)}: using {format_size(part_size)} parts")
-        key = object_key(prefix, name)
-        jobs.append(Job(name, path, key, size, sha, part_size, multipart, st.st_mtime_ns))
+        jobs.append(Job(name, file.path, object_key(prefix, name), size, sha, part_size, multipart,
+                        file.mtime_ns, file))
+
+    try:
+        for art in manifest["artifacts"]:
+            _check_name(art["name"], rd.path)
+        for art in manifest["artifacts"]:
+            name, size, sha = art["name"], int(art["size"]), str(art["sha256"])
+            file = rd.open(name)
+            if file is None:
+                raise InputError(f"{rd.path / name}: listed in manifest.json but missing: "
+                                 "rebuild the release")
+            add(name, file, size, sha)
+            if file.size != size:
+                raise InputError(f"{file.path}: size {file.size} does not match manifest.json ({size}): "
+                                 "rebuild the release or rerun 'objathor-release manifest'")
+        sums = rd.open(SUMS_NAME)
+        if sums is None:
+            raise InputError(f"{rd.path / SUMS_NAME}: not found: run 'objathor-release manifest' for this "
+                             "release dir")
+        data = sums.read_all(SMALL_FILE_LIMIT)
+        add(SUMS_NAME, sums, len(data), hashlib.sha256(data).hexdigest())
+        _check_sums(data, manifest, sums.path)
+        sig = rd.open(SIGNATURE_NAME)
+        if sig is not None:
+            data = sig.read_all(SMALL_FILE_LIMIT)
+            add(SIGNATURE_NAME, sig, len(data), hashlib.sha256(data).hexdigest())
+        data = manifest_file.read_all(SMALL_FILE_LIMIT)
+        add(MANIFEST_NAME, manifest_file, len(data), hashlib.sha256(data).hexdigest())
+    except BaseException:
+        _close_jobs(jobs)
+        raise
     return jobs
+
+
+def _close_jobs(jobs: list[Job]) -> None:
+    for job in jobs:
+        if job.file is not None:
+            job.file.close()
 
 
 # --------------------------------------------------------------------------- errors and retries
@@ -218,6 +301,10 @@ def plan_jobs(release_dir: Path, manifest: dict[str, Any], prefix: str, config: 
 
 class _PartMismatch(Exception):
     """The server's part ETag is not the md5 we sent: retry the part."""
+
+
+class _Exists(ReleaseError):
+    """A conditional create found the key taken (412 PreconditionFailed, 409 ConditionalRequestConflict)."""
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -228,21 +315,32 @@ def _backoff(attempt: int) -> float:
     return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
 
 
+def _raise_if_taken(exc: BaseException) -> None:
+    """Turn a failed precondition of a conditional create into :class:`_Exists`."""
+    code = error_code(exc)
+    if code in ("PreconditionFailed", "ConditionalRequestConflict") or (
+            http_status(exc) in (409, 412) and code not in ("BucketNotEmpty", "OperationAborted")):
+        raise _Exists(code or str(http_status(exc))) from None
+
+
 # --------------------------------------------------------------------------- the uploader
 
 
 class _Uploader:
     """One run of ``upload_release``: shared client, executors, counters and abort flag."""
 
-    def __init__(self, client: Any, bucket: str, release_dir: Path, config: UploadConfig,
-                 part_executor: Executor, log: Log, verbose: bool) -> None:
+    def __init__(self, client: Any, bucket: str, prefix: str, version: str, states: StateDir | None,
+                 config: UploadConfig, part_executor: Executor, log: Log, verbose: bool,
+                 conditional: bool) -> None:
         self.client, self.bucket, self.config = client, bucket, config
+        self.version, self.conditional = version, conditional
+        self.where = f"s3://{bucket}/{prefix + '/' if prefix else ''}"
         self.endpoint = str(client.meta.endpoint_url)
-        self.state_dir = release_dir / STATE_DIR
+        self.states = states
         self.parts_pool, self.log, self.verbose = part_executor, log, verbose
         self.abort = threading.Event()
-        # At most one part per core hashes at a time, so the first parts start sending after one
-        # part's hash time instead of after the whole first wave's.
+        # At most one hashing pass per core at a time (each file's parts are hashed in order, one
+        # after the other, so that the file's sha256 can be computed in the same pass as the md5s).
         self.hash_slots = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
         self.bar: Progress = progress(0, "", enabled=False)
         self._lock = threading.Lock()
@@ -280,55 +378,107 @@ class _Uploader:
         raise AssertionError("unreachable")
 
     def _state(self, job: Job) -> UploadState:
-        path = UploadState.path_for(self.state_dir, self.endpoint, self.bucket, job.key, job.name)
-        return UploadState.load(path) or UploadState(path, {})
+        name = UploadState.name_for(self.endpoint, self.bucket, job.key, job.name)
+        return UploadState.load(self.states, name)
 
     def _target_fields(self, job: Job) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "bucket": self.bucket, "key": job.key}
 
+    def _file(self, job: Job) -> LocalFile:
+        assert job.file is not None, job.name
+        return job.file
+
+    def _changed(self, job: Job, got: str) -> InputError:
+        if job.name in FINAL_NAMES:
+            return InputError(f"{job.path} changed while it was being uploaded (sha256 {got} != {job.sha256} "
+                              "read at the start): nothing was published; run the same command again")
+        return InputError(f"{job.path} changed after manifest.json was written (sha256 {got} != manifest "
+                          f"{job.sha256}): rebuild the release")
+
     # -- classification
 
     def classify(self, job: Job) -> tuple[str, str]:
-        """("new" | "skip" | "conflict", remote ETag or reason) for one job."""
+        """("new" | "skip" | "conflict", remote ETag or reason) for one job.
+
+        "skip" is only given after the local file was read in the remote object's part layout:
+        its sha256 equals the manifest's and its ETag the remote one."""
         head = head_or_none(self.client, self.bucket, job.key)
         if head is None:
             return "new", ""
         etag = _clean_etag(head.get("ETag"))
-        size = int(head.get("ContentLength", -1))
+        size = _int_or(head.get("ContentLength"), -1)
         sha = (head.get("Metadata") or {}).get(SHA256_META, "")
         if size != job.size:
             return "conflict", f"size {size} != local {job.size}"
         if sha != job.sha256:
             return "conflict", "sha256 metadata differs" if sha else "no sha256 metadata"
-        state = self._state(job)
-        if (state.data.get("status") == "complete" and state.data.get("etag") == etag
-                and state.matches(self._target_fields(job), job.identity())):
-            return "skip", etag
-        if expected_etag(self.client, self.bucket, job, etag) == etag:
+        with self.hash_slots:
+            want, local_sha = expected_digests(self.client, self.bucket, job, etag)
+        if local_sha != job.sha256:
+            raise self._changed(job, local_sha)
+        if want and want == etag:
             return "skip", etag
         return "conflict", "ETag differs"
+
+    # -- an object someone else created meanwhile
+
+    def _taken(self, job: Job, etag: str) -> FileResult:
+        """A conditional create found ``job.key`` taken: the same content is success, other content
+        means another upload of this version got there first."""
+        head = head_or_none(self.client, self.bucket, job.key)
+        same = head is not None and not _object_problems(job.name, job.size, job.sha256, etag, head)
+        if same and job.name == MANIFEST_NAME:
+            ours = self._file(job).read_all(SMALL_FILE_LIMIT)
+            same = read_object(self.client, self.bucket, job.key, len(ours)) == ours
+        if not same:
+            if job.name == MANIFEST_NAME:
+                raise PublishedError(
+                    f"another publish of version {self.version} won at {self.where}: its manifest.json "
+                    f"differs from {job.path}: check what was published, then pass --force to overwrite it")
+            raise PublishedError(
+                f"another upload wrote s3://{self.bucket}/{job.key} first, with other content: another "
+                f"publish of version {self.version} is running or ran at {self.where}; nothing was "
+                "published by this run: check the bucket, then pass --force to overwrite")
+        what = "already published, identical" if job.name == MANIFEST_NAME else "already there, identical"
+        self.log(f"{job.name}: {what} (written meanwhile by another upload of the same release)")
+        self.bar.update(job.size)
+        return FileResult(job.name, job.key, job.size, job.sha256, etag, job.parts, job.part_size, "skipped",
+                          multipart=job.multipart)
 
     # -- single PUT
 
     def put(self, job: Job) -> FileResult:
+        import botocore.exceptions as bx
+
         action = f"uploading {job.name} to s3://{self.bucket}/{job.key}"
+        body = PartReader(self._file(job), 0, job.size, str(job.path))
+        sha = hashlib.sha256()
+        with self.hash_slots:
+            md5 = body.md5(sha.update)
+        if sha.hexdigest() != job.sha256:
+            raise self._changed(job, sha.hexdigest())
+        extra = {"IfNoneMatch": "*"} if self.conditional else {}
 
         def attempt() -> str:
-            with open(job.path, "rb", buffering=0) as fh:
-                body = PartReader(fh, 0, job.size, str(job.path))
-                with self.hash_slots:
-                    md5 = body.md5()
-                self._count("put_uploads")
+            body.seek(0)
+            self._count("put_uploads")
+            try:
                 resp = self.client.put_object(
                     Bucket=self.bucket, Key=job.key, Body=body if job.size else b"", ContentLength=job.size,
                     ContentMD5=base64.b64encode(md5).decode(), ContentType=job.content_type,
-                    Metadata={SHA256_META: job.sha256},
+                    Metadata={SHA256_META: job.sha256}, **extra,
                 )
+            except bx.ClientError as exc:
+                _raise_if_taken(exc)
+                raise
             if _clean_etag(resp.get("ETag")) != md5.hex():
                 raise _PartMismatch(f"server ETag {resp.get('ETag')} != local md5 {md5.hex()}")
             return md5.hex()
 
-        etag = self._call(action, attempt)
+        try:
+            etag = self._call(action, attempt)
+        except _Exists:
+            return self._taken(job, md5.hex())
         self._count("bytes_sent", job.size)
         self.bar.update(job.size)
         self.verify_object(job, etag)
@@ -338,14 +488,16 @@ class _Uploader:
 
     # -- multipart
 
-    def _resume(self, job: Job, state: UploadState) -> dict[int, bytes] | None:
-        """Parts of the interrupted upload on the server that match the local file; None: start over."""
+    def _resume(self, job: Job, state: UploadState) -> dict[int, str] | None:
+        """part number -> ETag of the parts of the interrupted upload on the server that can be ours
+        (right size, and the md5 recorded for them, if any, matches); None: start over. Each is read
+        and hashed in its turn later, and kept only if its md5 equals that ETag."""
         import botocore.exceptions as bx
 
         upload_id = state.data.get("upload_id")
         if state.unreadable:
             self.log(f"{job.name}: the resume record {state.path} is unreadable: starting over")
-        if not upload_id:
+        if not upload_id or not isinstance(upload_id, str):
             return None
         if not state.matches(self._target_fields(job), job.identity()):
             self.log(f"{job.name}: the local file or part size changed since the interrupted upload: "
@@ -353,31 +505,35 @@ class _Uploader:
             self._abort_upload(job.key, upload_id)
             return None
         server: dict[int, tuple[str, int]] = {}
+        max_pages = job.parts // 1000 + 10
         try:
             pages = self.client.get_paginator("list_parts").paginate(
                 Bucket=self.bucket, Key=job.key, UploadId=upload_id)
-            for page in pages:
-                for p in page.get("Parts", []):
-                    server[int(p["PartNumber"])] = (_clean_etag(p.get("ETag")), int(p.get("Size", -1)))
+            for i, page in enumerate(pages):
+                if i >= max_pages:
+                    raise TransferError(f"listing the parts of {job.key}: the server sent more than "
+                                        f"{max_pages} pages for an upload of {job.parts} parts: run "
+                                        "'objathor-release cleanup' for this prefix, then run again")
+                for p in page.get("Parts") or []:
+                    with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
+                        server[int(p["PartNumber"])] = (_clean_etag(p.get("ETag")), int(p.get("Size", -1)))
         except bx.ClientError as exc:
             if error_code(exc) in ("NoSuchUpload", "404"):
                 self.log(f"{job.name}: the interrupted upload no longer exists on the server: starting over")
                 return None
             raise client_error(self.client, exc, f"listing the parts of {job.key}", self.bucket) from None
-        except bx.BotoCoreError as exc:
+        except ReleaseError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - botocore, parsing: one clean line
             raise client_error(self.client, exc, f"listing the parts of {job.key}", self.bucket) from None
         known = state.md5s
-        done: dict[int, bytes] = {}
-        with open(job.path, "rb", buffering=0) as fh:
-            for number, (etag, size) in sorted(server.items()):
-                if not 1 <= number <= job.parts:
-                    continue
-                offset, length = job.part_range(number)
-                if size != length:
-                    continue
-                md5 = known.get(number) or PartReader(fh, offset, length, str(job.path)).md5()
-                if etag == md5.hex():
-                    done[number] = md5
+        done: dict[int, str] = {}
+        for number, (etag, size) in sorted(server.items()):
+            if not 1 <= number <= job.parts or size != job.part_range(number)[1]:
+                continue
+            if number in known and known[number].hex() != etag:
+                continue
+            done[number] = etag
         self.log(f"{job.name}: resuming: {len(done)} of {job.parts} parts already on the server")
         return done
 
@@ -385,61 +541,72 @@ class _Uploader:
         with contextlib.suppress(Exception):
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
 
-    def _part(self, job: Job, upload_id: str, number: int, state: UploadState) -> bytes:
+    def _part(self, job: Job, upload_id: str, number: int, state: UploadState, sha: SequentialSha256,
+              on_server: str | None) -> tuple[bytes, bool]:
+        """Hash part ``number`` in its turn (md5 and the file's sha256 in one read); send it unless the
+        server already holds exactly these bytes. (md5, whether it was sent)."""
         offset, length = job.part_range(number)
+        body = PartReader(self._file(job), offset, length, str(job.path))
+        with sha.turn(number, self.abort), self.hash_slots:
+            md5 = body.md5(sha.update)
+        if on_server == md5.hex():
+            state.record_part(number, md5)
+            self.bar.update(length)
+            return md5, False
         action = f"uploading part {number} of {job.parts} of {job.name}"
 
         def attempt() -> bytes:
             if self.abort.is_set():
                 raise TransferError(f"{job.name}: stopped")
-            with open(job.path, "rb", buffering=0) as fh:
-                body = PartReader(fh, offset, length, str(job.path))
-                with self.hash_slots:
-                    md5 = body.md5()
-                self._count("part_uploads")
-                resp = self.client.upload_part(
-                    Bucket=self.bucket, Key=job.key, UploadId=upload_id, PartNumber=number, Body=body,
-                    ContentLength=length, ContentMD5=base64.b64encode(md5).decode(),
-                )
+            body.seek(0)
+            self._count("part_uploads")
+            resp = self.client.upload_part(
+                Bucket=self.bucket, Key=job.key, UploadId=upload_id, PartNumber=number, Body=body,
+                ContentLength=length, ContentMD5=base64.b64encode(md5).decode(),
+            )
             if _clean_etag(resp.get("ETag")) != md5.hex():
                 raise _PartMismatch(f"part ETag {resp.get('ETag')} != local md5 {md5.hex()}")
             return md5
 
-        md5: bytes = self._call(action, attempt)
+        self._call(action, attempt)
         state.record_part(number, md5)
         self._count("bytes_sent", length)
         self.bar.update(length)
         if self.verbose:
             self.log(f"{job.name}: part {number}/{job.parts} ({format_size(length)}) uploaded")
-        return md5
+        return md5, True
 
     def multipart(self, job: Job) -> FileResult:
         state = self._state(job)
-        done = self._resume(job, state)
-        resumed = done is not None and len(done) > 0
-        if done is None:
+        on_server = self._resume(job, state)
+        if on_server is None:
             state.delete()
             create = {"Bucket": self.bucket, "Key": job.key, "ContentType": job.content_type,
                       "Metadata": {SHA256_META: job.sha256}}
             resp = self._call(f"starting the upload of {job.name}",
                               lambda: self.client.create_multipart_upload(**create))
-            state = UploadState(state.path, {**self._target_fields(job), **job.identity(),
-                                             "upload_id": resp["UploadId"], "parts": {},
-                                             "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
+            upload_id = resp.get("UploadId") if isinstance(resp, dict) else None
+            if not upload_id or not isinstance(upload_id, str):
+                raise TransferError(f"starting the upload of {job.name}: {self.endpoint} answered without an "
+                                    "upload id: run the same command again")
+            state = UploadState(state.folder, state.name, {
+                **self._target_fields(job), **job.identity(), "upload_id": upload_id, "parts": {},
+                "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
             state.save()
-            done = {}
-        upload_id: str = state.data["upload_id"]
-        self.bar.update(sum(job.part_range(n)[1] for n in done))
-        todo = [n for n in range(1, job.parts + 1) if n not in done]
-        futures: dict[int, Future[bytes]] = {}
+            on_server = {}
+        upload_id = str(state.data["upload_id"])
+        sha = SequentialSha256(str(job.path))
+        futures: dict[int, Future[tuple[bytes, bool]]] = {}
         slots = threading.BoundedSemaphore(self.config.upload_concurrency)
+        done: dict[int, tuple[bytes, bool]] = {}
         try:
-            for number in todo:
+            for number in range(1, job.parts + 1):
                 slots.acquire()
                 if self.abort.is_set():
                     slots.release()
                     break
-                fut = self.parts_pool.submit(self._part, job, upload_id, number, state)
+                fut = self.parts_pool.submit(self._part, job, upload_id, number, state, sha,
+                                             on_server.get(number))
                 fut.add_done_callback(lambda _f: slots.release())
                 fut.add_done_callback(lambda f: self.abort.set() if f.exception() else None)
                 futures[number] = fut
@@ -453,35 +620,59 @@ class _Uploader:
             state.save()
         if errors:
             first = next((e for e in errors if not str(e).endswith(": stopped")), errors[0])
+            if isinstance(first, InputError):
+                self._abort_upload(job.key, upload_id)
+                state.delete()
             raise first
         if len(done) != job.parts:
             raise TransferError(f"{job.name}: stopped before every part was sent: run the same command again")
-        md5s = [done[n] for n in range(1, job.parts + 1)]
-        etag = self._complete(job, upload_id, md5s)
+        if sha.hexdigest() != job.sha256:
+            self._abort_upload(job.key, upload_id)
+            state.delete()
+            raise self._changed(job, sha.hexdigest())
+        md5s = [done[n][0] for n in range(1, job.parts + 1)]
+        sent = sum(1 for n in done if done[n][1])
+        try:
+            etag = self._complete(job, upload_id, md5s)
+        except _Exists:
+            self._abort_upload(job.key, upload_id)
+            state.delete()
+            return self._taken(job, multipart_etag(md5s))
         self.verify_object(job, etag)
         self._record_complete(job, etag)
-        status = "resumed" if resumed else "uploaded"
+        status = "resumed" if sent < job.parts else "uploaded"
         return FileResult(job.name, job.key, job.size, job.sha256, etag, job.parts, job.part_size, status,
-                          len(todo), len(md5s) - len(todo))
+                          sent, job.parts - sent)
 
     def _complete(self, job: Job, upload_id: str, md5s: list[bytes]) -> str:
         import botocore.exceptions as bx
 
         expected = multipart_etag(md5s)
         parts = [{"PartNumber": n, "ETag": f'"{m.hex()}"'} for n, m in enumerate(md5s, 1)]
+        extra = {"IfNoneMatch": "*"} if self.conditional else {}
 
         def attempt() -> str:
             try:
                 resp = self.client.complete_multipart_upload(
-                    Bucket=self.bucket, Key=job.key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+                    Bucket=self.bucket, Key=job.key, UploadId=upload_id, MultipartUpload={"Parts": parts},
+                    **extra)
                 return _clean_etag(resp.get("ETag"))
             except bx.ClientError as exc:
-                if error_code(exc) != "NoSuchUpload":
+                _raise_if_taken(exc)
+                code = error_code(exc)
+                if code in ("InvalidPart", "InvalidPartOrder"):
+                    self._state(job).delete()
+                    self._abort_upload(job.key, upload_id)
+                    raise TransferError(f"completing the upload of {job.name}: the server lacks parts it "
+                                        f"listed ({code}): run the same command again, it starts over") \
+                        from None
+                if code != "NoSuchUpload":
                     raise
                 # An earlier attempt may have completed it before the connection dropped.
                 head = head_or_none(self.client, self.bucket, job.key)
                 if head is not None and _clean_etag(head.get("ETag")) == expected:
                     return expected
+                self._state(job).delete()
                 raise TransferError(f"{job.name}: the multipart upload vanished before it was completed: "
                                     "run the same command again to start over") from None
 
@@ -489,9 +680,9 @@ class _Uploader:
         if etag != expected:
             with contextlib.suppress(Exception):
                 self.client.delete_object(Bucket=self.bucket, Key=job.key)
-            UploadState(self._state(job).path, {}).delete()
-            raise ChecksumError(f"s3://{self.bucket}/{job.key}: the server's ETag {etag} is not the local "
-                                f"{expected}: the object was deleted; run the same command again")
+            self._state(job).delete()
+            raise ChecksumError(f"s3://{self.bucket}/{job.key}: the server's ETag {etag or '(none)'} is not "
+                                f"the local {expected}: the object was deleted; run the same command again")
         return etag
 
     # -- verification and bookkeeping
@@ -501,7 +692,8 @@ class _Uploader:
         problems = _object_problems(job.name, job.size, job.sha256, etag, head)
         if problems:
             raise ChecksumError(f"s3://{self.bucket}/{job.key}: {'; '.join(problems)} after upload: "
-                                "run the same command again with --force")
+                                "nothing was published; run the same command again (with --force if it "
+                                "says the object differs)")
 
     def _record_complete(self, job: Job, etag: str) -> None:
         state = self._state(job)
@@ -512,6 +704,13 @@ class _Uploader:
         if self.abort.is_set():
             raise TransferError(f"{job.name}: stopped")
         return self.multipart(job) if job.multipart else self.put(job)
+
+
+def _int_or(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
 
 
 def _split_target(target: S3Target | tuple[str, str | None], manifest: dict[str, Any]) -> tuple[str, str]:
@@ -559,63 +758,78 @@ def upload_release(
     log: Log | None = None,
     verbose: bool = False,
 ) -> UploadReport:
-    """Upload a release directory: every artifact of its manifest, then SHA256SUMS and manifest.json.
+    """Upload a release directory: every artifact of its manifest, then SHA256SUMS,
+    manifest.json.sig (when there is one) and manifest.json.
 
     ``executor`` runs the part uploads (it needs ``transfers * upload_concurrency``
     workers for full speed); by default one is made and shut down here.
     Raises PublishedError (without ``force``) when the version is published
-    with other content or an object differs; TransferError when a part still
-    fails after its retries (the run is resumable); ChecksumError when the
-    server's copy does not match.
+    with other content, an object differs, or another upload of the version
+    created an object first; InputError when a file's bytes are not those of
+    the manifest; TransferError when a part still fails after its retries (the
+    run is resumable); ChecksumError when the server's copy does not match.
     """
     log = log or _stderr
     started = time.monotonic()
     release_dir = Path(release_dir)
-    manifest = load_release_manifest(release_dir)
-    bucket, prefix = _split_target(target_or_bucket_and_prefix, manifest)
-    endpoint = str(client.meta.endpoint_url) if client is not None else getattr(
-        target_or_bucket_and_prefix, "endpoint_url", "")
-    report = UploadReport(bucket, prefix, endpoint, dry_run=dry_run)
-    notes: list[str] = []
-    def note(line: str) -> None:
-        notes.append(line)
-        log(line)
+    with contextlib.ExitStack() as stack:
+        rd = stack.enter_context(ReleaseDir(release_dir))
+        manifest_file, _, manifest = _open_manifest(rd)
+        stack.callback(manifest_file.close)
+        bucket, prefix = _split_target(target_or_bucket_and_prefix, manifest)
+        endpoint = str(client.meta.endpoint_url) if client is not None else getattr(
+            target_or_bucket_and_prefix, "endpoint_url", "")
+        report = UploadReport(bucket, prefix, endpoint, dry_run=dry_run)
+        notes: list[str] = []
 
-    jobs = plan_jobs(release_dir, manifest, prefix, config, log=note)
-    report.notes = notes
-    if dry_run:
-        report.results = [FileResult(j.name, j.key, j.size, j.sha256, "", j.parts, j.part_size, "dry-run",
-                                     multipart=j.multipart) for j in jobs]
-        return report
+        def note(line: str) -> None:
+            notes.append(line)
+            log(line)
 
-    own_pool = executor is None
-    pool = executor or ThreadPoolExecutor(max_workers=config.transfers * config.upload_concurrency,
-                                          thread_name_prefix="upload-part")
-    up = _Uploader(client, bucket, release_dir, config, pool, log, verbose)
-    try:
-        report.results = _upload_all(up, jobs, manifest, prefix, force, show_progress)
-    finally:
-        if own_pool:
-            pool.shutdown(wait=True, cancel_futures=True)
+        jobs = plan_jobs(rd, manifest, manifest_file, prefix, config, log=note)
+        stack.callback(_close_jobs, jobs)
+        report.notes = notes
+        if dry_run:
+            report.results = [FileResult(j.name, j.key, j.size, j.sha256, "", j.parts, j.part_size, "dry-run",
+                                         multipart=j.multipart) for j in jobs]
+            return report
+        states = rd.state_dir(create=True)
+        if states is not None:
+            stack.callback(states.close)
+        own_pool = executor is None
+        pool = executor or ThreadPoolExecutor(max_workers=config.transfers * config.upload_concurrency,
+                                              thread_name_prefix="upload-part")
+        up = _Uploader(client, bucket, prefix, str(manifest["version"]), states, config, pool, log, verbose,
+                       conditional=not force)
+        try:
+            report.results = _upload_all(up, jobs, manifest, prefix, force, show_progress)
+        finally:
+            if own_pool:
+                pool.shutdown(wait=True, cancel_futures=True)
     report.part_uploads, report.put_uploads = up.part_uploads, up.put_uploads
     report.bytes_sent = up.bytes_sent
     report.seconds = time.monotonic() - started
     return report
 
 
+def _unpublish(up: _Uploader, prefix: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        try:
+            up.client.delete_object(Bucket=up.bucket, Key=object_key(prefix, name))
+        except Exception as exc:  # noqa: BLE001 - mapped to one clean line
+            raise client_error(up.client, exc, f"unpublishing {up.where}", up.bucket) from None
+
+
 def _upload_all(up: _Uploader, jobs: list[Job], manifest: dict[str, Any], prefix: str, force: bool,
                 show_progress: bool) -> list[FileResult]:
-    where = f"s3://{up.bucket}/{prefix + '/' if prefix else ''}"
+    where = up.where
     remote_manifest = published_manifest(up.client, up.bucket, prefix)
     if remote_manifest is not None and remote_manifest != manifest:
         if not force:
             raise PublishedError(f"version {manifest.get('version')} is already published at {where} with a "
                                  "different manifest.json: pass --force to replace it")
         up.log(f"{where}: replacing a published version (--force): removing its manifest.json first")
-        try:
-            up.client.delete_object(Bucket=up.bucket, Key=object_key(prefix, MANIFEST_NAME))
-        except Exception as exc:  # noqa: BLE001 - mapped to one clean line
-            raise client_error(up.client, exc, f"unpublishing {where}", up.bucket) from None
+        _unpublish(up, prefix, (MANIFEST_NAME, SIGNATURE_NAME))
 
     decisions = _run_parallel(up.classify, jobs, max(up.config.transfers, 8), up.abort)
     conflicts = [f"{j.key} ({why})" for j, (kind, why) in zip(jobs, decisions, strict=True)
@@ -633,14 +847,16 @@ def _upload_all(up: _Uploader, jobs: list[Job], manifest: dict[str, Any], prefix
                 up.log(f"{job.name}: already on the server with the same content: skipped")
         else:
             todo.append(job)
-    artifacts = [j for j in todo if j.name not in (SUMS_NAME, MANIFEST_NAME)]
-    finals = [j for j in todo if j.name in (SUMS_NAME, MANIFEST_NAME)]
+    artifacts = [j for j in todo if j.name not in FINAL_NAMES]
+    finals = [j for j in todo if j.name in FINAL_NAMES]
     total = sum(j.size for j in todo)
     with progress(total, f"upload {where}", enabled=show_progress and total > 0) as bar:
         up.bar = bar
         for r in _run_parallel(up.upload, artifacts, up.config.transfers, up.abort):
             results[r.name] = r
-        for job in finals:  # SHA256SUMS, then manifest.json: published only when all else is there
+        # SHA256SUMS, manifest.json.sig, then manifest.json, created only if absent (unless --force):
+        # the version is published only when all else is there, and by one publisher only.
+        for job in finals:
             results[job.name] = up.upload(job)
     return [results[j.name] for j in jobs]
 

@@ -352,11 +352,23 @@ class _Downloader:
                 raise TransferError(f"{url} returned a {ctype} page instead of {kind} data: check --base-url "
                                     "and --version (a proxy, captive portal or error page may be answering)")
             if expected is not None and info.size is not None and info.size != expected:
+                self.sniff_remote(url, kind, info.size)
                 raise ChecksumError(f"{url} is {info.size} bytes on the server but manifest.json says "
                                     f"{expected}: the upload is incomplete or stale; tell the publisher")
             if need is not None and info.size is not None:
                 self.check_space(url, need(info))
         return check
+
+    def sniff_remote(self, url: str, kind: str, size: int) -> None:
+        """When the server's size is not the manifest's: is it an error page? (its first bytes say)."""
+        label = {"tar": "a tar", "gzip": "gzip data"}.get(kind)
+        if label is None or size <= 0:
+            return
+        try:
+            head = b"".join(self.http.stream(url, start=0, end=min(size, 512) - 1))
+        except TransferError:
+            return  # the size mismatch is the error to report
+        _sniff_page(url, head, label)
 
     def check_space(self, url: str, needed: int) -> None:
         self.needed = needed
@@ -570,13 +582,21 @@ class _Downloader:
 
         def reader() -> None:
             nonlocal total
+            head: bytearray | None = bytearray()  # the first block, held back until it is sniffed
             try:
                 for data in self.http.stream(url, on_open=check, stop=stop):
-                    if total == 0:
-                        _sniff_page(url, data)
                     digest.update(data)
                     total += len(data)
+                    if head is not None:
+                        head += data
+                        if len(head) < 512:
+                            continue
+                        _sniff_page(url, bytes(head))
+                        data, head = bytes(head), None
                     put(data)
+                if head:
+                    _sniff_page(url, bytes(head))
+                    put(bytes(head))
                 put(end)
             except BaseException as exc:  # handed to the main thread, which raises it
                 put(exc)

@@ -639,18 +639,23 @@ def download_file(http: Http, url: str, target: Path, *, check: Callable[[Info],
     disk removes the ``.part`` (and its state) and raises :class:`DiskFullError`.
     """
     part, state_path = part_paths(target)
-    size: int | None = None
+    sizes: list[int] = []
+
+    def checked(info: Info) -> None:
+        if info.size is not None:
+            sizes.append(info.size)
+        if check is not None:
+            check(info)
+
     try:
-        return _download_file(http, url, target, check, bar)
+        return _download_file(http, url, target, checked, bar)
     except OSError as exc:
         if not is_disk_full(exc):
             raise
-        with contextlib.suppress(OSError):
-            size = part.stat().st_size
         for p in (part, state_path):
             with contextlib.suppress(OSError):
                 p.unlink()
-        raise disk_full(target.parent, size) from None
+        raise disk_full(target.parent, sizes[0] if sizes else None) from None
 
 
 def _download_file(http: Http, url: str, target: Path, check: Callable[[Info], None] | None,

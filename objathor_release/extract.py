@@ -75,9 +75,8 @@ _REFUSED_TYPES = {
     b"V": "a volume header", b"M": "a multi-volume continuation", b"D": "a GNU dump directory",
 }
 _MODE_CLEAR = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWGRP | stat.S_IWOTH
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
-_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW  # POSIX only, like dir_fd
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _OCTAL = re.compile(rb"[0-7]*")
 _PAX_SIZE = re.compile(rb"[0-9]{1,19}")
@@ -335,8 +334,8 @@ class TarStreamExtractor:
             return DiskFullError(f"{self.source}: the disk is full: writing {where} failed{size}; free space "
                                  "and run the command again, parts already downloaded are kept")
         return InputError(f"{self.source}: cannot extract member {self._path!r} to {where}: "
-                          f"{exc.strerror or exc}; the archive does not fit this folder's filesystem or "
-                          "the folder is not writable; nothing was left behind")
+                          f"{exc.strerror or exc}; the archive's names do not suit this filesystem, or "
+                          "the folder is not writable")
 
     # ------------------------------------------------------------------ headers
 

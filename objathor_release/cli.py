@@ -404,9 +404,9 @@ def _run_registry(args: argparse.Namespace) -> int:
 
 def _add_keygen(sub: Any) -> None:
     p = sub.add_parser("keygen", help="make an Ed25519 key pair for signing releases",
-                       description="Write a new private key to FILE (mode 0600; base64 of the raw 32-byte "
-                       "key, the format $OBJATHOR_SIGNING_KEY takes) and its public key to FILE.pub, and "
-                       "print the public key.")
+                       description="Write a new private key to FILE (mode 0600, PEM: what "
+                       "$OBJATHOR_SIGNING_KEY takes) and its public key to FILE.pub (base64: what "
+                       "--trusted-key takes), and print the public key.")
     p.add_argument("--output", required=True, metavar="FILE", help="where to write the private key")
     p.add_argument("--force", action="store_true", help="replace existing key files")
     p.set_defaults(func=_run_keygen)

@@ -2,11 +2,11 @@
 
 Formats (all plain text but the signature):
 
-- private key (``OBJATHOR_SIGNING_KEY``, the file ``keygen`` writes): base64 of
-  the raw 32-byte Ed25519 private key, one line. Also accepted: base64 of 64
+- private key (``OBJATHOR_SIGNING_KEY``): an unencrypted PEM ``PRIVATE KEY``
+  block, as ``keygen`` and ``openssl genpkey -algorithm ed25519`` write it, or
+  base64 of the raw 32-byte Ed25519 private key (one line), or base64 of 64
   bytes (private key then public key, the NaCl/libsodium layout; the public
-  half must match) and an unencrypted PEM ``PRIVATE KEY`` block such as
-  ``openssl genpkey -algorithm ed25519`` writes.
+  half must match).
 - public key (``--trusted-key``, ``trusted_keys.txt``, ``keygen``'s ``FILE.pub``):
   base64 of the raw 32-byte public key, or a PEM ``PUBLIC KEY`` block in a file.
 - signature (``manifest.json.sig``): the raw 64-byte Ed25519 signature of the
@@ -40,8 +40,8 @@ SIGNATURE_SIZE = 64
 KEY_SIZE = 32
 KEY_FILE_LIMIT = 64 * 1024
 _PEM = "-----BEGIN "
-_PRIVATE_FORMAT = ("expected base64 of the raw 32-byte key as 'objathor-release keygen' writes it, or an "
-                   "unencrypted PEM PRIVATE KEY block")
+_PRIVATE_FORMAT = ("expected an unencrypted PEM PRIVATE KEY block as 'objathor-release keygen' writes it, "
+                   "or base64 of the raw 32-byte key")
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,8 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def keygen(output: str | Path, *, force: bool = False) -> KeyId:
-    """Make a key pair: ``output`` gets the private key (mode 0600), ``output.pub`` the public key."""
+    """Make a key pair: ``output`` gets the private key as PEM (mode 0600), ``output.pub`` the public key
+    as base64 of its 32 raw bytes (what ``--trusted-key`` and trusted_keys.txt take)."""
     path = Path(output)
     pub = path.with_name(path.name + ".pub")
     for target in (path, pub):
@@ -241,11 +242,11 @@ def keygen(output: str | Path, *, force: bool = False) -> KeyId:
     if not path.parent.is_dir():
         raise UsageError(f"{path.parent}: no such directory for --output")
     key = Ed25519PrivateKey.generate()
-    raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     signer = SigningKey(key)
     try:
-        _write_private(path, base64.b64encode(raw) + b"\n")
+        _write_private(path, pem)
         with atomic_write(pub) as fh:
             fh.write((signer.key_id.public_key + "\n").encode())
     except OSError as exc:

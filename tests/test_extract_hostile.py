@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from objathor_release.errors import DiskFullError, InputError, ReleaseError
-from objathor_release.extract import TarStreamExtractor, UnsafeMemberError
+from objathor_release.extract import TarStreamExtractor, UnsafeMemberError, expected_members
 from tests.conftest import run_cli
 from tests.download_nginx import Nginx
 from tests.hostile_tars import (
@@ -470,3 +470,27 @@ def test_hostile_tar_through_nginx_and_the_cli(web: Nginx, tmp_path: Path, case:
     assert not list(dest.rglob("*staging*"))
     assert_contained(jail, dest)
     assert jail.snapshot() == before
+
+
+# ---------------------------------------------------------------------- the manifest's member list
+
+MALFORMED_MEMBERS: list[object] = [
+    [{"size": 1, "sha256": "0" * 64}],  # no path
+    [{"path": "assets/a", "size": "1", "sha256": "0" * 64}],  # size as text
+    [{"path": "assets/a", "size": -1, "sha256": "0" * 64}],
+    [{"path": "assets/a", "size": True, "sha256": "0" * 64}],
+    [{"path": "assets/a", "size": 1, "sha256": "xyz"}],
+    [{"path": "assets/a", "size": 1, "sha256": "0" * 64, "offset": 1.5}],
+    [["assets/a", 1, "0" * 64]],
+    ["assets/a"],
+    [None],
+]
+
+
+@pytest.mark.parametrize("members", MALFORMED_MEMBERS, ids=range(len(MALFORMED_MEMBERS)))
+def test_a_malformed_member_list_is_one_line(members: object) -> None:
+    with pytest.raises(InputError, match=r"^manifest.json: member #0 of an artifact is malformed") as err:
+        expected_members(members)  # type: ignore[arg-type]
+    assert "\n" not in str(err.value)
+    good = expected_members([{"path": "assets/a", "size": 1, "sha256": "AB" * 32, "offset": 512}])
+    assert good["assets/a"].sha256 == "ab" * 32 and good["assets/a"].offset == 512

@@ -57,6 +57,7 @@ DEFAULT_MAX_SIZE = 64 * MiB  # per file, decompressed; real annotations are a fe
 MAX_DEPTH = 64  # JSON nesting; real annotations and thor metadata nest 4 deep
 MAX_TAR_MEMBERS = 10_000  # in one per-asset <uid>.tar
 MAX_ERRORS = 20  # schema errors listed per asset
+GUNZIP_CHUNK = 256 * 1024
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -184,11 +185,14 @@ def _unreadable(exc: OSError) -> str:
 EMPTY = "empty file: re-run objathor's annotation step for this asset, or remove it"
 
 
-def _gunzip(fh: BinaryIO, limit: int, label: str) -> bytes:
-    """Decompress at most ``limit`` bytes (memory stays within it); _Bad when more, or not gzip."""
+def _gunzip(fh: BinaryIO, limit: int, label: str) -> bytearray:
+    """Decompress at most ``limit`` bytes, a chunk at a time (memory stays within the limit and a
+    chunk); _Bad when there is more, or it is not gzip."""
+    data = bytearray()
     try:
         with gzip.GzipFile(fileobj=fh, mode="rb") as gz:
-            data = gz.read(limit + 1)
+            while len(data) <= limit and (chunk := gz.read(min(GUNZIP_CHUNK, limit + 1 - len(data)))):
+                data += chunk
     except gzip.BadGzipFile:
         raise _Bad(label, "not a gzip file: it must be gzip-compressed JSON") from None
     except EOFError:
@@ -220,7 +224,7 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def parse_json(data: bytes, label: str) -> Any:
+def parse_json(data: bytes | bytearray, label: str) -> Any:
     """Strict JSON: UTF-8, no NaN/Infinity or out-of-range numbers, no duplicate keys, at most
     MAX_DEPTH levels of nesting. Raises _Bad naming ``label``."""
     try:
@@ -249,7 +253,7 @@ def _choose(src: _Source) -> tuple[str, bool]:
     return src.tar, True
 
 
-def _read_file(dfd: int, name: str, label: str, limit: int, gz: bool) -> bytes | None:
+def _read_file(dfd: int, name: str, label: str, limit: int, gz: bool) -> bytes | bytearray | None:
     """One file of an open asset folder (None if missing), decompressed when ``gz``, within ``limit``."""
     try:
         fh = open_regular(name, dir_fd=dfd)
@@ -271,7 +275,7 @@ def _read_file(dfd: int, name: str, label: str, limit: int, gz: bool) -> bytes |
     return data
 
 
-def _read_folder(folder: str, limit: int) -> tuple[bytes | None, bytes | None]:
+def _read_folder(folder: str, limit: int) -> tuple[bytes | bytearray | None, bytes | bytearray | None]:
     """(decompressed annotation or None if missing, thor_metadata bytes or None if missing)."""
     try:
         dfd = os.open(folder, _OPEN_DIR)
@@ -286,10 +290,10 @@ def _read_folder(folder: str, limit: int) -> tuple[bytes | None, bytes | None]:
         os.close(dfd)
 
 
-def _read_tar(uid: str, path: str, limit: int) -> tuple[bytes | None, bytes | None]:
+def _read_tar(uid: str, path: str, limit: int) -> tuple[bytes | bytearray | None, bytes | bytearray | None]:
     """(decompressed annotation or None, thor_metadata bytes or None) from a per-asset tar."""
     wanted = {f"{uid}/{ANNOTATION}": ANNOTATION, f"{uid}/{THOR_METADATA}": THOR_METADATA}
-    found: dict[str, bytes] = {}
+    found: dict[str, bytes | bytearray] = {}
     try:
         fh = open_regular(path)
     except OSError as exc:
@@ -334,21 +338,21 @@ def _load(src: _Source, limit: int) -> tuple[str, bytes | None, list[Problem]]:
         raw, meta_raw = _read_tar(uid, label, limit)
     else:
         raw, meta_raw = _read_folder(os.path.dirname(label), limit)
+    ann_label = f"{label}:{uid}/{ANNOTATION}" if is_tar else label
     if raw is None:
-        missing = f"{label}:{uid}/{ANNOTATION}" if is_tar else label
-        raise _Bad(missing, f"missing {ANNOTATION}: re-run objathor's annotation step for this asset, "
+        raise _Bad(ann_label, f"missing {ANNOTATION}: re-run objathor's annotation step for this asset, "
                    "or remove it from the assets directory")
-    ann = parse_json(raw, label)
+    ann = parse_json(raw, ann_label)
     if type(ann) is not dict:
-        raise _Bad(label, f"must be a JSON object, not {_json_kind(ann)}")
+        raise _Bad(ann_label, f"must be a JSON object, not {_json_kind(ann)}")
     errors = itertools.islice(schema_validator("annotation").iter_errors(ann), MAX_ERRORS + 1)
-    problems = [Problem(uid, label, err.json_path, _short(err.message)) for err in errors]
+    problems = [Problem(uid, ann_label, err.json_path, _short(err.message)) for err in errors]
     if len(problems) > MAX_ERRORS:
-        problems[MAX_ERRORS:] = [Problem(uid, label, "$", f"more than {MAX_ERRORS} problems: only the "
+        problems[MAX_ERRORS:] = [Problem(uid, ann_label, "$", f"more than {MAX_ERRORS} problems: only the "
                                          "first are listed")]
     if isinstance(ann.get("uid"), str) and ann["uid"] != uid:
-        problems.append(Problem(uid, label, "$.uid", f"uid {ann['uid'][:64]!r} differs from its folder name "
-                                f"{uid!r}: fix the uid or rename the folder"))
+        problems.append(Problem(uid, ann_label, "$.uid", f"uid {ann['uid'][:64]!r} differs from its folder "
+                                f"name {uid!r}: fix the uid or rename the folder"))
     thor: Any = {}
     if meta_raw is not None:
         folder = os.path.dirname(label)

@@ -861,7 +861,7 @@ def iter_headers(r: TarReader) -> Iterator[TarHeader]:
             try:
                 info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
             except (tarfile.HeaderError, ValueError) as exc:
-                raise _bad(f"bad header: {exc}", start) from None
+                raise TarFormatError(f"not a valid tar archive (bad header at byte {start}: {exc})") from None
             size = info.size
             if "size" in pax:
                 if not _DIGITS.fullmatch(pax["size"]):

@@ -173,6 +173,11 @@ def _utf8(raw: bytes, what: str) -> str:
         raise _Corrupt(f"its {what} {raw[:200]!r} is not UTF-8") from None
 
 
+def _shown(text: str) -> str:
+    """``text`` for a one-line message: control characters (a newline, a terminal escape) escaped."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def _text(field: bytes) -> bytes:
     return field.split(b"\0", 1)[0]
 
@@ -312,7 +317,8 @@ class TarStreamExtractor:
             if self.expect:
                 missing = sorted(self.expect)
                 raise ChecksumError(f"{self.source} lacks {len(missing)} member(s) listed in manifest.json, "
-                                    f"e.g. {missing[0]}: the release is incomplete; tell its publisher")
+                                    f"e.g. {_shown(missing[0])}: the release is incomplete; tell its "
+                                    "publisher")
         finally:
             self.close()
         self.finished = True
@@ -328,7 +334,7 @@ class TarStreamExtractor:
                     os.close(fd)
 
     def _os_error(self, exc: OSError) -> InputError | DiskFullError:
-        where = os.path.join(self._dest_str, self._path) if self._path else self._dest_str
+        where = _shown(os.path.join(self._dest_str, self._path) if self._path else self._dest_str)
         if exc.errno in _DISK_FULL:
             size = f" (the member is {self._data_size} bytes)" if self._data_size else ""
             return DiskFullError(f"{self.source}: the disk is full: writing {where} failed{size}; free space "
@@ -446,8 +452,8 @@ class TarStreamExtractor:
             digest, exp = self._hash.hexdigest(), self._expected
             self._hash = self._expected = None
             if digest != exp.sha256:
-                raise ChecksumError(f"{self.source}: {self._path} has sha256:{digest}, manifest.json says "
-                                    f"sha256:{exp.sha256}: the download is corrupt")
+                raise ChecksumError(f"{self.source}: {_shown(self._path)} has sha256:{digest}, manifest.json "
+                                    f"says sha256:{exp.sha256}: the download is corrupt")
 
     # ------------------------------------------------------------------ placing members
 
@@ -523,7 +529,8 @@ class TarStreamExtractor:
             return os.open(name, _DIR_FLAGS, dir_fd=parent)
         except OSError as exc:
             if exc.errno in (errno.ENOTDIR, errno.ELOOP):
-                raise self._refuse(member, f"{path} is already a file or a link, not a folder") from None
+                why = f"{_shown(path)} is already a file or a link, not a folder"
+                raise self._refuse(member, why) from None
             raise
 
     def _make_room(self, parent: int, name: str, member: str) -> None:
@@ -550,13 +557,13 @@ class TarStreamExtractor:
         assert self.expect is not None
         exp = self.expect.pop(path, None)
         if exp is None:
-            raise ChecksumError(f"{self.source}: member {path} is not listed in manifest.json (or is "
+            raise ChecksumError(f"{self.source}: member {_shown(path)} is not listed in manifest.json (or is "
                                 "listed once but appears twice): manifest and archive disagree")
         if size != exp.size:
-            raise ChecksumError(f"{self.source}: {path} is {size} bytes, manifest.json says "
+            raise ChecksumError(f"{self.source}: {_shown(path)} is {size} bytes, manifest.json says "
                                 f"{exp.size}: the download is corrupt")
         if exp.offset is not None and exp.offset != data_offset:
-            raise ChecksumError(f"{self.source}: {path} starts at byte {data_offset}, "
+            raise ChecksumError(f"{self.source}: {_shown(path)} starts at byte {data_offset}, "
                                 f"manifest.json says {exp.offset}: manifest and archive disagree")
         return exp
 

@@ -9,6 +9,7 @@ that the staging folder is gone.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import stat
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from objathor_release.errors import DiskFullError, InputError, ReleaseError
-from objathor_release.extract import TarStreamExtractor, UnsafeMemberError, expected_members
+from objathor_release.errors import ChecksumError, DiskFullError, InputError, ReleaseError
+from objathor_release.extract import ExpectedMember, TarStreamExtractor, UnsafeMemberError, expected_members
 from tests.conftest import run_cli
 from tests.download_nginx import Nginx
 from tests.hostile_tars import (
@@ -109,18 +110,18 @@ def extract(dest: Path, data: bytes, rng: random.Random | None = None, largest: 
 
 
 def refused(jail: Jail, data: bytes, match: str, kind: type[ReleaseError] = InputError,
-            dest: Path | None = None, planted: Path | None = None) -> str:
+            dest: Path | None = None, planted: Path | None = None, **kwargs: object) -> str:
     """Extract ``data`` whole and in random pieces; each time it must fail with ``kind`` and ``match``."""
     message = ""
     for rng, largest in CHUNKINGS:
         target = dest if dest is not None else jail.fresh_dest()
         fds = open_fds()
         with pytest.raises(kind) as err:
-            extract(target, data, rng, largest)
+            extract(target, data, rng, largest, **kwargs)
         message = str(err.value)
         assert "\n" not in message and message.startswith(SOURCE), message
         assert match in message, message
-        assert err.value.exit_code == (1 if issubclass(kind, DiskFullError) else 2)
+        assert err.value.exit_code == kind.exit_code
         assert open_fds() == fds, "the extractor left descriptors open"
         assert_contained(jail, target, planted)
     return message
@@ -361,6 +362,30 @@ NAME_CASES = {
 def test_bad_names(jail: Jail, case: str) -> None:
     members, match = NAME_CASES[case]
     refused(jail, tar(*members), match)
+
+
+CONTROL_CASES = {  # names with a newline or a terminal escape still give one line, escaped
+    "a refused link": ([symlink("assets/u1/\nx\x1b[2J", "..")], "refused member 'assets/u1/\\nx\\x1b[2J'"),
+    "a name too long": ([pax({"path": "assets/u1/\n" + "n" * 300}), file("assets/u1/x")],
+                        "to " + "{dest}" + "/assets/u1/\\nnnn"),
+    "a file where a folder is": ([file("assets/u1/new\nline"), file("assets/u1/new\nline/x")],
+                                 "assets/u1/new\\nline is already a file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONTROL_CASES))
+def test_control_characters_in_names_stay_on_one_line(jail: Jail, case: str) -> None:
+    members, match = CONTROL_CASES[case]
+    dest = jail.fresh_dest()
+    refused(jail, tar(*members), match.replace("{dest}", str(dest)), dest=dest)
+
+
+def test_control_characters_in_manifest_messages_stay_on_one_line(jail: Jail) -> None:
+    expect = {"assets/u1/a.jpg": ExpectedMember(4, hashlib.sha256(b"jpeg").hexdigest())}
+    refused(jail, tar(file("assets/u1/b\n\x1b]0;x\x07.jpg")), "member assets/u1/b\\n\\x1b]0;x\\x07.jpg is not listed",
+            ChecksumError, expect=expect)
+    refused(jail, tar(), "lacks 1 member(s) listed in manifest.json, e.g. assets/u1/\\r.jpg", ChecksumError,
+            expect={**expect, "assets/u1/\r.jpg": ExpectedMember(1, "0" * 64)})
 
 
 # ---------------------------------------------------------------------- what must still work

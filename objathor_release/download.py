@@ -349,8 +349,9 @@ class _Downloader:
         def check(info: Info) -> None:
             ctype = info.content_type
             if _is_page_type(ctype, kind):
-                raise TransferError(f"{url} returned a {ctype} page instead of {kind} data: check --base-url "
-                                    "and --version (a proxy, captive portal or error page may be answering)")
+                raise TransferError(f"{url} returned a page of type {ctype} instead of {kind} data: check "
+                                    "--base-url and --version (a proxy, captive portal or error page may be "
+                                    "answering)")
             if expected is not None and info.size is not None and info.size != expected:
                 self.sniff_remote(url, kind, info.size)
                 raise ChecksumError(f"{url} is {info.size} bytes on the server but manifest.json says "
@@ -774,8 +775,8 @@ def _load_manifest(http: Http, source: Source, version: str) -> dict[str, Any] |
 
     def check(info: Info) -> None:
         if _is_page_type(info.content_type, "json"):
-            raise TransferError(f"{url} returned a {info.content_type} page instead of JSON: check "
-                                "--base-url and --version")
+            raise TransferError(f"{url} returned a page of type {info.content_type} instead of JSON: "
+                                "check --base-url and --version")
     try:
         data, _ = http.fetch_bytes(url, limit=MANIFEST_LIMIT, check=check)
     except NotFound:  # only a 404: an older version without one (401/403/5xx are errors, never "none")

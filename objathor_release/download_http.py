@@ -189,6 +189,10 @@ class _Meter:
         self.started = time.monotonic()
         self.got = 0
 
+    def pause(self, seconds: float) -> None:
+        """Leave out time the consumer held the bytes (a slow disk is not a slow server)."""
+        self.started += seconds
+
     def add(self, n: int) -> None:
         self.got += n
         if not self.rate:
@@ -434,15 +438,16 @@ class Http:
     # ------------------------------------------------------------------ streaming with resume
 
     def stream(self, url: str, *, start: int = 0, end: int | None = None, validator: str | None = None,
-               on_open: Callable[[Info], None] | None = None,
-               stop: threading.Event | None = None) -> Iterator[bytes]:
+               on_open: Callable[[Info], None] | None = None, stop: threading.Event | None = None,
+               size: int | None = None) -> Iterator[bytes]:
         """Yield the bytes of ``url`` from ``start`` to ``end`` (inclusive) in ``read_size`` pieces.
 
         A cut connection, a too slow transfer or a retryable status reopens at
         the next byte with Range and If-Range; failures in a row without
         ``progress_bytes`` between them are bounded by ``attempts``. ``on_open``
         sees the first response's Info (to check its type and size before any
-        byte is used). Never yields a byte past ``end``.
+        byte is used). Never yields a byte past ``end``. ``size``, when known, is
+        the file's full size: a 206 announcing another total means it changed.
         """
         pos = start
         failures = 0
@@ -459,7 +464,7 @@ class Http:
                     if resp is None:
                         resp = self.request(url, start=pos, end=end, validator=validator)
                         meter.reset()
-                        skip = _check_range(url, resp, pos, validator, info.size if info else None)
+                        skip = _check_range(url, resp, pos, validator, info.size if info else size)
                         if info is None:
                             info = _info(url, resp)
                             validator = validator or info.validator
@@ -484,7 +489,9 @@ class Http:
                     self._failed(url, exc, failures)
                     continue
                 pos += len(data)
+                handed = time.monotonic()
                 yield data
+                meter.pause(time.monotonic() - handed)
         finally:
             if resp is not None:
                 _discard(resp)
@@ -733,7 +740,8 @@ def _parallel(http: Http, url: str, part: Path, state_path: Path, state: _PartSt
         end = min(start + piece, size) - 1
         pos = _copy_body(http, resp, fd, start, end, bar) if resp is not None else start
         if pos <= end:
-            for data in http.stream(url, start=pos, end=end, validator=state.validator, stop=stop):
+            for data in http.stream(url, start=pos, end=end, validator=state.validator, stop=stop,
+                                    size=size):
                 _pwrite_all(fd, data, pos)
                 pos += len(data)
                 if bar is not None:
@@ -817,7 +825,7 @@ def _sequential(http: Http, url: str, part: Path, resp: urllib3.BaseHTTPResponse
         pos = _copy_body(http, resp, fh.fileno(), 0, (info.size or 1 << 62) - 1, bar)
         if info.size is None or pos < info.size:
             for data in http.stream(url, start=pos, end=None if info.size is None else info.size - 1,
-                                    validator=info.validator):
+                                    validator=info.validator, size=info.size):
                 _pwrite_all(fh.fileno(), data, pos)
                 pos += len(data)
                 if bar is not None:

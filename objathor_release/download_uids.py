@@ -94,7 +94,7 @@ def fetch_uids(d: _Downloader, uids: Sequence[str]) -> PartResult:
         members = sorted(by_uid[uid], key=lambda m: m["offset"])
         for attempt in (1, 2):
             try:
-                write_members(d.http, url, info.validator, members, staging, bar, stop=stop)
+                write_members(d.http, url, info.validator, members, staging, bar, stop=stop, size=info.size)
                 break
             except ChecksumError as exc:
                 _remove(staging / uid)
@@ -128,11 +128,13 @@ def fetch_uids(d: _Downloader, uids: Sequence[str]) -> PartResult:
 
 
 def write_members(http: Http, url: str, validator: str | None, members: list[dict[str, Any]],
-                  staging: Path, bar: Progress, *, stop: threading.Event | None = None) -> None:
+                  staging: Path, bar: Progress, *, stop: threading.Event | None = None,
+                  size: int | None = None) -> None:
     """Stream the byte range holding ``members`` (sorted by offset) into files under ``staging``.
 
     Paths drop the tar's top-level folder: ``assets/<uid>/x`` lands in
-    ``staging/<uid>/x``. Returns early, with files incomplete, once ``stop`` is set.
+    ``staging/<uid>/x``. Returns early, with files incomplete, once ``stop`` is set. ``size``
+    is the tar's size on the server (a range announcing another total is refused).
     """
     for m in members:
         if m["size"] == 0:
@@ -145,7 +147,7 @@ def write_members(http: Http, url: str, validator: str | None, members: list[dic
     end = data_members[-1]["offset"] + data_members[-1]["size"] - 1
     k, pos, fd, h = 0, start, -1, hashlib.sha256()
     try:
-        for data in http.stream(url, start=start, end=end, validator=validator, stop=stop):
+        for data in http.stream(url, start=start, end=end, validator=validator, stop=stop, size=size):
             view = memoryview(data)
             i = 0
             while i < len(view) and k < len(data_members):

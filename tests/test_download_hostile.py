@@ -27,8 +27,9 @@ import pytest
 from objathor_release import download as download_module
 from objathor_release.cli import main
 from objathor_release.download_http import Http, HttpConfig, _redirect_target
-from objathor_release.errors import InputError
+from objathor_release.errors import InputError, TransferError
 from objathor_release.sample import make_sample_dataset
+from tests.conftest import run_cli
 from tests.download_nginx import Nginx
 from tests.download_release import Release, build_release, expected_tree, tree
 from tests.hostile_http import HostileServer, Script
@@ -202,6 +203,45 @@ def test_a_slow_but_steady_server_is_not_cut_off(server: HostileServer, release:
     assert (dest / V / "annotations.json.gz").read_bytes() == (release.vdir / "annotations.json.gz").read_bytes()
 
 
+def test_a_read_timeout_alone_does_not_stop_a_drip(server: HostileServer) -> None:
+    """Each recv returns within the read timeout, so only the throughput floor ends a drip."""
+    server.script("assets.tar", Script(drip=(1, 0.05)))
+    url = f"{server.url}/{V}/assets.tar"
+    plain = Http(HttpConfig(attempts=1, read_timeout=0.3, min_rate=0))
+    got, started = 0, time.monotonic()
+    try:
+        for data in plain.stream(url):
+            got += len(data)
+            if time.monotonic() - started > 1.2:  # four read timeouts' worth, still trickling
+                break
+    finally:
+        plain.close()
+    assert 5 < got < 100
+    floor = Http(HttpConfig(attempts=1, read_timeout=0.3, min_rate=4096, rate_window=0.3))
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransferError, match="the server is too slow .*under the minimum of 4.0 KiB/s"):
+            for _ in floor.stream(url):
+                pass
+    finally:
+        floor.close()
+    assert time.monotonic() - started < 2
+
+
+def test_a_drip_stops_the_real_command_in_bounded_time(server: HostileServer, tmp_path: Path) -> None:
+    server.script("assets.tar", Script(drip=(1, 0.1)))
+    env = {k: v for k, v in FAST_ENV.items() if v}
+    started = time.monotonic()
+    proc = run_cli("download", "assets", "--version", V, "--path", str(tmp_path / "dl"), "--base-url",
+                   server.url, env=env, timeout=60)
+    seconds = time.monotonic() - started
+    assert proc.returncode == 1 and seconds < 20, proc.stderr
+    line = error_line(proc.stderr)
+    assert f"{server.url}/{V}/assets.tar: the server is too slow" in line and "resume" in line
+    assert proc.stdout == ""
+    assert_clean(tmp_path / "dl", "assets")
+
+
 def test_throughput_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OBJATHOR_DOWNLOAD_MIN_RATE", "2K")
     monkeypatch.setenv("OBJATHOR_DOWNLOAD_RATE_WINDOW", "5")
@@ -289,6 +329,7 @@ def test_access_denied_without_manifest_is_not_an_unknown_version(
     line = error_line(err)
     assert code == 2 and "access denied (HTTP 403)" in line and "annotations.json.gz" in line
     assert "was not found" not in line and "known public versions" not in line
+    assert_clean(tmp_path / "dl", "annotations.json.gz")
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
@@ -316,6 +357,7 @@ def test_other_statuses_for_the_manifest_are_errors(server: HostileServer, tmp_p
                               str(tmp_path / "dl"), "--base-url", base(server))
         line = error_line(err)
         assert code == 1 and f"answered HTTP {status}" in line and "unverified" not in err
+        assert_clean(tmp_path / "dl", "annotations.json.gz")
 
 
 def test_a_passing_5xx_on_the_manifest_is_retried(server: HostileServer, release: Release, tmp_path: Path,
@@ -332,12 +374,12 @@ def test_a_passing_5xx_on_the_manifest_is_retried(server: HostileServer, release
 
 PAGES = {  # case: (script, what the line says)
     "JSON typed": (Script(content_type="application/json", body=b'{"error": "quota exceeded"}'),
-                   "returned a application/json page"),
+                   "returned a page of type application/json"),
     "XML typed": (Script(content_type="application/xml", body=b"<Error><Code>SlowDown</Code></Error>"),
-                  "returned a application/xml page"),
-    "plain text": (Script(content_type="text/plain", body=b"Service Unavailable"), "returned a text/plain page"),
+                  "returned a page of type application/xml"),
+    "plain text": (Script(content_type="text/plain", body=b"Service Unavailable"), "returned a page of type text/plain"),
     "problem+json": (Script(content_type="application/problem+json", body=b'{"title": "x"}'),
-                     "application/problem+json page"),
+                     "page of type application/problem+json"),
     "JSON as octet-stream": (Script(body=b'  {"error": {"code": 429, "message": "rate limited"}}'),
                              "returned a JSON page instead of a tar (it begins '{\"error\""),
     "XML as octet-stream": (Script(body=b"<?xml version='1.0'?><Error><Code>NoSuchBucket</Code></Error>"),
@@ -375,7 +417,7 @@ def test_an_error_page_instead_of_a_single_file_is_named_not_retried(
     code, _, err, _ = run(monkeypatch, capsys, "annotations", "--version", V, "--path", str(dest),
                           "--base-url", base(server))
     line = error_line(err)
-    assert code == 1 and "page instead of" in line and "annotations.json.gz" in line
+    assert code == 1 and "returned a" in line and " instead of gzip data" in line and "annotations.json.gz" in line
     assert "retrying" not in err and "sha256" not in line
     assert_clean(dest, "annotations.json.gz")
 
@@ -384,7 +426,7 @@ def test_a_manifest_served_as_a_page_is_named(server: HostileServer, tmp_path: P
                                               monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     for script, says in [
-        (Script(content_type="application/xml", body=b"<Error/>"), "application/xml page instead of JSON"),
+        (Script(content_type="application/xml", body=b"<Error/>"), "page of type application/xml instead of JSON"),
         (Script(body=b"<html><body>Sign in</body></html>"), "an HTML/XML page instead of JSON"),
     ]:
         server.script("manifest.json", script)
@@ -410,6 +452,26 @@ def test_a_wrong_content_range_is_refused(server: HostileServer, release: Releas
         assert code == 1 and seconds < BOUND, line
         assert "annotations.json.gz" in line and "does not serve byte ranges correctly" in line, line
         assert_clean(dest, "annotations.json.gz")
+
+
+def test_a_wrong_content_range_for_uid_members_is_refused(server: HostileServer, release: Release,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    uid = release.uids[3]
+    members = [m for m in release.artifact("assets.tar")["members"] if m["path"].split("/")[1] == uid]
+    first = min(m["offset"] for m in members)
+    size = release.artifact("assets.tar")["size"]
+    for content_range in (f"bytes {first + 512}-{size - 1}/{size}", f"bytes 0-{size - 1}/{size}",
+                          f"bytes {first}-{size - 1}/{size + 1}", "bytes 1-0/5"):
+        server.script("assets.tar", Script(content_range=content_range, range_prefix=f"bytes={first}-"))
+        dest = tmp_path / uuid.uuid4().hex
+        code, _, err, _ = run(monkeypatch, capsys, "assets", "--version", V, "--path", str(dest), "--uids", uid,
+                              "--base-url", base(server))
+        line = error_line(err)
+        assert code == 1 and "assets.tar" in line, line
+        assert "does not serve byte ranges correctly" in line or "changed on the server" in line, line
+        assert not (dest / V / "assets" / uid).exists()
+        assert_clean(dest)
 
 
 def test_a_resumed_range_with_another_total_size_is_refused(server: HostileServer, release: Release,

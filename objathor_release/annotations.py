@@ -57,6 +57,7 @@ DEFAULT_MAX_SIZE = 64 * MiB  # per file, decompressed; real annotations are a fe
 MAX_DEPTH = 64  # JSON nesting; real annotations and thor metadata nest 4 deep
 MAX_TAR_MEMBERS = 10_000  # in one per-asset <uid>.tar
 MAX_ERRORS = 20  # schema errors listed per asset
+MAX_VALUES = 1_000_000  # JSON values per file (at least; a larger size limit allows 1 per 64 bytes)
 GUNZIP_CHUNK = 256 * 1024
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -224,9 +225,14 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def parse_json(data: bytes | bytearray, label: str) -> Any:
+def parse_json(data: bytes | bytearray, label: str, limit: int = DEFAULT_MAX_SIZE) -> Any:
     """Strict JSON: UTF-8, no NaN/Infinity or out-of-range numbers, no duplicate keys, at most
-    MAX_DEPTH levels of nesting. Raises _Bad naming ``label``."""
+    MAX_DEPTH levels of nesting, and few enough values that the parsed objects stay small (a
+    document of empty objects takes 25 times its size once parsed). Raises _Bad naming ``label``."""
+    max_values = max(MAX_VALUES, limit // 64)
+    if data.count(b",") + data.count(b"[") + data.count(b"{") > max_values:
+        raise _Bad(label, f"holds more than {max_values} JSON values: real annotations hold a few hundred; "
+                   "pass --max-annotation-size to raise the limit")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -342,7 +348,7 @@ def _load(src: _Source, limit: int) -> tuple[str, bytes | None, list[Problem]]:
     if raw is None:
         raise _Bad(ann_label, f"missing {ANNOTATION}: re-run objathor's annotation step for this asset, "
                    "or remove it from the assets directory")
-    ann = parse_json(raw, ann_label)
+    ann = parse_json(raw, ann_label, limit)
     if type(ann) is not dict:
         raise _Bad(ann_label, f"must be a JSON object, not {_json_kind(ann)}")
     errors = itertools.islice(schema_validator("annotation").iter_errors(ann), MAX_ERRORS + 1)
@@ -358,7 +364,7 @@ def _load(src: _Source, limit: int) -> tuple[str, bytes | None, list[Problem]]:
         folder = os.path.dirname(label)
         meta_label = f"{label}:{uid}/{THOR_METADATA}" if is_tar else os.path.join(folder, THOR_METADATA)
         try:
-            thor = parse_json(meta_raw, meta_label)
+            thor = parse_json(meta_raw, meta_label, limit)
         except _Bad as bad:
             problems.append(Problem(uid, bad.file, "$", bad.message))
         else:

@@ -216,6 +216,16 @@ def test_size_limit_names_uid_file_and_flag_and_can_be_raised(assets: Path, out_
     assert leftovers(out_dir) == []
 
 
+def test_many_small_values_are_refused_before_parsing(assets: Path, out_dir: Path, run: CLI) -> None:
+    """3 MB of empty objects would take 80 MB once parsed: the value count is bounded first."""
+    uid = uids(assets)[0]
+    path = assets / uid / ANNOTATION
+    path.write_bytes(gz(b'{"uid": "x", "v": [' + b"{}," * 1_100_000 + b"{}]}"))
+    code, _, err = prepare(run, assets, out_dir / "a.json.gz")
+    refused_asset(code, err, uid, str(path), "holds more than 1048576 JSON values")
+    assert leftovers(out_dir) == []
+
+
 def test_default_limit_bounds_a_bomb_and_memory_stays_within_it(assets: Path) -> None:
     uid = uids(assets)[0]
     (assets / uid / ANNOTATION).write_bytes(multi_member_bomb(96 * MiB))

@@ -93,6 +93,9 @@ FILES = {"annotations": "annotations.json.gz", "assets": "assets.tar", "features
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
 _MARKUP_TYPES = (*_HTML_TYPES, "application/xml", "text/xml")
 _PAGE_TYPES = (*_MARKUP_TYPES, "application/json", "application/problem+json", "application/javascript")
+#: errors that say --path is unusable (read-only, not ours, a file where a folder must be)
+_PATH_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR,
+                          errno.ENAMETOOLONG})
 MANIFEST_LIMIT = 256 * 1024 * 1024  # bytes: a manifest of 100,000 members is about 20 MB
 
 
@@ -430,7 +433,7 @@ class _Downloader:
             where = exc.filename or self.target(what)
             if is_disk_full(exc):
                 raise disk_full(where, self.needed) from None
-            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            if exc.errno in _PATH_ERRORS:
                 raise UsageError(f"cannot write {where}: {exc.strerror}: check --path and its "
                                  "permissions") from None
             raise TransferError(f"cannot write {where} while fetching {what}: {exc.strerror or exc}; "

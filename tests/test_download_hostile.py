@@ -809,3 +809,61 @@ def test_the_space_check_names_the_path_and_the_size(web: Nginx, tmp_path: Path,
     assert code == 2 and f"not enough space in {dest}" in line and "10.0 KiB is free" in line
     assert "it needs" in line
     assert_clean(dest)
+
+
+# ---------------------------------------------------------------------- an unusable --path, hostile local state
+
+
+@pytest.fixture
+def read_only_disk(tmp_path: Path) -> Iterator[Path]:
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a read-only tmpfs needs root and mount(8)")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)],
+                          capture_output=True, text=True, timeout=20)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=20)
+
+
+def test_an_unusable_path_is_one_line(server: HostileServer, tmp_path: Path, read_only_disk: Path,
+                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    for path, says in [(read_only_disk, "Read-only file system"), (a_file, "cannot write"),
+                       (a_file / "below", "Not a directory")]:
+        for what in ("annotations", "assets"):
+            code, _, err, _ = run(monkeypatch, capsys, what, "--version", V, "--path", str(path),
+                                  "--base-url", base(server))
+            line = error_line(err)
+            assert code == 2 and says in line and str(path) in line and "check --path" in line, line
+    assert a_file.read_text() == "not a folder"
+
+
+def test_hostile_local_state_is_ignored_not_a_traceback(server: HostileServer, release: Release, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    dest = tmp_path / "dl"
+    state = dest / V / ".objathor-release"
+    state.mkdir(parents=True)
+    (dest / V / "assets").mkdir()
+    (dest / V / "annotations.json.gz").write_bytes(b"half")
+    (state / "annotations.done").write_text("[1, 2, 3]")
+    (state / "assets.done").write_text('"done"')
+    (state / "assets.uids.json").write_text('{"sha256": [], "uids": {"a": 1}}')
+    (dest / V / "annotations.json.gz.part").write_bytes(b"\0" * 10)
+    (dest / V / "annotations.json.gz.part.json").write_text(json.dumps(
+        {"url": f"{server.url}/{V}/annotations.json.gz", "size": 10, "validator": '"x"', "part_size": 0,
+         "done": []}))
+    code, _, err, _ = run(monkeypatch, capsys, "annotations", "--version", V, "--path", str(dest),
+                          "--base-url", base(server))
+    assert code == 0, err
+    assert (dest / V / "annotations.json.gz").read_bytes() == (release.vdir / "annotations.json.gz").read_bytes()
+    code, _, err, _ = run(monkeypatch, capsys, "assets", "--version", V, "--path", str(dest), "--uids",
+                          release.uids[0], "--base-url", base(server))
+    assert code == 0, err
+    assert [p.name for p in (dest / V / "assets").iterdir()] == [release.uids[0]]

@@ -10,6 +10,19 @@ Parsing and validating JSON is bound by the interpreter, so assets are read in
 worker processes, in batches, in uid order; the main process streams their
 serialized JSON straight into the gzip file (memory stays flat) under a
 temporary name that is renamed into place only when every asset was good.
+
+Input is read defensively, since an asset tree may come from anywhere. Files
+are opened without following symlinks or blocking (a symlinked uid folder,
+<uid>.tar or annotation, a FIFO or a device is refused, as ``tar`` refuses
+them). Each annotation is decompressed a chunk at a time up to a limit
+(``--max-annotation-size``, 64 MiB by default), which also bounds
+thor_metadata.json and the members of a <uid>.tar, read by the same bounded
+tar parser as the release's tars. JSON must be strict: UTF-8, an object at the
+top, no NaN or Infinity, numbers in range, at most 64 levels of nesting and a
+bounded number of values, and no duplicate keys (JSON parsers disagree on
+which of two values wins, so such a file is refused rather than guessed at).
+Every failure is one problem line naming the uid and the file, also from a
+worker process.
 """
 
 from __future__ import annotations

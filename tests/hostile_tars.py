@@ -1,7 +1,7 @@
 """Forge tar byte streams, well-formed or not, for the extractor's hostile-input tests.
 
-    data = tar(directory("assets"), file("assets/a.jpg", b"x"), symlink("assets/l", ".."))
-    data = tar(raw_header("assets/a", size=b"12abc\\0"), end=False)  # a field that is not octal
+    data = tar(symlink("assets/l", ".."))  # the good start (assets/, assets/u1/, a file), then a link
+    data = tar(file("assets/u1/b", size=b"12abc"), close=False)  # a size that is not octal, no end blocks
 
 Every header is a ustar header with a correct checksum unless ``checksum`` is
 given, and any field can be replaced by raw bytes, so a test can put exactly

@@ -113,15 +113,6 @@ def open_regular(path: str | Path, *, dir_fd: int | None = None, buffering: int 
         raise
 
 
-def read_regular(path: str | Path, limit: int) -> bytes:
-    """The bytes of a small regular file (``open_regular``); OSError if it holds more than ``limit``."""
-    with open_regular(path) as fh:
-        data = fh.read(limit + 1)
-    if len(data) > limit:
-        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
-    return data
-
-
 def _blocker(folder: Path) -> tuple[Path, str] | None:
     """The first component of ``folder`` that exists but is not a folder, and what it is."""
     for p in [*reversed(folder.parents), folder]:

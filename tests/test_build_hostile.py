@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import tarfile
 import tracemalloc
 import zlib
@@ -24,7 +25,8 @@ import pytest
 
 from objathor_release.annotations import ANNOTATION, load_one, scan_assets
 from objathor_release.cli import main
-from objathor_release.errors import InputError
+from objathor_release.errors import InputError, UsageError
+from objathor_release.fsutil import NotRegularFileError, open_regular, prepare_output
 from objathor_release.manifest import write_manifest
 from objathor_release.release import fingerprints
 from objathor_release.sample import make_annotation, make_sample_dataset
@@ -594,7 +596,45 @@ def test_folder_changing_during_the_walk_is_one_error(change: str, assets: Path)
     assert seen and not seen[0].startswith(later.name)
 
 
+@no_hang
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink", "dangling", "socket"])
+def test_open_regular_refuses_what_is_not_a_regular_file(kind: str, tmp_path: Path) -> None:
+    path = tmp_path / "x"
+    real = tmp_path / "real"
+    real.write_text("data")
+    sock = None
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "symlink":
+        path.symlink_to(real)
+    elif kind == "dangling":
+        path.symlink_to(tmp_path / "missing")
+    else:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+    try:
+        with pytest.raises(NotRegularFileError) as info:
+            open_regular(path)
+    finally:
+        if sock is not None:
+            sock.close()
+    what = {"fifo": "is a FIFO", "directory": "is a directory", "symlink": f"is a symlink (to {real})",
+            "dangling": f"is a symlink (to {tmp_path / 'missing'})", "socket": "is a socket"}[kind]
+    assert info.value.strerror == what and str(info.value) == f"{path}: {what}"
+    with open_regular(real) as fh:
+        assert fh.read() == b"data"
+
+
 # --------------------------------------------------------------------------- outputs under a file
+
+
+def test_output_under_a_dangling_symlink(tmp_path: Path) -> None:
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UsageError, match=f"{tmp_path / 'gone'} is a dangling symlink, not a folder"):
+        prepare_output(tmp_path / "gone" / "x" / "out.tar", "--output")
+    assert not (tmp_path / "nowhere").exists()
 
 
 @pytest.fixture

@@ -575,6 +575,20 @@ def test_unreadable_folder_stops_the_release_walk(assets: Path, tmp_path: Path) 
     assert not (rdir / "annotations.json.gz").exists()
 
 
+def test_unreadable_uid_folder_is_one_problem_line(assets: Path, tmp_path: Path) -> None:
+    uid = uids(assets)[2]
+    victim = assets / uid
+    out = tmp_path / "out" / "a.json.gz"
+    os.chmod(victim, 0)
+    try:
+        r = run_cli_unprivileged("prepare-annotations", "--save-dir", str(assets), "--output-file", str(out),
+                                 "-q")
+    finally:
+        os.chmod(victim, 0o755)
+    refused_asset(r.returncode, r.stderr, uid, f"{uid}: {victim}: $: cannot read the folder (Permission denied)")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("change", ["removed", "replaced-by-file"])
 def test_folder_changing_during_the_walk_is_one_error(change: str, assets: Path) -> None:
     """The walk lists a folder, then reads its sub-folders later: change one in between."""

@@ -382,8 +382,10 @@ def describe_error(exc: BaseException, *, action: str, bucket: str, endpoint_url
         text = str(exc).replace("\n", " ")[:200]
         out = TransferError(f"{action} failed ({type(exc).__name__}: {text}) at {endpoint_url}: "
                             "run the same command again")
-    else:
-        raise exc
+    else:  # an answer botocore could not turn into a response (a garbled field, a missing element...)
+        text = str(exc).replace("\n", " ")[:200]
+        out = TransferError(f"{action} failed: the answer of {endpoint_url} could not be read "
+                            f"({type(exc).__name__}: {text}): run the same command again")
     out.args = (redact(str(out), secrets),)
     return out
 
@@ -432,7 +434,9 @@ def head_or_none(client: Any, bucket: str, key: str, **kwargs: Any) -> dict[str,
         if http_status(exc) == 404 or error_code(exc) in ("404", "NoSuchKey", "NotFound"):
             return None
         raise client_error(client, exc, f"checking s3://{bucket}/{key}", bucket) from None
-    except bx.BotoCoreError as exc:
+    except ReleaseError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - botocore, or an answer it could not parse: one clean line
         raise client_error(client, exc, f"checking s3://{bucket}/{key}", bucket) from None
 
 
@@ -495,6 +499,8 @@ def cleanup_uploads(client: Any, bucket: str, prefix: str | None = None, *, olde
                     if error_code(exc) != "NoSuchUpload":
                         raise
                 p.aborted = True
-    except (bx.ClientError, bx.BotoCoreError) as exc:
+    except ReleaseError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - botocore, or an answer it could not parse: one clean line
         raise client_error(client, exc, f"listing multipart uploads in bucket {bucket!r}", bucket) from None
     return found

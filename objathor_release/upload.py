@@ -729,6 +729,8 @@ def _run_parallel(fn: Callable[[Job], Any], jobs: list[Job], workers: int, abort
         return []
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="upload-file") as pool:
         futures = [pool.submit(fn, job) for job in jobs]
+        for fut in futures:  # the first failure stops the others at their next part
+            fut.add_done_callback(lambda f: abort.set() if not f.cancelled() and f.exception() else None)
         try:
             for fut in futures:
                 while not fut.done():

@@ -208,40 +208,56 @@ class _Meter:
 # ---------------------------------------------------------------------- connections with a header deadline
 
 
+class _Guard:
+    """Shut ``sock`` down after ``seconds`` unless cancelled first: ends any blocking read on it."""
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        self.fired = threading.Event()
+
+        def expire() -> None:
+            self.fired.set()
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the raw socket, under any TLS layer
+
+        self.timer = threading.Timer(seconds, expire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def cancel(self) -> None:
+        self.timer.cancel()
+
+
+def _seconds(timeout: Any) -> float | None:
+    return float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else None
+
+
 class _HeaderDeadline:
     """Mixed into urllib3's connections: the whole status line and headers within ``self.timeout``.
 
     The socket's timeout bounds each ``recv``; a server sending its headers a
-    byte at a time would pass that forever, so a timer shuts the socket down
-    at the deadline and the request fails as too slow.
+    byte at a time would pass that forever, so a timer shuts the socket down at
+    the deadline and the request fails as too slow. (A TLS handshake needs no
+    such guard: CPython's ssl module already bounds the whole handshake by the
+    socket's timeout.)
     """
 
     timeout: Any
     sock: socket.socket | None
 
     def getresponse(self) -> Any:
-        limit = self.timeout if isinstance(self.timeout, (int, float)) else None
+        limit = _seconds(self.timeout)
         sock = self.sock
         if limit is None or sock is None:
             return super().getresponse()  # type: ignore[misc]
-        fired = threading.Event()
-
-        def expire() -> None:
-            fired.set()
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-        timer = threading.Timer(limit, expire)
-        timer.daemon = True
-        timer.start()
+        guard = _Guard(sock, limit)
         try:
             return super().getresponse()  # type: ignore[misc]
         except Exception:
-            if fired.is_set():
+            if guard.fired.is_set():
                 raise _TooSlow(f"the response headers took more than {limit:g} s") from None
             raise
         finally:
-            timer.cancel()
+            guard.cancel()
 
 
 class _Conn(_HeaderDeadline, HTTPConnection):
@@ -366,7 +382,7 @@ class Http:
     def _failed(self, url: str, exc: BaseException, failures: int) -> None:
         """After the ``failures``-th failure in a row: give up with a clear error, or wait."""
         if failures >= self.config.attempts:
-            tries = f"{failures} attempts in a row without progress"
+            tries = f"{failures} attempt{'' if failures == 1 else 's'} in a row without progress"
             slow = _slow(exc, self.config)
             if slow:
                 raise TransferError(f"{url}: the server is too slow ({slow}; {tries}): run the command again "
@@ -519,7 +535,9 @@ def _slow(exc: BaseException, config: HttpConfig) -> str:
     if isinstance(exc, _TooSlow):
         return str(exc)
     if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
-        return f"no data for {config.stall_timeout:g} s"
+        m = re.search(r"read timeout=([0-9.]+)", str(exc))
+        waited = float(m.group(1)) if m else config.stall_timeout
+        return f"waited more than {waited:g} s for data"
     return ""
 
 

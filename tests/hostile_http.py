@@ -13,6 +13,9 @@ Range. ``times`` limits it to the first N matching requests.
 
 Every wait is bounded (``max_seconds`` per response) and wakes up at shutdown,
 so the server always stops promptly, whatever a test left running.
+
+:class:`SlowHandshake` is a TCP server for ``https://`` URLs that starts a TLS
+record and then drips it a byte at a time: a handshake that never finishes.
 """
 
 from __future__ import annotations
@@ -248,3 +251,45 @@ class HostileServer:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
+
+
+class SlowHandshake:
+    """Every connection gets a TLS record header announcing 16 KiB, then one byte every ``every`` seconds."""
+
+    def __init__(self, *, every: float = 0.05, max_seconds: float = 10.0) -> None:
+        self.every, self.max_seconds = every, max_seconds
+        self.closing = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while not self.closing.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        started = time.monotonic()
+        with conn, contextlib.suppress(OSError):
+            conn.sendall(b"\x16\x03\x03\x40\x00")
+            while time.monotonic() - started < self.max_seconds and not self.closing.wait(self.every):
+                conn.sendall(b"\x02")
+
+    def __enter__(self) -> SlowHandshake:
+        self.thread.start()
+        return self
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.closing.set()
+        self.thread.join(timeout=5)
+        self.listener.close()

@@ -32,7 +32,7 @@ from objathor_release.sample import make_sample_dataset
 from tests.conftest import run_cli
 from tests.download_nginx import Nginx
 from tests.download_release import Release, build_release, expected_tree, tree
-from tests.hostile_http import HostileServer, Script
+from tests.hostile_http import HostileServer, Script, SlowHandshake
 
 V = "2024_02_01"
 #: Small enough that every failure below takes about a second: 4 KiB/s over 0.4 s, two attempts.
@@ -190,6 +190,19 @@ def test_the_size_probe_of_a_version_without_manifest_is_bounded(
     assert code == 1 and seconds < BOUND
     assert "too slow" in line and "headers took more than" in line and "features.tar" in line
     assert_clean(dest)
+
+
+def test_a_tls_handshake_dripped_a_byte_at_a_time_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    with SlowHandshake(every=0.05) as tls:
+        code, _, err, seconds = run(monkeypatch, capsys, "annotations", "--version", V, "--path",
+                                    str(tmp_path / "dl"), "--base-url", tls.url,
+                                    env={"OBJATHOR_DOWNLOAD_CONNECT_TIMEOUT": "0.5"})
+        connections, url = tls.connections, tls.url
+    line = error_line(err)
+    assert code == 1 and seconds < BOUND, (seconds, line)
+    assert f"{url}/{V}/manifest.json: the server is too slow (waited more than 0.5 s for data" in line
+    assert connections == 2  # retried once, as OBJATHOR_DOWNLOAD_ATTEMPTS=2 says
 
 
 def test_a_slow_but_steady_server_is_not_cut_off(server: HostileServer, release: Release, tmp_path: Path,

@@ -53,6 +53,7 @@ import shutil
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,8 +95,7 @@ _HTML_TYPES = ("text/html", "application/xhtml+xml")
 _MARKUP_TYPES = (*_HTML_TYPES, "application/xml", "text/xml")
 _PAGE_TYPES = (*_MARKUP_TYPES, "application/json", "application/problem+json", "application/javascript")
 #: errors that say --path is unusable (read-only, not ours, a file where a folder must be)
-_PATH_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR,
-                          errno.ENAMETOOLONG})
+_PATH_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR})
 MANIFEST_LIMIT = 256 * 1024 * 1024  # bytes: a manifest of 100,000 members is about 20 MB
 
 
@@ -125,6 +125,9 @@ def resolve_source(version: str, base_url: str | None = None) -> Source:
         base = base_url.rstrip("/")
         if not base.startswith(("http://", "https://")):
             raise UsageError(f"--base-url {base_url!r} is not an http:// or https:// URL")
+        if "@" in urllib.parse.urlsplit(base).netloc:
+            raise UsageError("--base-url holds a user name or password: they are not sent, and would be "
+                             "printed in messages and saved in state files; give the URL without them")
         return Source(version, f"{base}/{version}", f"{base}/holodeck/{version}.tar", True)
     version_url = ROOT_VERSIONS.get(version, f"{DEFAULT_BUCKET}/{version}")
     return Source(version, version_url, f"{DEFAULT_BUCKET}/holodeck/{version}.tar", False)

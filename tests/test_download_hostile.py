@@ -880,3 +880,18 @@ def test_hostile_local_state_is_ignored_not_a_traceback(server: HostileServer, r
                           release.uids[0], "--base-url", base(server))
     assert code == 0, err
     assert [p.name for p in (dest / V / "assets").iterdir()] == [release.uids[0]]
+
+
+def test_a_base_url_with_credentials_is_refused_without_echoing_them(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    for url in ("http://user:s3cr3t-token@127.0.0.1:9/bucket", "https://s3cr3t-token@127.0.0.1:9"):
+        for how in ("flag", "env"):
+            args = ["--base-url", url] if how == "flag" else []
+            code, out, err, _ = run(monkeypatch, capsys, "annotations", "--version", V, "--path",
+                                    str(tmp_path / "dl"), *args,
+                                    env={"OBJATHOR_BASE_URL": url if how == "env" else ""})
+            line = error_line(err)
+            assert code == 2 and "user name or password" in line
+            assert "s3cr3t" not in out + err
+    assert not (tmp_path / "dl").exists()

@@ -318,9 +318,8 @@ def _backoff(attempt: int) -> float:
 def _raise_if_taken(exc: BaseException) -> None:
     """Turn a failed precondition of a conditional create into :class:`_Exists`."""
     code = error_code(exc)
-    if code in ("PreconditionFailed", "ConditionalRequestConflict") or (
-            http_status(exc) in (409, 412) and code not in ("BucketNotEmpty", "OperationAborted")):
-        raise _Exists(code or str(http_status(exc))) from None
+    if code in ("PreconditionFailed", "ConditionalRequestConflict") or http_status(exc) == 412:
+        raise _Exists(code or "412") from None
 
 
 # --------------------------------------------------------------------------- the uploader
@@ -422,10 +421,14 @@ class _Uploader:
 
     # -- an object someone else created meanwhile
 
-    def _taken(self, job: Job, etag: str) -> FileResult:
+    def _taken(self, job: Job, etag: str, why: _Exists) -> FileResult:
         """A conditional create found ``job.key`` taken: the same content is success, other content
         means another upload of this version got there first."""
         head = head_or_none(self.client, self.bucket, job.key)
+        if head is None:  # 409: another create of the key was under way at that moment
+            raise TransferError(f"another upload of s3://{self.bucket}/{job.key} was being completed at the "
+                                f"same moment ({why}): nothing was published by this run; run the same "
+                                "command again") from None
         same = head is not None and not _object_problems(job.name, job.size, job.sha256, etag, head)
         if same and job.name == MANIFEST_NAME:
             ours = self._file(job).read_all(SMALL_FILE_LIMIT)
@@ -477,8 +480,8 @@ class _Uploader:
 
         try:
             etag = self._call(action, attempt)
-        except _Exists:
-            return self._taken(job, md5.hex())
+        except _Exists as exc:
+            return self._taken(job, md5.hex(), exc)
         self._count("bytes_sent", job.size)
         self.bar.update(job.size)
         self.verify_object(job, etag)
@@ -634,10 +637,10 @@ class _Uploader:
         sent = sum(1 for n in done if done[n][1])
         try:
             etag = self._complete(job, upload_id, md5s)
-        except _Exists:
+        except _Exists as exc:
             self._abort_upload(job.key, upload_id)
             state.delete()
-            return self._taken(job, multipart_etag(md5s))
+            return self._taken(job, multipart_etag(md5s), exc)
         self.verify_object(job, etag)
         self._record_complete(job, etag)
         status = "resumed" if sent < job.parts else "uploaded"

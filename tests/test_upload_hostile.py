@@ -359,15 +359,17 @@ class _OneAtATime(S3Proxy):
         self.set_rules(before=before)
 
 
-def _publish_in_threads(endpoint: str, bucket: str, releases: list[Path]) -> list[BaseException | None]:
+def _publish_in_threads(endpoint: str, bucket: str, releases: list[Path], logs: list[str] | None = None
+                        ) -> list[BaseException | None]:
     results: list[BaseException | None] = [None, None]
+    logs = [] if logs is None else logs
 
     def run(i: int) -> None:
         target = resolve_target(bucket=bucket, prefix=None, endpoint_url=endpoint, profile=None, remote=None,
                                 rclone_config=None)
         try:
             upload.upload_release(make_client(target), releases[i], target, CONFIG, show_progress=False,
-                                  log=lambda s: None)
+                                  log=logs.append)
         except BaseException as exc:  # noqa: BLE001 - collected for the test
             results[i] = exc
 
@@ -433,9 +435,12 @@ def test_two_identical_publishes_both_succeed(env: None, s3_server: Any, s3_clie
         if f.is_file():
             (b / f.name).write_bytes(f.read_bytes())
     gate = _Serialize("CompleteMultipartUpload", f"{VERSION}/assets.tar")
+    logs: list[str] = []
     with _OneAtATime(s3_server.endpoint_url, gate) as proxy:
-        results = _publish_in_threads(proxy.url, bucket, [a, b])
+        results = _publish_in_threads(proxy.url, bucket, [a, b], logs)
     assert results == [None, None]
+    assert "assets.tar: already there, identical (written meanwhile by another upload of the same release)" \
+        in logs
     remote.verify_remote(s3_client, bucket, VERSION, manifest_of(a), release_dir=a)
     assert pending(s3_client, bucket) == []
 
@@ -775,3 +780,64 @@ def test_library_errors_are_release_errors(env: None, s3_server: Any, bucket: st
     with pytest.raises(InputError) as err:
         upload.upload_release(make_client(target), rel, target, CONFIG, show_progress=False, log=lambda s: None)
     assert isinstance(err.value, ReleaseError) and err.value.exit_code == 2
+
+
+# --------------------------------------------------------------------------- the manifest's signature
+
+
+SIG_KEY = f"{VERSION}/manifest.json.sig"
+
+
+def test_signature_goes_up_right_before_the_manifest(env: None, s3_server: Any, s3_client: Any, bucket: str,
+                                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rel = small_release(tmp_path / "rel")
+    sig = random_bytes(64, seed=11)
+    (rel / "manifest.json.sig").write_bytes(sig)
+    with S3Proxy(s3_server.endpoint_url) as proxy:
+        code, out, err = cli(capsys, proxy.url, bucket, rel)
+        assert code == 0, err
+        created = [ex.key for ex in proxy.log if ex.op in ("PutObject", "CompleteMultipartUpload")]
+        assert created[-3:] == [f"{VERSION}/SHA256SUMS", SIG_KEY, MANIFEST_KEY]
+        start = len(proxy.log)
+        code, out, err = cli(capsys, proxy.url, bucket, rel)  # again: nothing is written
+        assert code == 0, err
+        assert [ex for ex in proxy.log[start:] if ex.method in ("PUT", "POST", "DELETE")] == []
+    assert "0 uploaded, 0 resumed, 5 skipped" in out
+    assert s3_client.get_object(Bucket=bucket, Key=SIG_KEY)["Body"].read() == sig
+    checks = remote.verify_remote(s3_client, bucket, VERSION, manifest_of(rel), release_dir=rel)
+    assert [c.name for c in checks][-3:] == ["SHA256SUMS", "manifest.json.sig", "manifest.json"]
+    # another signature on the server: the remote check and a new upload both say so
+    s3_client.put_object(Bucket=bucket, Key=SIG_KEY, Body=random_bytes(64, seed=12),
+                         Metadata={"sha256": hashlib.sha256(sig).hexdigest()})
+    with pytest.raises(ChecksumError, match=f"{SIG_KEY} \\(ETag"):
+        remote.verify_remote(s3_client, bucket, VERSION, manifest_of(rel), release_dir=rel)
+    line = failure(*cli(capsys, s3_server.endpoint_url, bucket, rel), exit_code=3)
+    assert f"{SIG_KEY} (ETag differs)" in line
+
+
+def test_signature_must_be_a_regular_file(env: None, s3_server: Any, s3_client: Any, bucket: str,
+                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rel = small_release(tmp_path / "rel")
+    (rel / "manifest.json.sig").symlink_to("/etc/passwd")
+    line = failure(*cli(capsys, s3_server.endpoint_url, bucket, rel), exit_code=2)
+    assert f"{rel / 'manifest.json.sig'}: a symlink" in line
+    assert keys(s3_client, bucket) == []
+
+
+def test_replacing_a_signed_release_with_an_unsigned_one_drops_the_old_signature(
+        env: None, s3_server: Any, s3_client: Any, bucket: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    a = small_release(tmp_path / "a", seed=1)
+    (a / "manifest.json.sig").write_bytes(random_bytes(64, seed=13))
+    assert cli(capsys, s3_server.endpoint_url, bucket, a)[0] == 0
+    b = small_release(tmp_path / "b", seed=2)
+    line = failure(*cli(capsys, s3_server.endpoint_url, bucket, b), exit_code=3)
+    assert "already published" in line
+    code, out, err = cli(capsys, s3_server.endpoint_url, bucket, b, "--force")
+    assert code == 0, err
+    assert SIG_KEY not in keys(s3_client, bucket)
+    remote.verify_remote(s3_client, bucket, VERSION, manifest_of(b), release_dir=b)
+    # a stale signature left on the server beside an unsigned release is reported
+    s3_client.put_object(Bucket=bucket, Key=SIG_KEY, Body=b"x" * 64)
+    with pytest.raises(ChecksumError, match="on the server but not in the local release"):
+        remote.verify_remote(s3_client, bucket, VERSION, manifest_of(b), release_dir=b)

@@ -1,28 +1,49 @@
 """Resumable, verified multipart upload of a release directory to R2 or any S3 API endpoint.
 
 ``upload_release`` sends every artifact named in ``RELEASE_DIR/manifest.json`` to
-``BUCKET/PREFIX/NAME``, then ``SHA256SUMS`` and ``manifest.json`` last: the
-manifest's presence marks a version as published, so nobody sees half a release
-as complete.
+``BUCKET/PREFIX/NAME``, then ``SHA256SUMS``, ``manifest.json.sig`` (when the
+release is signed) and ``manifest.json`` last: the manifest's presence marks a
+version as published, so nobody sees half a release as complete.
 
-Integrity: every part carries ``Content-MD5`` and the part ETag the server
-returns must equal the local md5; after completion the object's ETag must equal
-the one computed locally (md5 of the parts' binary md5s, then ``-N``), and a HEAD
-checks size, ETag and the ``sha256`` metadata. A part is hashed just before it
-is sent and then streamed from the (now cached) file: there is no separate pass
-over the file, and memory stays flat however large the parts. The ETag math, part
-reading and resume records live in :mod:`.upload_state`; reading and checking
-what is already in the bucket in :mod:`.remote`.
+Local files: each is opened once, through the release dir's descriptor, with
+``O_NOFOLLOW``/``O_NONBLOCK`` on every component, and must be a regular file of
+the manifest's size by ``fstat`` of that descriptor; a symlink, FIFO, device or
+folder is refused with one line. Every later read is a ``pread`` of it, so a
+rename over the name during the upload changes nothing. SHA256SUMS must list
+exactly the manifest's artifacts and sha256.
 
-Resume: ``RELEASE_DIR/.upload-state/`` holds one small JSON file per object
-(upload id, part size, per-part md5, the local file's size/mtime/sha256). The
-next run lists the parts already on the server, keeps those whose ETag matches
-the local md5 and uploads only the rest. A stale upload id or a changed local
+Integrity: a part is read once to compute its md5 (sent as ``Content-MD5``) and,
+in the same pass, the file's sha256: the parts of one file take turns in order
+for that pass (then are sent concurrently), so the digest is the file's. An
+object whose sha256 is not the manifest's is never completed: a single PUT is
+not sent, a multipart upload is aborted, and the run ends with an InputError
+naming the file. The part ETag the server returns must equal the local md5;
+after completion the object's ETag must equal the one computed locally (md5 of
+the parts' binary md5s, then ``-N``), and a HEAD checks size, ETag and the
+``sha256`` metadata. Parts of an interrupted upload already on the server are
+read and hashed too (in their turn) and kept only if their md5 equals the
+server's ETag. An object already on the server is skipped only after the local
+file was read in the remote part layout: its sha256 must be the manifest's and
+its ETag the remote one. The ETag math, part reading and resume records live
+in :mod:`.upload_state`; reading and checking the bucket in :mod:`.remote`.
+
+Resume: ``RELEASE_DIR/.upload-state/`` (a real folder, never followed through a
+symlink) holds one small JSON file per object (upload id, part size, per-part
+md5, the local file's size/mtime/sha256). The next run lists the parts already
+on the server and uploads only the rest. A stale upload id or a changed local
 file starts over. ``cleanup_uploads`` aborts abandoned multipart uploads.
 
-Idempotence: an object already on the server with the same size, ETag and
-sha256 metadata is skipped; different content under the same key, or a
-published version whose manifest differs, is refused without ``force``.
+Idempotence and concurrent publishers: an object already on the server with the
+same size, ETag and sha256 metadata is skipped; different content under the same
+key, or a published version whose manifest differs, is refused without
+``force``. Without ``force`` every object is created only if its key is free
+(``If-None-Match: *`` on PutObject and CompleteMultipartUpload, which S3 and R2
+honour). When another publisher created it first, the same content counts as
+done and other content ends the run with PublishedError (exit 3) before
+manifest.json: of two publishers of different content, at most one publishes,
+and the one whose manifest.json lands has all its own objects (a loser stops at
+its first taken key and never overwrites). manifest.json itself is compared byte
+for byte when its create is refused. ``force`` writes unconditionally.
 """
 
 from __future__ import annotations

@@ -841,3 +841,68 @@ def test_replacing_a_signed_release_with_an_unsigned_one_drops_the_old_signature
     s3_client.put_object(Bucket=bucket, Key=SIG_KEY, Body=b"x" * 64)
     with pytest.raises(ChecksumError, match="on the server but not in the local release"):
         remote.verify_remote(s3_client, bucket, VERSION, manifest_of(b), release_dir=b)
+
+
+# --------------------------------------------------------------------------- files that change during the upload
+
+
+def _hold_first_part(changed: Callable[[], None]) -> Callable[[Exchange], Reply | None]:
+    """Before part 1 is forwarded, run ``changed`` (once)."""
+    done = threading.Event()
+
+    def before(ex: Exchange) -> Reply | None:
+        if ex.op == "UploadPart" and ex.query.get("partNumber") == "1" and not done.is_set():
+            done.set()
+            changed()
+        return None
+    return before
+
+
+def test_file_rewritten_in_place_during_the_upload(env: None, s3_server: Any, s3_client: Any, bucket: str,
+                                                   tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rel = make_release(tmp_path / "rel", {"assets.tar": tar_bytes(PART, seed=21)})
+    rule = _hold_first_part(lambda: flip(rel / "assets.tar", PART + 9))  # in part 2, not yet read
+    with S3Proxy(s3_server.endpoint_url, before=rule) as proxy:
+        code, out, err = cli(capsys, proxy.url, bucket, rel, "--upload-concurrency", "1")
+        assert [ex.query["partNumber"] for ex in proxy.ops("UploadPart")] == ["1", "2"]
+    line = failure(code, out, err, exit_code=2)
+    assert f"{rel / 'assets.tar'} changed after manifest.json was written" in line
+    assert keys(s3_client, bucket) == [] and pending(s3_client, bucket) == []
+
+
+def test_file_replaced_by_rename_during_the_upload(env: None, s3_server: Any, s3_client: Any, bucket: str,
+                                                   tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The file opened at the start is the file sent: a rename over its name changes nothing."""
+    original = tar_bytes(PART, seed=22)
+    rel = make_release(tmp_path / "rel", {"assets.tar": original})
+
+    def swap() -> None:
+        other = rel / "other.tmp"
+        other.write_bytes(tar_bytes(PART, seed=23))
+        os.replace(other, rel / "assets.tar")
+
+    with S3Proxy(s3_server.endpoint_url, before=_hold_first_part(swap)) as proxy:
+        code, out, err = cli(capsys, proxy.url, bucket, rel, "--upload-concurrency", "1")
+    assert code == 0, err
+    assert s3_client.get_object(Bucket=bucket, Key=f"{VERSION}/assets.tar")["Body"].read() == original
+    assert remote.published_manifest(s3_client, bucket, VERSION) == manifest_of(rel)
+
+
+def test_conditional_create_conflict_with_nothing_there(env: None, s3_server: Any, s3_client: Any, bucket: str,
+                                                        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """409 ConditionalRequestConflict (two creates of one key at once, as S3 and R2 answer): retry later."""
+    rel = small_release(tmp_path / "rel")
+
+    def before(ex: Exchange) -> Reply | None:
+        if ex.op == "PutObject" and ex.key == MANIFEST_KEY:
+            return xml_error("ConditionalRequestConflict", "A conflicting operation occurred", status=409)
+        return None
+
+    with S3Proxy(s3_server.endpoint_url, before=before) as proxy:
+        line = failure(*cli(capsys, proxy.url, bucket, rel), exit_code=1)
+        assert len(proxy.ops("PutObject")) == 3  # annotations, SHA256SUMS, then the refused manifest
+    assert f"another upload of s3://{bucket}/{MANIFEST_KEY} was being completed at the same moment" in line
+    assert MANIFEST_KEY not in keys(s3_client, bucket)
+    code, out, err = cli(capsys, s3_server.endpoint_url, bucket, rel)
+    assert code == 0, err
+    assert "every object verified" in out

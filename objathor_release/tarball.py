@@ -846,7 +846,7 @@ def iter_headers(r: TarReader) -> Iterator[TarHeader]:
     ``r``; the rest and the padding are skipped before the next header. Any
     malformation raises TarFormatError: a bad checksum or number, a negative
     size, an extended header over MAX_EXTENSION bytes, a malformed pax record,
-    a sparse member, an empty or non-UTF-8 name, or an archive that ends early.
+    a sparse member, an empty or non-UTF-8 name or one holding NUL, or an archive that ends early.
     """
     long_name: str | None = None
     pax: dict[str, str] = {}
@@ -888,6 +888,8 @@ def iter_headers(r: TarReader) -> Iterator[TarHeader]:
             long_name, pax = None, {}
             if not name.strip("/"):
                 raise _bad("a member with an empty name", start)
+            if "\x00" in name:
+                raise _bad(f"member name {name!r} holding a NUL byte", start)
             try:
                 name.encode("utf-8")
             except UnicodeEncodeError:

@@ -710,6 +710,7 @@ def hostile_release_tars(good: bytes) -> dict[str, tuple[bytes, str]]:
         "empty-name": (header(b"", b"%011o\x00" % 0) + bytes(20480), "a member with an empty name"),
         "latin1-name": (header(b"caf\xe9", b"%011o\x00" % 0) + bytes(20480), "not valid UTF-8"),
         "sparse": (header(b"s", b"%011o\x00" % 0, b"S") + bytes(20480), "holds sparse member s"),
+        "nul-in-pax-path": (_pax(b"12 path=a\x00b\n") + body, "holding a NUL byte"),
         "too-short": (b"ustar", "empty or too short"),
     }
 

@@ -243,6 +243,10 @@ def load_release_manifest(release_dir: Path) -> dict[str, Any]:
 def _check_name(name: str, release_dir: Path) -> None:
     parts = PurePosixPath(name).parts
     reserved = (MANIFEST_NAME, SUMS_NAME, SIGNATURE_NAME)
+    if name in reserved:
+        raise InputError(f"{release_dir / MANIFEST_NAME}: lists {name} as an artifact, but the upload writes "
+                         f"{name} itself: remove {release_dir / name} if it is stale, then rerun "
+                         f"'objathor-release manifest --release-dir {release_dir}'")
     if (not name or name.startswith("/") or ".." in parts or "." in name.split("/") or "\\" in name
             or name in reserved or "\0" in name or parts[0] == STATE_DIR):
         raise InputError(f"{release_dir / MANIFEST_NAME}: artifact name {name!r} is not a relative path "

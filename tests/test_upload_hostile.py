@@ -906,3 +906,19 @@ def test_conditional_create_conflict_with_nothing_there(env: None, s3_server: An
     code, out, err = cli(capsys, s3_server.endpoint_url, bucket, rel)
     assert code == 0, err
     assert "every object verified" in out
+
+
+@pytest.mark.parametrize("name", ["../outside.bin", "/etc/passwd", "manifest.json.sig", "SHA256SUMS",
+                                  ".upload-state/x.json", "./assets.tar", "a\\b"])
+def test_artifact_names_outside_the_release_are_refused(env: None, s3_server: Any, s3_client: Any,
+                                                        bucket: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str], name: str) -> None:
+    rel = small_release(tmp_path / "rel")
+    manifest = manifest_of(rel)
+    manifest["artifacts"][0]["name"] = name
+    (rel / "manifest.json").write_text(json.dumps(manifest))
+    with S3Proxy(s3_server.endpoint_url) as proxy:
+        line = failure(*cli(capsys, proxy.url, bucket, rel), exit_code=2)
+        assert proxy.log == []
+    assert f"{rel / 'manifest.json'}: " in line and (name in line or repr(name) in line)
+    assert keys(s3_client, bucket) == []

@@ -324,6 +324,16 @@ def make_client(
 # --------------------------------------------------------------------------- errors
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def one_line(text: str, secrets: list[str] | None = None, limit: int = 200) -> str:
+    """Server-provided ``text`` made safe for a one-line message: secrets redacted (before it is
+    cut, so no part of one survives), control characters (newlines, terminal escapes) turned into
+    spaces, and cut at ``limit`` characters."""
+    return _CONTROL.sub(" ", redact(text, secrets or []))[:limit]
+
+
 def redact(text: str, secrets: list[str]) -> str:
     """``text`` with every secret (longer than 3 characters) replaced by ``***``."""
     for secret in sorted(secrets, key=len, reverse=True):
@@ -357,7 +367,7 @@ def describe_error(exc: BaseException, *, action: str, bucket: str, endpoint_url
         return exc
     code = error_code(exc)
     if isinstance(exc, bx.ClientError):
-        message = str(exc.response.get("Error", {}).get("Message") or "").replace("\n", " ")[:200]
+        message = one_line(str(exc.response.get("Error", {}).get("Message") or ""), secrets)
         status = http_status(exc)
         if code == "NoSuchBucket":
             out: ReleaseError = UsageError(
@@ -379,11 +389,11 @@ def describe_error(exc: BaseException, *, action: str, bucket: str, endpoint_url
             "(or AWS_ENDPOINT_URL, R2_ACCOUNT_ID) and the network"
         )
     elif isinstance(exc, bx.BotoCoreError | OSError):
-        text = str(exc).replace("\n", " ")[:200]
+        text = one_line(str(exc), secrets)
         out = TransferError(f"{action} failed ({type(exc).__name__}: {text}) at {endpoint_url}: "
                             "run the same command again")
     else:  # an answer botocore could not turn into a response (a garbled field, a missing element...)
-        text = str(exc).replace("\n", " ")[:200]
+        text = one_line(str(exc), secrets)
         out = TransferError(f"{action} failed: the answer of {endpoint_url} could not be read "
                             f"({type(exc).__name__}: {text}): run the same command again")
     out.args = (redact(str(out), secrets),)

@@ -81,6 +81,7 @@ from .s3 import (
     make_client,
     normalize_prefix,
     object_key,
+    one_line,
     parse_duration,
     redact,
     resolve_target,
@@ -390,7 +391,7 @@ class _Uploader:
                 if not _retryable(exc):
                     raise client_error(self.client, exc, action, self.bucket) from None
                 if attempt == attempts or self.abort.is_set():
-                    detail = redact(str(exc).replace("\n", " ")[:200], client_secrets(self.client))
+                    detail = one_line(str(exc), client_secrets(self.client))
                     raise TransferError(
                         f"{action} failed after {attempt} attempts ({detail}): "
                         "run the same command again to resume"

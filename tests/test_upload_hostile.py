@@ -922,3 +922,32 @@ def test_artifact_names_outside_the_release_are_refused(env: None, s3_server: An
         assert proxy.log == []
     assert f"{rel / 'manifest.json'}: " in line and (name in line or repr(name) in line)
     assert keys(s3_client, bucket) == []
+
+
+def test_server_text_cannot_leak_a_secret_or_break_the_line() -> None:
+    from objathor_release.s3 import one_line
+
+    for pad in range(180, 201):
+        text = "x" * pad + f"Credential={ACCESS}/20240101" + "\x1b[2J\r\nobjathor-release: error: fake"
+        line = one_line(text, [ACCESS])
+        assert len(line) <= 200 and "\n" not in line and "\r" not in line and "\x1b" not in line
+        assert not any(ACCESS[:k] in line[-k:] for k in range(4, len(ACCESS)))  # not even a piece of it
+
+
+def test_hostile_error_text_from_the_server(env: None, s3_server: Any, s3_client: Any, bucket: str,
+                                            tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def before(ex: Exchange) -> Reply | None:
+        if ex.op == "CompleteMultipartUpload":
+            auth = ex.headers.get("Authorization", "")
+            return xml_error("InternalError", f"\u009b2J&#13;&#10;objathor-release: error: fake, verified {auth}",
+                             status=500)
+        return None
+
+    code, out, err, _ = _release_and_run(capsys, s3_server, bucket, tmp_path, before=before)
+    assert code == 1 and "Traceback" not in err
+    lines = [x for x in err.splitlines() if x.startswith("objathor-release: error:")]
+    assert len(lines) == 1 and "\u009b" not in err and "\r" not in err  # the server's text stays inside
+    assert lines[0].startswith("objathor-release: error: completing the upload of assets.tar failed")
+    assert "error: fake, verified" in lines[0]
+    assert ACCESS not in err and SECRET not in err
+    assert MANIFEST_KEY not in keys(s3_client, bucket)

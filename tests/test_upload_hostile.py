@@ -951,3 +951,45 @@ def test_hostile_error_text_from_the_server(env: None, s3_server: Any, s3_client
     assert "error: fake, verified" in lines[0]
     assert ACCESS not in err and SECRET not in err
     assert MANIFEST_KEY not in keys(s3_client, bucket)
+
+
+# --------------------------------------------------------------------------- publish
+
+
+def _publish(capsys: pytest.CaptureFixture[str], endpoint: str, bucket: str, release: Path, *extra: str
+             ) -> tuple[int, str, str]:
+    code = main(["publish", "--version", VERSION, "--release-dir", str(release), "--bucket", bucket,
+                 "--endpoint-url", endpoint, "--chunk-size", "5M", "--upload-concurrency", "2", *extra])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_publish_signed_release_then_refuse_a_changed_one(env: None, s3_server: Any, s3_client: Any,
+                                                          bucket: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    raw = random_bytes(32, seed=31)
+    monkeypatch.setenv("OBJATHOR_SIGNING_KEY", base64.b64encode(raw).decode())
+    rel = small_release(tmp_path / "rel")
+    code, out, err = _publish(capsys, s3_server.endpoint_url, bucket, rel)
+    assert code == 0, err
+    assert "manifest.json.sig" in out and "verified" in out
+    sig = s3_client.get_object(Bucket=bucket, Key=SIG_KEY)["Body"].read()
+    manifest = s3_client.get_object(Bucket=bucket, Key=MANIFEST_KEY)["Body"].read()
+    Ed25519PrivateKey.from_private_bytes(raw).public_key().verify(sig, manifest)  # raises if wrong
+    assert (rel / f".published-{bucket}").exists()
+
+    other = small_release(tmp_path / "other")
+    flip(other / "assets.tar", PART + 1)
+    bucket2 = bucket + "-2"
+    s3_client.create_bucket(Bucket=bucket2)
+    line = failure(*_publish(capsys, s3_server.endpoint_url, bucket2, other), exit_code=2)
+    assert f"{other / 'assets.tar'} changed after manifest.json was written" in line
+    listed = keys(s3_client, bucket2)
+    assert f"{VERSION}/assets.tar" not in listed and MANIFEST_KEY not in listed and SIG_KEY not in listed
+    assert pending(s3_client, bucket2) == []
+    assert not (other / f".published-{bucket2}").exists()

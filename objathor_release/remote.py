@@ -36,7 +36,7 @@ from .upload_state import (
     local_digests,
 )
 
-SMALL_FILE_LIMIT = 256 * 1024 * 1024  # SHA256SUMS, manifest.json and its signature are read whole
+SMALL_FILE_LIMIT = 64 * 1024 * 1024  # SHA256SUMS, manifest.json and its signature are read whole
 
 __all__ = ["RemoteCheck", "expected_digests", "expected_etag", "published_manifest", "read_object",
            "verify_remote"]
@@ -70,8 +70,11 @@ def published_manifest(client: Any, bucket: str, prefix: str) -> dict[str, Any] 
     body = read_object(client, bucket, key, SMALL_FILE_LIMIT)
     if body is None:
         return None
+    if len(body) > SMALL_FILE_LIMIT:
+        raise ChecksumError(f"s3://{bucket}/{key} holds more than {SMALL_FILE_LIMIT} bytes, not a manifest: "
+                            "upload the release with --force")
     try:
-        data = json.loads(body) if len(body) <= SMALL_FILE_LIMIT else None
+        data = json.loads(body)
     except ValueError:
         data = None
     if not isinstance(data, dict):

@@ -240,6 +240,14 @@ def _make_hostile(case: str, rel: Path, tmp_path: Path) -> tuple[Path, str]:
             pytest.skip("making a device node needs root")
         os.mknod(rel / "annotations.json.gz", 0o600 | 0o020000, os.makedev(1, 3))  # like /dev/null
         return rel / "annotations.json.gz", "a character device"
+    if case == "SHA256SUMS FIFO":
+        (rel / "SHA256SUMS").unlink()
+        os.mkfifo(rel / "SHA256SUMS")
+        return rel / "SHA256SUMS", "a FIFO"
+    if case == "manifest folder":
+        (rel / "manifest.json").unlink()
+        (rel / "manifest.json").mkdir()
+        return rel / "manifest.json", "a directory"
     if case == "symlinked folder on the way":
         copy = tmp_path / "outside-features"
         (rel / "features").rename(copy)
@@ -256,7 +264,8 @@ def _make_hostile(case: str, rel: Path, tmp_path: Path) -> tuple[Path, str]:
 
 @pytest.mark.parametrize("case", ["symlinked artifact, same bytes", "SHA256SUMS to /etc/passwd",
                                   "symlinked manifest", "FIFO", "folder", "device",
-                                  "symlinked folder on the way", "file where a folder should be"])
+                                  "symlinked folder on the way", "file where a folder should be",
+                                  "SHA256SUMS FIFO", "manifest folder"])
 def test_artifacts_must_be_regular_files_inside_the_release(env: None, s3_server: Any, s3_client: Any,
                                                             bucket: str, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str], case: str) -> None:

@@ -38,6 +38,7 @@ from .validation import too_deep
 
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
+SIGNATURE = MANIFEST + ".sig"  # written by publish, over the exact manifest.json bytes
 MANIFEST_FORMAT = 1
 MAX_DEPTH = 16  # JSON nesting; a manifest nests 4 deep
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -73,7 +74,7 @@ def list_artifacts(release_dir: str | Path) -> list[str]:
             if e.is_dir(follow_symlinks=False):
                 walk(Path(e.path), name + "/")
             elif e.is_file(follow_symlinks=False):
-                if name not in (MANIFEST, SUMS):
+                if name not in (MANIFEST, SUMS, SIGNATURE):
                     names.append(name)
             else:
                 try:

@@ -230,7 +230,7 @@ class LocalBuild:
 def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool = False) -> LocalBuild:
     """Prepare annotations, build the tars, write the manifest and verify, skipping what is up to date."""
     from .annotations import prepare_annotations
-    from .manifest import verify_release, write_manifest
+    from .manifest import MANIFEST, SIGNATURE, SUMS, verify_release, write_manifest
     from .tarball import DEFAULT_EXCLUDES, build_tar, compile_excludes, resolve_epoch
 
     assert cfg.assets_dir and cfg.version
@@ -274,12 +274,13 @@ def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool
              lambda: _say(build_tar(features, rdir / "features.tar", extra_excludes=cfg.excludes,
                                     source_date_epoch=epoch, verbose=verbose,
                                     show_progress=show_progress).summary()))
-    artifacts = fingerprint(rdir, lambda rel: not rel.startswith(".") and rel not in ("manifest.json",
-                                                                                      "SHA256SUMS"),
+    bookkeeping = (MANIFEST, SUMS, SIGNATURE)
+    artifacts = fingerprint(rdir, lambda rel: not rel.startswith(".") and rel not in bookkeeping,
                             cfg.version, epoch)
     step("manifest.json", artifacts, rdir / "manifest.json",
          lambda: write_manifest(rdir, cfg.version or "", show_progress=show_progress))
-    step("verify", fingerprint(rdir, lambda rel: not rel.startswith(".")), rdir / "manifest.json",
+    step("verify", fingerprint(rdir, lambda rel: not rel.startswith(".") and rel != SIGNATURE),
+         rdir / MANIFEST,
          lambda: verify_release(rdir, show_progress=show_progress))
     return out
 

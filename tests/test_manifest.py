@@ -123,8 +123,10 @@ def test_sidecar_spares_reading_the_tar_until_the_tar_changes(release: Path,
 def test_artifacts_skip_hidden_files_and_the_manifest_itself(release: Path) -> None:
     write_manifest(release, VERSION, show_progress=False)
     write(release / ".DS_Store", "junk")
+    write(release / "manifest.json.sig", "signature bytes")  # publish's signature is bookkeeping too
     names = list_artifacts(release)
     assert names == ["annotations.json.gz", "assets.tar", "features.tar", "holodeck/2023_09_23.tar"]
+    verify_release(release, show_progress=False)  # raises on an "extra file": the signature is none
 
 
 def test_symlinked_artifact_and_empty_release_are_refused(tmp_path: Path, release: Path) -> None:

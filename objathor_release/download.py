@@ -73,6 +73,7 @@ from .download_http import (
 from .errors import ChecksumError, InputError, ReleaseError, TransferError, UsageError
 from .extract import TarStreamExtractor, expected_members, member_parts
 from .fsutil import atomic_write, sha256_file
+from .origin import OriginResult, TrustPolicy, check_served_manifest
 from .progress import progress
 
 # ---------------------------------------------------------------------- where versions live
@@ -157,6 +158,7 @@ class DownloadResult:
     parts: list[PartResult] = field(default_factory=list)
     manifest: bool = False
     seconds: float = 0.0
+    origin: OriginResult | None = None
 
     @property
     def verified(self) -> bool:
@@ -175,6 +177,7 @@ class DownloadResult:
                 lines.append(f"{p.what}: not in version {self.version}")
             else:
                 lines.append(f"{p.what}: {p.status} at {p.path} ({check}{size}{extra})")
+        lines += self.origin.notes() if self.origin else []
         total = sum(p.bytes for p in self.parts)
         lines.append(f"version {self.version}: {format_size(total)} fetched in {self.seconds:.1f} s")
         return "\n".join(lines)
@@ -728,13 +731,17 @@ def download_version(
     keep_tar: bool = False,
     connections: int | None = None,
     http_config: HttpConfig | None = None,
+    trusted_keys: Sequence[str] = (),
+    require_signature: bool = False,
 ) -> DownloadResult:
     """Download ``what`` (annotations, assets, features, holodeck-base or all) of ``version``.
 
     ``path`` is where versions live (default ``~/.objathor-assets``); ``base_url``
     (default ``$OBJATHOR_BASE_URL``, else objathor's public table) serves
     ``{base}/{VERSION}/...`` and ``{base}/holodeck/{VERSION}.tar``. ``uids``
-    limits assets to those uids. Raises the errors of :mod:`.errors`.
+    limits assets to those uids. ``trusted_keys`` (base64 Ed25519 public keys or
+    files holding one) check manifest.json.sig, ``require_signature`` refuses an
+    unsigned version (see :mod:`.origin`). Raises the errors of :mod:`.errors`.
     """
     started = time.monotonic()
     if what not in WHATS:
@@ -748,13 +755,14 @@ def download_version(
     if base_url is None:
         base_url = os.environ.get("OBJATHOR_BASE_URL") or None
     source = resolve_source(version, base_url)
+    trust = TrustPolicy.load(trusted_keys, require_signature)
     config = http_config or HttpConfig.from_env(connections=connections)
     http = Http(config)
     d = _Downloader(version, root, source, http, require_checksums=require_checksums,
                     show_progress=show_progress, keep_tar=keep_tar)
     result = DownloadResult(version, root)
     try:
-        d.manifest = _load_manifest(http, source, version)
+        d.manifest, result.origin = _load_manifest(http, source, version, trust)
         result.manifest = d.manifest is not None
         parts = _choose_parts(d, what)
         if d.manifest is None:
@@ -776,7 +784,9 @@ def download_version(
     return result
 
 
-def _load_manifest(http: Http, source: Source, version: str) -> dict[str, Any] | None:
+def _load_manifest(http: Http, source: Source, version: str,
+                   trust: TrustPolicy) -> tuple[dict[str, Any] | None, OriginResult]:
+    """manifest.json (None if the version has none), after its origin checks on the exact bytes."""
     url = source.url("manifest.json")
 
     def check(info: Info) -> None:
@@ -786,9 +796,10 @@ def _load_manifest(http: Http, source: Source, version: str) -> dict[str, Any] |
     try:
         data, _ = http.fetch_bytes(url, limit=MANIFEST_LIMIT, check=check)
     except NotFound:  # only a 404: an older version without one (401/403/5xx are errors, never "none")
-        return None
+        return None, check_served_manifest(http, url, version, None, trust)
     _sniff_page(url, data, "JSON")
-    return _check_manifest(data, url, version)
+    origin = check_served_manifest(http, url, version, data, trust)
+    return _check_manifest(data, url, version), origin
 
 
 def _choose_parts(d: _Downloader, what: str) -> list[str]:
@@ -838,6 +849,8 @@ def run_download_command(args: Any) -> int:
         args.what, args.version, path=args.path, base_url=args.base_url, uids=uids,
         require_checksums=args.require_checksums, show_progress=not getattr(args, "quiet", False),
         keep_tar=getattr(args, "keep_tar", False), connections=getattr(args, "connections", None),
+        trusted_keys=getattr(args, "trusted_key", None) or (),
+        require_signature=getattr(args, "require_signature", False),
     )
     print(result.summary())
     return 0

@@ -27,12 +27,13 @@ import yaml
 
 from objathor_release.locals3 import LocalS3
 from objathor_release.sample import make_sample_dataset
+from objathor_release.signing import keygen, verify_manifest_signature
 from tests.fixtures_docker import TEST_EPOCH
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / ".github" / "workflows"
 SCHEMA = json.loads((Path(__file__).parent / "github-workflow.schema.json").read_text())
-SECRETS = ("R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "BUCKET")
+SECRETS = ("R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "BUCKET", "OBJATHOR_SIGNING_KEY")
 PINNED_USES = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
 EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
 
@@ -221,8 +222,11 @@ def test_release_job_runs_here_against_moto(release_image: str, base_image: str,
     assert installed.returncode == 0, ".venv is out of date: run 'make install' first (this test shares it)"
     make_sample_dataset(workspace / "assets", 6, seed=11, asset_bytes=16 * 1024)
     version = "2024_02_01"
+    key_id = keygen(tmp_path / "release.key")
+    signing_key = (tmp_path / "release.key").read_text()
     secrets = {"R2_ACCOUNT_ID": "0f1e2d3c4b5a69788796a5b4c3d2e1f0", "R2_ACCESS_KEY_ID": "AKIAWORKFLOWCANARY01",
-               "R2_SECRET_ACCESS_KEY": "workflow-canary-secret-5e2b9d71", "BUCKET": bucket}
+               "R2_SECRET_ACCESS_KEY": "workflow-canary-secret-5e2b9d71", "BUCKET": bucket,
+               "OBJATHOR_SIGNING_KEY": signing_key}
     context = {**{f"secrets.{k}": v for k, v in secrets.items()},
                "inputs.version": version, "inputs.assets_dir": "", "inputs.dry_run": "false",
                "vars.ASSETS_DIR": "", "vars.BASE_IMAGE": base_image, "vars.ENDPOINT_URL": s3_server.endpoint_url}
@@ -233,8 +237,11 @@ def test_release_job_runs_here_against_moto(release_image: str, base_image: str,
     assert "every object verified" in output
     for name in ("R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY"):
         assert secrets[name] not in output, f"{name} shows in the job's output"
+    key_body = "".join(signing_key.splitlines()[1:-1])  # the PEM's base64, without its armour lines
+    assert key_body not in output.replace("\n", "")
     keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
-    assert keys == {f"{version}/{n}" for n in ("annotations.json.gz", "assets.tar", "manifest.json", "SHA256SUMS")}
+    assert keys == {f"{version}/{n}" for n in ("annotations.json.gz", "assets.tar", "manifest.json", "SHA256SUMS",
+                                               "manifest.json.sig")}
     (upload,) = [u for u in uses if u["uses"].startswith("actions/upload-artifact@")]
     assert upload["with"]["name"] == f"release-{version}"
     artifacts = [workspace / p for p in upload["with"]["path"].splitlines()]
@@ -244,5 +251,7 @@ def test_release_job_runs_here_against_moto(release_image: str, base_image: str,
         assert not [n for n, v in secrets.items() if v in text], f"a secret is in the artifact {path.name}"
     manifest = s3_client.get_object(Bucket=bucket, Key=f"{version}/manifest.json")["Body"].read()
     assert manifest == (workspace / "release" / version / "manifest.json").read_bytes()
+    signature = s3_client.get_object(Bucket=bucket, Key=f"{version}/manifest.json.sig")["Body"].read()
+    assert verify_manifest_signature(manifest, signature, [key_id]) == key_id
     summary = json.loads((workspace / "release-summary.json").read_text())
     assert summary and "***" in json.dumps(summary)  # the bucket name, redacted like GitHub masks it

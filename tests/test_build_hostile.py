@@ -180,7 +180,7 @@ def test_hostile_annotation_is_one_line(case: str, assets: Path, out_dir: Path, 
     assert leftovers(out_dir) == []
 
 
-@pytest.mark.parametrize("case", ["deep-3000", "invalid-utf8", "nan", "duplicate-key", "top-level-array",
+@pytest.mark.parametrize("case", ["deep-3000", "invalid-utf8", "nan", "overflow", "duplicate-key", "top-level-array",
                                   "empty-file"])
 def test_hostile_thor_metadata_is_one_line(case: str, assets: Path, out_dir: Path, run: CLI) -> None:
     make, expected = CONTENT_CASES[case]

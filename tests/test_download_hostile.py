@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from tests.conftest import run_cli
 from tests.download_nginx import Nginx
 from tests.download_release import Release, build_release, expected_tree, tree
 from tests.hostile_http import HostileServer, Script, SlowHandshake
+from tests.tmpfs import mounted_tmpfs
 
 V = "2024_02_01"
 #: Small enough that every failure below takes about a second: 4 KiB/s over 0.4 s, two attempts.
@@ -743,18 +743,8 @@ def test_uids_do_not_follow_links_planted_in_the_target(web: Nginx, tmp_path: Pa
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs at tmp_path/disk (needs root and mount; skipped otherwise)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root and mount(8)")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
-                          capture_output=True, text=True, timeout=20)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "size=2m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=20)
 
 
 @pytest.fixture(scope="module")
@@ -829,18 +819,8 @@ def test_the_space_check_names_the_path_and_the_size(web: Nginx, tmp_path: Path,
 
 @pytest.fixture
 def read_only_disk(tmp_path: Path) -> Iterator[Path]:
-    disk = tmp_path / "ro"
-    disk.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a read-only tmpfs needs root and mount(8)")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)],
-                          capture_output=True, text=True, timeout=20)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=1m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=20)
 
 
 def test_an_unusable_path_is_one_line(server: HostileServer, tmp_path: Path, read_only_disk: Path,

@@ -13,7 +13,6 @@ import hashlib
 import os
 import random
 import stat
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from tests.hostile_tars import (
     symlink,
     tar,
 )
+from tests.tmpfs import mounted_tmpfs
 
 SOURCE = "assets.tar"
 CHUNKINGS = [(None, 0), (random.Random(11), 2000), (random.Random(12), 7)]
@@ -427,16 +427,8 @@ def test_deep_paths_many_folders_and_header_variants_extract(jail: Jail) -> None
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 256 KiB tmpfs with 40 inodes (needs root and mount; skipped otherwise)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,nr_inodes=40", "tmpfs", str(mnt)],
-                          capture_output=True, text=True, timeout=10)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "size=256k,nr_inodes=40") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
 
 
 def test_a_full_disk_is_one_line_naming_the_path_and_the_size(small_disk: Path) -> None:

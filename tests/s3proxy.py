@@ -30,8 +30,9 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
+
+from tests.loopback import LoopbackServer
 
 
 @dataclass
@@ -176,18 +177,11 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
 
 
-class S3Proxy:
+class S3Proxy(LoopbackServer):
     def __init__(self, upstream: str, before: Before | None = None, after: After | None = None) -> None:
         self.state = _State(urllib.parse.urlsplit(upstream), before or (lambda ex: None),
                             after or (lambda ex, reply: reply))
-        handler = type("Handler", (_Handler,), {"state": self.state})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        super().__init__(type("Handler", (_Handler,), {"state": self.state}))
 
     @property
     def log(self) -> list[Exchange]:
@@ -199,13 +193,3 @@ class S3Proxy:
     def set_rules(self, before: Before | None = None, after: After | None = None) -> None:
         self.state.before = before or (lambda ex: None)
         self.state.after = after or (lambda ex, reply: reply)
-
-    def __enter__(self) -> S3Proxy:
-        self.thread.start()
-        return self
-
-    def __exit__(
-        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.server.shutdown()
-        self.server.server_close()

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from .errors import OriginError, ReleaseError, TransferError
 from .fsutil import atomic_write
+from .manifest import SIGNATURE as SIGNATURE_NAME
 from .registry import Registry, load_registry, package_trusted_keys
 from .signing import (
     SIGNATURE_SIZE,
@@ -42,7 +43,6 @@ from .signing import (
 if TYPE_CHECKING:  # pragma: no cover
     from .download_http import Http
 
-SIGNATURE_NAME = "manifest.json.sig"
 SIGNATURE_LIMIT = 4096
 _REPORT = "do not use this copy; report it to the publisher"
 

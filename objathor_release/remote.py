@@ -22,12 +22,12 @@ from typing import Any
 
 from .config import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, UploadConfig
 from .errors import ChecksumError
+from .manifest import MANIFEST as MANIFEST_NAME
+from .manifest import SIGNATURE as SIGNATURE_NAME
+from .manifest import SUMS as SUMS_NAME
 from .s3 import client_error, error_code, head_or_none, normalize_prefix, object_key
 from .upload_state import (
-    MANIFEST_NAME,
     SHA256_META,
-    SIGNATURE_NAME,
-    SUMS_NAME,
     Job,
     ReleaseDir,
     StateDir,

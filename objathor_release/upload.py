@@ -66,6 +66,9 @@ from typing import Any
 
 from .config import UploadConfig, format_size, format_table, parse_size
 from .errors import ChecksumError, InputError, PublishedError, ReleaseError, TransferError, UsageError
+from .manifest import MANIFEST as MANIFEST_NAME
+from .manifest import SIGNATURE as SIGNATURE_NAME
+from .manifest import SUMS as SUMS_NAME
 from .progress import Progress, progress
 from .remote import SMALL_FILE_LIMIT, _object_problems, expected_digests, published_manifest, read_object
 from .s3 import (
@@ -87,11 +90,8 @@ from .s3 import (
     resolve_target,
 )
 from .upload_state import (
-    MANIFEST_NAME,
     SHA256_META,
-    SIGNATURE_NAME,
     STATE_DIR,
-    SUMS_NAME,
     Job,
     LocalFile,
     PartReader,

@@ -42,13 +42,11 @@ from typing import Any, BinaryIO
 
 from .errors import InputError, TransferError
 from .fsutil import describe_mode
+from .manifest import SUMS as SUMS_NAME
 
 __all__ = ["Job", "LocalFile", "PartReader", "ReleaseDir", "SequentialSha256", "StateDir", "UploadState",
            "local_digests", "local_etag", "multipart_etag", "open_in_dir"]
 
-MANIFEST_NAME = "manifest.json"
-SIGNATURE_NAME = "manifest.json.sig"
-SUMS_NAME = "SHA256SUMS"
 STATE_DIR = ".upload-state"
 SHA256_META = "sha256"
 HASH_BLOCK = 1024 * 1024

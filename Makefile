@@ -72,7 +72,7 @@ lock: $(INSTALLED)
 
 .PHONY: lint  ## ruff and mypy over the package, tests, benchmarks and tasks
 lint: $(INSTALLED)
-	$(VENV)/bin/ruff check objathor_release tests benchmarks tasks.py
+	$(VENV)/bin/ruff check objathor_release devtools tests benchmarks tasks.py
 	$(VENV)/bin/mypy
 
 .PHONY: test  ## lint, then the whole test suite (installs first when .venv is missing)

@@ -177,7 +177,7 @@ def _docker(call, *args, **kwargs):
 })
 def docker_base(c: Context, tag: str = "", rebuild: bool = False) -> None:
     """Build the local Debian base image objathor-release-base:bookworm (debootstrap + docker import)."""
-    from objathor_release import dockerimage
+    from devtools import dockerimage
 
     _docker(dockerimage.build_base_image, tag or dockerimage.LOCAL_BASE_IMAGE, rebuild=rebuild)
 
@@ -188,7 +188,7 @@ def docker_base(c: Context, tag: str = "", rebuild: bool = False) -> None:
 }, iterable=["tag"])
 def docker_build(c: Context, base_image: str = "", tag: list[str] | None = None) -> None:
     """Build and tag the objathor-release image through the docker SDK, printing the build output."""
-    from objathor_release import dockerimage
+    from devtools import dockerimage
 
     _docker(dockerimage.build_image, base_image or dockerimage.PINNED_BASE_IMAGE, tags=tag or None)
 
@@ -212,7 +212,7 @@ def docker_release(c: Context, version: str, assets_dir: str = "assets", feature
     """Run the release inside the image, credentials passed from this environment; exits with its code."""
     from invoke import Exit
 
-    from objathor_release import dockerimage
+    from devtools import dockerimage
 
     code = _docker(dockerimage.release_in_container, version=version, assets_dir=assets_dir,
                    features_dir=features_dir or None, release_dir=release_dir or f"release/{version}",

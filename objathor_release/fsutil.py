@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import UsageError
+from objathor_release.errors import UsageError
 
 CHUNK = 1024 * 1024
 

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any, TextIO
 
-from .config import format_size
+from objathor_release.settings import format_size
 
 
 class Progress(abc.ABC):

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from objathor_release.locals3 import DUMMY_CREDENTIALS, LocalS3
-from objathor_release.sample import make_sample_dataset
+from devtools.locals3 import DUMMY_CREDENTIALS, LocalS3
+from devtools.sample import make_sample_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = sorted(
-    f"tests.{p.stem}" for p in Path(__file__).parent.glob("fixtures_*.py")
+    f"tests.support.{p.stem}" for p in (Path(__file__).parent / "support").glob("fixtures_*.py")
 )
 
 

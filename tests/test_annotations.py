@@ -16,10 +16,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-from objathor_release.annotations import load_annotations, prepare_annotations
-from objathor_release.config import load_schema, schema_errors, schema_validator
+from devtools.sample import make_annotation, make_sample_dataset
+from objathor_release.build.annotations import load_annotations, prepare_annotations
 from objathor_release.errors import InputError
-from objathor_release.sample import make_annotation, make_sample_dataset
+from objathor_release.settings import load_schema, schema_errors, schema_validator
 
 UIDS_SEED = 1
 

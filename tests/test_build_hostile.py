@@ -23,18 +23,18 @@ from pathlib import Path
 
 import pytest
 
-from objathor_release.annotations import ANNOTATION, load_one, scan_assets
+from devtools.sample import make_annotation, make_sample_dataset
+from objathor_release.build.annotations import ANNOTATION, load_one, scan_assets
+from objathor_release.build.manifest import write_manifest
+from objathor_release.build.tarball import build_tar, scan_tar
 from objathor_release.cli import main
 from objathor_release.errors import InputError, UsageError
 from objathor_release.fsutil import NotRegularFileError, open_regular, prepare_output
-from objathor_release.manifest import write_manifest
-from objathor_release.release import fingerprints
-from objathor_release.sample import make_annotation, make_sample_dataset
-from objathor_release.tarball import build_tar, scan_tar
-from tests.tarball_helpers import leftovers, run_cli_unprivileged
+from objathor_release.pipeline import fingerprints
+from tests.support.tarball_helpers import leftovers, run_cli_unprivileged
 
 VERSION = "2024_02_01"
-annotations_mod = importlib.import_module("objathor_release.annotations")  # the package attribute is the __future__ feature
+annotations_mod = importlib.import_module("objathor_release.build.annotations")  # the package attribute is the __future__ feature
 MiB = 1024 * 1024
 no_hang = pytest.mark.timeout(30)
 

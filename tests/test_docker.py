@@ -22,10 +22,11 @@ from typing import Any
 
 import pytest
 
-from objathor_release import __version__, cli, dockerimage
-from objathor_release.locals3 import DUMMY_CREDENTIALS
-from objathor_release.sample import make_sample_dataset
-from tests.fixtures_docker import CANARIES, TEST_EPOCH
+from devtools import dockerimage
+from devtools.locals3 import DUMMY_CREDENTIALS
+from devtools.sample import make_sample_dataset
+from objathor_release import __version__, cli
+from tests.support.fixtures_docker import CANARIES, TEST_EPOCH
 
 REPO = Path(__file__).resolve().parent.parent
 VERSION = "2024_02_01"

@@ -23,15 +23,15 @@ from typing import Any
 
 import pytest
 
-from objathor_release.download import DownloadResult, download_version, resolve_source
-from objathor_release.download_http import HttpConfig
+from devtools.nginx import Nginx
+from devtools.sample import make_sample_dataset
+from devtools.served_release import Release, build_release, expected_tree, flip_byte, tree
 from objathor_release.errors import ChecksumError, TransferError, UsageError
-from objathor_release.extract import TarStreamExtractor, UnsafeMemberError
-from objathor_release.sample import make_sample_dataset
+from objathor_release.fetch.download import DownloadResult, download_version, resolve_source
+from objathor_release.fetch.extract import TarStreamExtractor, UnsafeMemberError
+from objathor_release.fetch.http import HttpConfig
 from tests.conftest import run_cli
-from tests.download_nginx import Nginx
-from tests.download_release import Release, build_release, expected_tree, flip_byte, tree
-from tests.faultproxy import PASS, FaultProxy, Request, cut, drop, status
+from tests.support.faultproxy import PASS, FaultProxy, Request, cut, drop, status
 
 V = "2024_02_01"
 FAST = HttpConfig(attempts=3, backoff=0.01, connections=4, part_size=1024 * 1024, read_size=256 * 1024)
@@ -164,7 +164,7 @@ def test_interrupted_file_continues_from_its_part_on_the_next_run(web: Nginx, tm
     big = os.urandom(5 * 1024 * 1024 + 1234)
     base, release, _ = publish(web, tmp_path, features=False, holodeck=False, n_assets=2)
     (release.vdir / "annotations.json.gz").write_bytes(gzip.compress(big, compresslevel=0))
-    from tests.download_release import write_manifest
+    from devtools.served_release import write_manifest
     write_manifest(release.vdir, V)
     dest = tmp_path / "dl"
     target = dest / V / "annotations.json.gz"
@@ -276,7 +276,7 @@ def test_republished_release_is_downloaded_again(web: Nginx, tmp_path: Path) -> 
     dest = tmp_path / "dl"
     download_version("annotations", V, path=dest, base_url=base, show_progress=False, http_config=FAST)
     (release.vdir / "annotations.json.gz").write_bytes(gzip.compress(b'{"new": 1}', mtime=0))
-    from tests.download_release import write_manifest
+    from devtools.served_release import write_manifest
     write_manifest(release.vdir, V)
     result = download_version("annotations", V, path=dest, base_url=base, show_progress=False,
                               http_config=FAST)
@@ -601,7 +601,7 @@ def test_a_file_left_by_another_tool_is_checked_not_trusted(web: Nginx, tmp_path
 
 def test_extractor_checks_the_manifest_and_the_headers(tmp_path: Path) -> None:
     from objathor_release.errors import InputError
-    from objathor_release.extract import ExpectedMember
+    from objathor_release.fetch.extract import ExpectedMember
 
     data = _tar(GOOD)
     offset = 3 * 512  # two directory headers, then a.jpg's header: its data starts here

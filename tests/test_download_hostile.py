@@ -23,16 +23,16 @@ from typing import Any
 
 import pytest
 
-from objathor_release import download as download_module
+from devtools.nginx import Nginx
+from devtools.sample import make_sample_dataset
+from devtools.served_release import Release, build_release, expected_tree, tree
 from objathor_release.cli import main
-from objathor_release.download_http import Http, HttpConfig, _redirect_target
 from objathor_release.errors import InputError, TransferError
-from objathor_release.sample import make_sample_dataset
+from objathor_release.fetch import download as download_module
+from objathor_release.fetch.http import Http, HttpConfig, _redirect_target
 from tests.conftest import run_cli
-from tests.download_nginx import Nginx
-from tests.download_release import Release, build_release, expected_tree, tree
-from tests.hostile_http import HostileServer, Script, SlowHandshake
-from tests.tmpfs import mounted_tmpfs
+from tests.support.hostile_http import HostileServer, Script, SlowHandshake
+from tests.support.tmpfs import mounted_tmpfs
 
 V = "2024_02_01"
 #: Small enough that every failure below takes about a second: 4 KiB/s over 0.4 s, two attempts.

@@ -35,8 +35,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from objathor_release.errors import ReleaseError
-from objathor_release.extract import ExpectedMember, TarStreamExtractor
-from tests.hostile_tars import BLOCK
+from objathor_release.fetch.extract import ExpectedMember, TarStreamExtractor
+from tests.support.hostile_tars import BLOCK
 
 EXAMPLES = int(os.environ.get("OBJATHOR_FUZZ_EXAMPLES", "300"))
 _VARYING = re.compile(r"'[^']*'|b'[^']*'|sha256:[0-9a-f]+|[0-9]+")  # names and numbers, left out of the statistics

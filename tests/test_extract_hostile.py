@@ -20,11 +20,16 @@ from pathlib import Path
 
 import pytest
 
+from devtools.nginx import Nginx
 from objathor_release.errors import ChecksumError, DiskFullError, InputError, ReleaseError
-from objathor_release.extract import ExpectedMember, TarStreamExtractor, UnsafeMemberError, expected_members
+from objathor_release.fetch.extract import (
+    ExpectedMember,
+    TarStreamExtractor,
+    UnsafeMemberError,
+    expected_members,
+)
 from tests.conftest import run_cli
-from tests.download_nginx import Nginx
-from tests.hostile_tars import (
+from tests.support.hostile_tars import (
     base256,
     directory,
     end,
@@ -38,7 +43,7 @@ from tests.hostile_tars import (
     symlink,
     tar,
 )
-from tests.tmpfs import mounted_tmpfs
+from tests.support.tmpfs import mounted_tmpfs
 
 SOURCE = "assets.tar"
 CHUNKINGS = [(None, 0), (random.Random(11), 2000), (random.Random(12), 7)]

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from objathor_release.config import UploadConfig, adjust_part_size, parse_size, validate_version
+from devtools.sample import make_sample_dataset
 from objathor_release.errors import UsageError
 from objathor_release.fsutil import atomic_write
-from objathor_release.sample import make_sample_dataset
+from objathor_release.settings import UploadConfig, adjust_part_size, parse_size, validate_version
 from tests.conftest import run_cli
-from tests.faultproxy import PASS, FaultProxy, status
+from tests.support.faultproxy import PASS, FaultProxy, status
 
 MiB = 1024 * 1024
 
@@ -118,8 +118,8 @@ def test_public_names_are_exported_from_the_package() -> None:
 
     for name in objathor_release.__all__:
         assert getattr(objathor_release, name) is not None, name
-    from objathor_release.annotations import prepare_annotations
-    from objathor_release.remote import verify_remote
+    from objathor_release.build.annotations import prepare_annotations
+    from objathor_release.publish.remote import verify_remote
 
     assert objathor_release.prepare_annotations is prepare_annotations
     assert objathor_release.verify_remote is verify_remote

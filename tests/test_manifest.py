@@ -13,9 +13,9 @@ import jsonschema
 import pytest
 
 import objathor_release
-import objathor_release.manifest as manifest_mod
-from objathor_release.errors import ChecksumError, InputError
-from objathor_release.manifest import (
+import objathor_release.build.manifest as manifest_mod
+from devtools.sample import make_sample_dataset
+from objathor_release.build.manifest import (
     _member_problem,
     list_artifacts,
     load_manifest,
@@ -23,9 +23,16 @@ from objathor_release.manifest import (
     verify_release,
     write_manifest,
 )
-from objathor_release.sample import make_sample_dataset
-from objathor_release.tarball import build_tar, sidecar_path
-from tests.tarball_helpers import SEED_EXCLUDES, gnu_tar, gnu_tar_available, sha256_of, tarfile_members, write
+from objathor_release.build.tarball import build_tar, sidecar_path
+from objathor_release.errors import ChecksumError, InputError
+from tests.support.tarball_helpers import (
+    SEED_EXCLUDES,
+    gnu_tar,
+    gnu_tar_available,
+    sha256_of,
+    tarfile_members,
+    write,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 VERSION = "2024_02_01"
@@ -293,7 +300,7 @@ def test_manifest_records_the_exclude_list_in_force(tmp_path: Path, sample_asset
 
 
 def test_rendering_parses_back_to_the_same_manifest() -> None:
-    from objathor_release.manifest import render_manifest
+    from objathor_release.build.manifest import render_manifest
 
     odd = ['assets/a"b/c\\d.jpg', "assets/é/ü\n.jpg", "assets/x\u2028y", "assets/plain.jpg"]
     manifest = {"version": VERSION, "tool_version": "1", "excludes": ["*.lock"], "extra": {"b": [1, 2]},

@@ -23,11 +23,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from objathor_release.download import download_version
-from objathor_release.download_http import HttpConfig
+from devtools.nginx import Nginx
+from devtools.sample import make_sample_dataset
+from devtools.served_release import Release, build_release
 from objathor_release.errors import InputError, OriginError, PublishedError, TransferError, UsageError
-from objathor_release.origin import check_manifest_origin, sign_release
-from objathor_release.registry import (
+from objathor_release.fetch.download import download_version
+from objathor_release.fetch.http import HttpConfig
+from objathor_release.trust.origin import check_manifest_origin, sign_release
+from objathor_release.trust.registry import (
     add_pin,
     load_registry,
     manifest_file_sha256,
@@ -35,8 +38,7 @@ from objathor_release.registry import (
     parse_registry,
     pinned_sha256,
 )
-from objathor_release.sample import make_sample_dataset
-from objathor_release.signing import (
+from objathor_release.trust.signing import (
     KeyId,
     load_signing_key,
     load_trusted_key,
@@ -45,10 +47,8 @@ from objathor_release.signing import (
     verify_manifest_signature,
 )
 from tests.conftest import run_cli
-from tests.download_nginx import Nginx
-from tests.download_release import Release, build_release
-from tests.faultproxy import PASS, FaultProxy, Request, status
-from tests.fixtures_upload import make_release, random_bytes, tar_bytes
+from tests.support.faultproxy import PASS, FaultProxy, Request, status
+from tests.support.fixtures_upload import make_release, random_bytes, tar_bytes
 
 V = "2024_02_01"
 FAST = HttpConfig(attempts=2, backoff=0.01, connections=2, part_size=1024 * 1024, read_size=256 * 1024)
@@ -398,7 +398,7 @@ def test_registry_commands(tmp_path: Path) -> None:
     assert other.returncode == 2
     assert f"is the manifest of version {V}, not 2023_09_23" in one_error_line(other.stderr)
     (rel / "annotations.json.gz").write_bytes(b"changed")
-    from tests.fixtures_upload import write_manifest_files
+    from tests.support.fixtures_upload import write_manifest_files
 
     write_manifest_files(rel)
     changed = run_cli("registry", "add", "--version", V, "--release-dir", str(rel), "--registry", str(reg))

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from objathor_release.sample import make_sample_dataset
+from devtools.sample import make_sample_dataset
 from tests.conftest import REPO, run_cli
 
 VERSION = "2024_02_01"

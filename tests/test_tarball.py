@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from objathor_release.errors import InputError, UsageError
-from objathor_release.sample import make_sample_dataset
-from objathor_release.tarball import (
+from devtools.sample import make_sample_dataset
+from objathor_release.build.tarball import (
     DEFAULT_EXCLUDES,
     build_tar,
     compile_excludes,
@@ -28,7 +27,8 @@ from objathor_release.tarball import (
     scan_tar,
     sidecar_path,
 )
-from tests.tarball_helpers import (
+from objathor_release.errors import InputError, UsageError
+from tests.support.tarball_helpers import (
     SEED_EXCLUDES,
     gnu_tar,
     gnu_tar_available,
@@ -478,7 +478,7 @@ def test_scan_names_an_empty_file(tmp_path: Path) -> None:
 def test_buffers_smaller_than_files_and_members_across_buffers(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Files bigger than a buffer, and headers and data landing on buffer edges, give the same bytes."""
-    import objathor_release.tarball as tarball
+    import objathor_release.build.tarball as tarball
 
     src = tmp_path / "assets"
     for i, n in enumerate([0, 100, 4096 - 512, 4096, 4097, 9000, 20000, 3 * 4096 + 511]):

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from objathor_release import remote, upload, upload_state
-from objathor_release.config import UploadConfig
+from devtools.locals3 import free_port
 from objathor_release.errors import ChecksumError, UsageError
-from objathor_release.locals3 import free_port
-from objathor_release.s3 import make_client, parse_duration, parse_remote, resolve_target
+from objathor_release.publish import remote, upload, upload_state
+from objathor_release.publish.s3 import make_client, parse_duration, parse_remote, resolve_target
+from objathor_release.settings import UploadConfig
 from tests.conftest import run_cli
-from tests.faultproxy import PASS, FaultProxy, Request, drop, status
-from tests.fixtures_upload import (
+from tests.support.faultproxy import PASS, FaultProxy, Request, drop, status
+from tests.support.fixtures_upload import (
     PART,
     VERSION,
     content_md5,

@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 
-from objathor_release import remote, upload
 from objathor_release.cli import main
-from objathor_release.config import UploadConfig
 from objathor_release.errors import ChecksumError, InputError, PublishedError, ReleaseError, TransferError
-from objathor_release.s3 import make_client, resolve_target
-from objathor_release.upload_state import UploadState
-from tests.fixtures_upload import PART, VERSION, expected_etag, make_release, random_bytes, tar_bytes
-from tests.s3proxy import Exchange, Reply, S3Proxy, set_xml, xml_error
+from objathor_release.publish import remote, upload
+from objathor_release.publish.s3 import make_client, resolve_target
+from objathor_release.publish.upload_state import UploadState
+from objathor_release.settings import UploadConfig
+from tests.support.fixtures_upload import PART, VERSION, expected_etag, make_release, random_bytes, tar_bytes
+from tests.support.s3proxy import Exchange, Reply, S3Proxy, set_xml, xml_error
 
 ACCESS = "hostile-access-Kp2Lm9Qx"
 SECRET = "hostile-secret-Zq8Wv3Rt7Yu"
@@ -353,7 +353,7 @@ class _OneAtATime(S3Proxy):
     """S3Proxy whose matching requests are forwarded one at a time, after both clients sent theirs."""
 
     def __init__(self, upstream: str, gate: _Serialize) -> None:
-        from tests import s3proxy
+        from tests.support import s3proxy
 
         super().__init__(upstream)
         forward = s3proxy._forward
@@ -942,7 +942,7 @@ def test_artifact_names_outside_the_release_are_refused(env: None, s3_server: An
 
 
 def test_server_text_cannot_leak_a_secret_or_break_the_line() -> None:
-    from objathor_release.s3 import one_line
+    from objathor_release.publish.s3 import one_line
 
     for pad in range(180, 201):
         text = "x" * pad + f"Credential={ACCESS}/20240101" + "\x1b[2J\r\nobjathor-release: error: fake"

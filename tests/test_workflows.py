@@ -25,10 +25,10 @@ import jsonschema
 import pytest
 import yaml
 
-from objathor_release.locals3 import LocalS3
-from objathor_release.sample import make_sample_dataset
-from objathor_release.signing import keygen, verify_manifest_signature
-from tests.fixtures_docker import TEST_EPOCH
+from devtools.locals3 import LocalS3
+from devtools.sample import make_sample_dataset
+from objathor_release.trust.signing import keygen, verify_manifest_signature
+from tests.support.fixtures_docker import TEST_EPOCH
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / ".github" / "workflows"

@@ -1,0 +1,4 @@
+"""Fetch: download a published version and extract it safely.
+
+Never imports publish.
+"""

@@ -1,0 +1,415 @@
+"""The release pipeline: annotations, tars, manifest, local verify, upload, remote verify, summary.
+
+``objathor-release release`` runs every step and skips the ones whose outputs
+are up to date: a hidden state file in the release directory records, per
+step, a fingerprint of its inputs (paths, sizes and mtimes, plus the settings
+that shape the output) and the size and mtime of what it wrote. ``make
+release`` runs the same steps as file targets; its last one is ``publish``.
+``objathor-release demo`` runs it all against an embedded local S3 endpoint
+and downloads the version back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from objathor_release.errors import InputError, UsageError
+from objathor_release.fsutil import atomic_write, open_regular, prepare_output
+from objathor_release.settings import (
+    ReleaseConfig,
+    UploadConfig,
+    format_size,
+    format_table,
+    parse_size,
+    validate_version,
+)
+
+STATE_FILE = ".release-state.json"
+ANNOTATION_FILES = ("annotations.json.gz", "thor_metadata.json")
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def settings_from_args(args: argparse.Namespace) -> ReleaseConfig:
+    """The release config: ``--config`` file, overridden by flags; validated before any work."""
+    overrides = {
+        "version": args.version, "assets_dir": args.assets_dir, "features_dir": args.features_dir,
+        "release_dir": args.release_dir, "bucket": args.bucket, "prefix": getattr(args, "prefix", None),
+        "endpoint_url": args.endpoint_url, "profile": args.profile,
+        "chunk_size": getattr(args, "chunk_size", None),
+        "upload_concurrency": getattr(args, "upload_concurrency", None),
+        "transfers": getattr(args, "transfers", None),
+        "public_base_url": getattr(args, "public_base_url", None),
+    }
+    cfg = ReleaseConfig.load(getattr(args, "config", None), overrides)
+    check_settings(cfg, need_assets=getattr(args, "need_assets", True),
+                   need_bucket=not getattr(args, "remote", None))
+    return cfg
+
+
+def check_settings(cfg: ReleaseConfig, *, need_assets: bool = True, need_bucket: bool = True) -> None:
+    """Stop with one clear line on a missing or malformed setting."""
+    validate_version(cfg.version)
+    if need_assets:
+        if not cfg.assets_dir:
+            raise UsageError("ASSETS_DIR is not set: pass --assets-dir (make: ASSETS_DIR=...)")
+        if not Path(cfg.assets_dir).is_dir():
+            raise UsageError(f"{cfg.assets_dir}: assets directory not found: check ASSETS_DIR / --assets-dir")
+        if cfg.features_dir and not Path(cfg.features_dir).is_dir():
+            raise UsageError(f"{cfg.features_dir}: features directory not found: check FEATURES_DIR")
+    if need_bucket and not cfg.bucket:
+        raise UsageError("BUCKET is not set: pass --bucket (make: BUCKET=...) or set $BUCKET")
+    upload_config(cfg)  # validates the tunables
+
+
+def upload_config(cfg: ReleaseConfig) -> UploadConfig:
+    chunk = parse_size(cfg.chunk_size)
+    return UploadConfig(chunk_size=chunk, upload_concurrency=cfg.upload_concurrency, transfers=cfg.transfers,
+                        multipart_threshold=max(chunk, 5 * 1024 * 1024))
+
+
+def release_dir_of(cfg: ReleaseConfig) -> Path:
+    return Path(cfg.release_dir or Path("release") / str(cfg.version))
+
+
+MAKE_VARIABLES = {
+    "version": "VERSION", "assets_dir": "ASSETS_DIR", "features_dir": "FEATURES_DIR",
+    "release_dir": "RELEASE_DIR", "bucket": "BUCKET", "prefix": "PREFIX", "endpoint_url": "ENDPOINT_URL",
+    "r2_account_id": "R2_ACCOUNT_ID", "profile": "PROFILE", "chunk_size": "CHUNK_SIZE",
+    "upload_concurrency": "UPLOAD_CONCURRENCY", "transfers": "TRANSFERS",
+    "source_date_epoch": "SOURCE_DATE_EPOCH", "excludes": "EXCLUDES", "public_base_url": "PUBLIC_BASE_URL",
+}
+
+
+def config_as_make(path: str) -> str:
+    """The settings of a release.toml as Make assignments (``?=``: the command line and environment win)."""
+    cfg = ReleaseConfig.load(path)
+    defaults = ReleaseConfig()
+    lines = [f"# generated from {path} by objathor-release config --make; do not edit"]
+    for key, var in MAKE_VARIABLES.items():
+        value = getattr(cfg, key)
+        if value is None or value == getattr(defaults, key):
+            continue
+        text = " ".join(value) if isinstance(value, list) else str(value)
+        if any(c in text for c in "$#\n"):
+            raise UsageError(f"{path}: {key}: '$', '#' and newlines cannot be passed to make: "
+                             "change the value")
+        lines.append(f"{var} ?= {text}")
+    return "\n".join(lines) + "\n"
+
+
+def run_config_command(args: argparse.Namespace) -> int:
+    """``objathor-release config --config FILE [--make]``: validate a release config and show it."""
+    if args.make:
+        text = config_as_make(args.config)
+        if args.output:
+            with atomic_write(args.output) as fh:
+                fh.write(text.encode())
+        else:
+            print(text, end="")
+        return 0
+    cfg = ReleaseConfig.load(args.config)
+    print(json.dumps({k: v for k, v in vars(cfg).items() if v not in (None, [])}, indent=2, sort_keys=True))
+    return 0
+
+
+# --------------------------------------------------------------------------- up-to-date checks
+
+
+def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Every entry below ``root`` but folders as (relative path, lstat), in sorted order.
+
+    Nothing is opened (a FIFO cannot block it) and no symlink is followed; a
+    folder that cannot be read, or vanishes or changes during the walk, raises
+    InputError naming it.
+    """
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        folder = root / rel_dir if rel_dir else root
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name, reverse=True)
+        except OSError as exc:
+            raise _walk_error(folder, exc) from None
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                st = None if is_dir else entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                raise _walk_error(Path(entry.path), exc) from None
+            if st is None:
+                stack.append(rel)
+            else:
+                yield rel, st
+
+
+def _walk_error(path: Path, exc: OSError) -> InputError:
+    if isinstance(exc, FileNotFoundError):
+        how = "vanished while it was being read"
+    elif isinstance(exc, NotADirectoryError):
+        how = "was replaced by a file while it was being read"
+    else:
+        how = f"cannot be read ({exc.strerror})"
+    return InputError(f"{path}: {how}: fix its permissions, or stop whatever changes the tree, and run again")
+
+
+def fingerprints(root: Path, *selections: tuple[Callable[[str], bool], tuple[object, ...]]) -> list[str]:
+    """For each (keep, settings): a hash of the settings and of the paths, sizes and mtimes of the
+    files under ``root`` that ``keep`` accepts. One walk of the tree serves every selection."""
+    hashes = [hashlib.sha256(json.dumps([str(s) for s in settings]).encode()) for _, settings in selections]
+    for rel, st in _walk(root):
+        line = f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode()
+        for (keep, _), h in zip(selections, hashes, strict=True):
+            if keep(rel):
+                h.update(line)
+    return [h.hexdigest() for h in hashes]
+
+
+def fingerprint(root: Path, keep: Callable[[str], bool], *settings: object) -> str:
+    """``fingerprints`` for one selection."""
+    return fingerprints(root, (keep, settings))[0]
+
+
+class State:
+    """The release directory's record of what each step built from what."""
+
+    def __init__(self, release_dir: Path) -> None:
+        self.path = release_dir / STATE_FILE
+        self.data: dict[str, Any] = {}
+        try:
+            with open_regular(self.path) as fh:
+                data = json.loads(fh.read())
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot be read ({exc.strerror}): remove it (every step is then "
+                             "rebuilt)") from None
+        except (ValueError, RecursionError):
+            return  # unreadable state: every step is rebuilt
+        if isinstance(data, dict):
+            self.data = {k: v for k, v in data.items() if isinstance(v, dict)}
+
+    @staticmethod
+    def _stat(path: Path) -> list[int] | None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return [st.st_size, st.st_mtime_ns]
+
+    def fresh(self, step: str, inputs: str, output: Path) -> bool:
+        entry: dict[str, Any] = self.data.get(step) or {}
+        return bool(entry) and entry.get("inputs") == inputs and entry.get("output") == self._stat(output)
+
+    def record(self, step: str, inputs: str, output: Path) -> None:
+        self.data[step] = {"inputs": inputs, "output": self._stat(output)}
+        with atomic_write(self.path) as fh:
+            fh.write((json.dumps(self.data, indent=2, sort_keys=True) + "\n").encode())
+
+
+# --------------------------------------------------------------------------- the local steps
+
+
+@dataclass
+class LocalBuild:
+    release_dir: Path
+    built: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool = False) -> LocalBuild:
+    """Prepare annotations, build the tars, write the manifest and verify, skipping what is up to date."""
+    from objathor_release.build.annotations import prepare_annotations
+    from objathor_release.build.manifest import MANIFEST, SIGNATURE, SUMS, verify_release, write_manifest
+    from objathor_release.build.tarball import DEFAULT_EXCLUDES, build_tar, compile_excludes, resolve_epoch
+
+    assert cfg.assets_dir and cfg.version
+    assets = Path(cfg.assets_dir)
+    rdir = release_dir_of(cfg)
+    prepare_output(rdir / STATE_FILE, "release directory")
+    state = State(rdir)
+    out = LocalBuild(rdir)
+    epoch = resolve_epoch(cfg.source_date_epoch)
+    excludes = [*DEFAULT_EXCLUDES, *cfg.excludes]
+    excluded = compile_excludes(excludes)
+
+    def step(name: str, inputs: str, output: Path, run: Callable[[], object]) -> None:
+        if state.fresh(name, inputs, output):
+            out.skipped.append(name)
+            _say(f"{name}: up to date")
+            return
+        run()
+        state.record(name, inputs, output)
+        out.built.append(name)
+
+    top = assets.resolve().name
+    annotation_inputs, tar_inputs = fingerprints(
+        assets,
+        (lambda rel: rel.rsplit("/", 1)[-1] in ANNOTATION_FILES or rel.endswith(".tar"), ()),
+        (lambda rel: not excluded(f"{top}/{rel}"), (epoch, excludes)),
+    )
+    step("annotations.json.gz", annotation_inputs, rdir / "annotations.json.gz",
+         lambda: _say(prepare_annotations(assets, rdir / "annotations.json.gz",
+                                          show_progress=show_progress).summary()))
+    step("assets.tar", tar_inputs, rdir / "assets.tar",
+         lambda: _say(build_tar(assets, rdir / "assets.tar", extra_excludes=cfg.excludes,
+                                source_date_epoch=epoch, verbose=verbose,
+                                show_progress=show_progress).summary()))
+    if cfg.features_dir:
+        features = Path(cfg.features_dir)
+        ftop = features.resolve().name
+        step("features.tar",
+             fingerprint(features, lambda rel: not excluded(f"{ftop}/{rel}"), epoch, excludes),
+             rdir / "features.tar",
+             lambda: _say(build_tar(features, rdir / "features.tar", extra_excludes=cfg.excludes,
+                                    source_date_epoch=epoch, verbose=verbose,
+                                    show_progress=show_progress).summary()))
+    bookkeeping = (MANIFEST, SUMS, SIGNATURE)
+    artifacts = fingerprint(rdir, lambda rel: not rel.startswith(".") and rel not in bookkeeping,
+                            cfg.version, epoch)
+    step("manifest.json", artifacts, rdir / "manifest.json",
+         lambda: write_manifest(rdir, cfg.version or "", show_progress=show_progress))
+    step("verify", fingerprint(rdir, lambda rel: not rel.startswith(".") and rel != SIGNATURE),
+         rdir / MANIFEST,
+         lambda: verify_release(rdir, show_progress=show_progress))
+    return out
+
+
+# --------------------------------------------------------------------------- publish
+
+
+@dataclass
+class Summary:
+    version: str
+    bucket: str
+    prefix: str
+    endpoint_url: str
+    rows: list[dict[str, Any]]
+    dry_run: bool
+    upload_summary: str
+    upload_table: str = ""
+
+    def table(self) -> str:
+        head = ("artifact", "size", "sha256", "parts", "status")
+        body = [(r["name"], format_size(r["size"]), r["sha256"][:12], str(r["parts"]), r["status"])
+                for r in self.rows]
+        return format_table(head, body)
+
+    def text(self) -> str:
+        lines = [f"release {self.version} -> s3://{self.bucket}/{self.prefix}/ at {self.endpoint_url}",
+                 self.upload_table if self.dry_run else self.table(), self.upload_summary]
+        if not self.dry_run:
+            lines.append("public URLs:")
+            lines += [f"  {r['url']}" for r in self.rows]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "bucket": self.bucket, "prefix": self.prefix,
+                "endpoint_url": self.endpoint_url, "dry_run": self.dry_run, "artifacts": self.rows}
+
+
+def _public_url(cfg: ReleaseConfig, endpoint_url: str, bucket: str, key: str) -> str:
+    if cfg.public_base_url:
+        return f"{cfg.public_base_url.rstrip('/')}/{key}"
+    return f"{endpoint_url.rstrip('/')}/{bucket}/{key}"
+
+
+def publish(cfg: ReleaseConfig, *, remote: str | None = None, rclone_config: str | None = None,
+            force: bool = False, dry_run: bool = False, show_progress: bool = True,
+            verbose: bool = False) -> Summary:
+    """Upload the built release (refusing to change a published version without ``force``),
+    then HEAD every object against the manifest. Nothing is reported as published before that."""
+    from objathor_release.build.manifest import load_manifest
+    from objathor_release.publish.remote import verify_remote
+    from objathor_release.publish.s3 import make_client, redact, resolve_target
+    from objathor_release.publish.upload import upload_release
+    from objathor_release.trust.origin import sign_release
+
+    rdir = release_dir_of(cfg)
+    manifest = load_manifest(rdir)
+    if manifest["version"] != cfg.version:
+        raise InputError(f"{rdir}/manifest.json is for version {manifest['version']}, not {cfg.version}: "
+                         "rebuild it or check VERSION")
+    _say(sign_release(rdir).message)  # manifest.json.sig (or none), uploaded before manifest.json
+    config = upload_config(cfg)
+    env = {**os.environ, **({"R2_ACCOUNT_ID": cfg.r2_account_id} if cfg.r2_account_id else {})}
+    target = resolve_target(bucket=cfg.bucket, prefix=cfg.prefix or cfg.version,
+                            endpoint_url=cfg.endpoint_url, profile=cfg.profile, remote=remote,
+                            rclone_config=rclone_config, require_credentials=not dry_run, env=env)
+    client = None if dry_run else make_client(
+        target, max_pool_connections=config.transfers * config.upload_concurrency + 8)
+    prefix = target.prefix or str(cfg.version)
+    try:
+        report = upload_release(client, rdir, target, config, force=force, dry_run=dry_run,
+                                show_progress=show_progress, verbose=verbose)
+        checks = {} if dry_run else {
+            c.name: c for c in verify_remote(client, target.bucket, prefix, manifest, release_dir=rdir,
+                                             expected_etags=report.etags(), config=config)}
+    except Exception as exc:
+        exc.args = tuple(redact(str(a), target.secrets()) for a in exc.args)
+        raise
+    rows = []
+    for r in report.results:
+        status = r.status if dry_run else (f"{r.status}, verified" if r.name in checks else r.status)
+        rows.append({"name": r.name, "size": r.size, "sha256": r.sha256, "parts": r.parts,
+                     "status": status, "etag": r.etag,
+                     "url": _public_url(cfg, target.endpoint_url, target.bucket, r.key)})
+    summary = Summary(str(cfg.version), target.bucket, prefix, target.endpoint_url, rows, dry_run,
+                      report.summary(), report.table())
+    if not dry_run:
+        stamp = rdir / f".published-{target.bucket}"
+        with atomic_write(stamp) as fh:
+            fh.write((json.dumps(summary.to_json(), indent=2) + "\n").encode())
+    return summary
+
+
+def _finish(summary: Summary, summary_file: str | None) -> None:
+    print(summary.text())
+    if summary_file:
+        with atomic_write(summary_file) as fh:
+            fh.write((json.dumps(summary.to_json(), indent=2) + "\n").encode())
+
+
+def run_release_command(args: argparse.Namespace) -> int:
+    """``objathor-release release``: every step, skipping what is up to date."""
+    cfg = settings_from_args(args)
+    if getattr(args, "check_only", False):
+        print(f"settings OK: version {cfg.version}, assets {cfg.assets_dir}, "
+              f"release dir {release_dir_of(cfg)}")
+        return 0
+    build = build_local(cfg, show_progress=not args.quiet, verbose=args.verbose)
+    if build.built:
+        _say(f"built: {', '.join(build.built)}")
+    summary = publish(cfg, remote=args.remote, rclone_config=args.rclone_config, force=args.force,
+                      dry_run=args.dry_run, show_progress=not args.quiet, verbose=args.verbose)
+    _finish(summary, args.summary)
+    return 0
+
+
+def run_publish_command(args: argparse.Namespace) -> int:
+    """``objathor-release publish``: upload an already built release dir and verify it remotely."""
+    args.need_assets = False
+    args.assets_dir = args.features_dir = None
+    cfg = settings_from_args(args)
+    summary = publish(cfg, remote=args.remote, rclone_config=args.rclone_config, force=args.force,
+                      dry_run=args.dry_run, show_progress=not args.quiet, verbose=args.verbose)
+    _finish(summary, args.summary)
+    return 0
+
+
+# --------------------------------------------------------------------------- demo

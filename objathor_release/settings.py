@@ -1,0 +1,221 @@
+"""Settings: versions, sizes, the upload tunables and the release config file.
+
+One validated object per job, in the style of s3transfer's TransferConfig: the
+values are checked once, here, and the code that uses them can trust them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from objathor_release.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+# S3 / R2 multipart limits.
+MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 * GiB
+MAX_PARTS = 10_000
+MAX_OBJECT_SIZE = 5 * TiB
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+
+VERSION_RE = re.compile(r"^\d{4}_\d{2}_\d{2}$")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": KiB, "M": MiB, "G": GiB, "T": TiB}
+
+
+def validate_version(version: str | None) -> str:
+    """Return ``version`` if it is a real date written ``YYYY_MM_DD``, else raise UsageError."""
+    if not version:
+        raise UsageError("VERSION is required: pass a dataset version such as 2024_02_01")
+    if not VERSION_RE.match(version):
+        raise UsageError(
+            f"version {version!r} is not of the form YYYY_MM_DD: use e.g. 2024_02_01"
+        )
+    try:
+        _dt.datetime.strptime(version, "%Y_%m_%d")
+    except ValueError:
+        raise UsageError(f"version {version!r} is not a real date: use e.g. 2024_02_01") from None
+    return version
+
+
+def parse_size(text: str | int) -> int:
+    """Parse ``64M``, ``5MiB``, ``1.5G`` or a plain byte count (binary units, like rclone)."""
+    if isinstance(text, int):
+        value = text
+    else:
+        m = _SIZE_RE.match(str(text))
+        if not m:
+            raise UsageError(f"size {text!r} is not understood: use a number with K, M or G, e.g. 64M")
+        value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if value <= 0:
+        raise UsageError(f"size {text!r} must be greater than zero")
+    return value
+
+
+def format_size(n: float) -> str:
+    """Human-readable binary size: ``64.0 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Plain left-aligned columns separated by two spaces, for summaries on a terminal or in a log."""
+    widths = [max(len(cell) for cell in col) for col in zip(head, *rows, strict=True)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in (head, *rows))
+
+
+def adjust_part_size(file_size: int, part_size: int) -> int:
+    """Return a part size valid for ``file_size`` under the S3 limits.
+
+    Like s3transfer's ChunksizeAdjuster: clamp to 5 MiB..5 GiB, then grow (to
+    a whole MiB) until the file needs at most 10,000 parts.
+    """
+    size = min(max(part_size, MIN_PART_SIZE), MAX_PART_SIZE)
+    if file_size > size * MAX_PARTS:
+        size = math.ceil(file_size / MAX_PARTS / MiB) * MiB
+    return size
+
+
+@dataclass(frozen=True)
+class UploadConfig:
+    """Tunables for the multipart upload, named after the rclone flags users know."""
+
+    chunk_size: int = 64 * MiB
+    upload_concurrency: int = 16
+    transfers: int = 4
+    max_part_attempts: int = 5
+    multipart_threshold: int = 64 * MiB
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < MIN_PART_SIZE or self.chunk_size > MAX_PART_SIZE:
+            raise UsageError(
+                f"--chunk-size {format_size(self.chunk_size)} is out of range: "
+                "S3 and R2 parts must be 5 MiB to 5 GiB"
+            )
+        for name in ("upload_concurrency", "transfers", "max_part_attempts"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1 or value > 1000:
+                flag = "--" + name.replace("_", "-")
+                raise UsageError(f"{flag} must be a whole number from 1 to 1000, got {value!r}")
+        if self.multipart_threshold < MIN_PART_SIZE:
+            raise UsageError("multipart_threshold must be at least 5 MiB")
+
+    def part_size_for(self, file_size: int) -> int:
+        """The part size a file of ``file_size`` bytes is uploaded with."""
+        if file_size > MAX_OBJECT_SIZE:
+            raise UsageError(
+                f"a file of {format_size(file_size)} is larger than the 5 TiB S3 object limit"
+            )
+        return adjust_part_size(file_size, self.chunk_size)
+
+
+# ---------------------------------------------------------------------------
+# JSON Schemas shipped with the package
+
+
+@cache
+def load_schema(name: str) -> dict[str, Any]:
+    """Load ``schemas/<name>.schema.json`` (shipped inside the package)."""
+    text = (SCHEMA_DIR / f"{name}.schema.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@cache
+def schema_validator(name: str) -> Any:
+    """A draft 2020-12 validator for a shipped schema; ``$ref`` between shipped schemas resolves."""
+    from referencing import Registry, Resource
+
+    resources = []
+    for path in sorted(SCHEMA_DIR.glob("*.schema.json")):
+        contents = load_schema(path.name.removesuffix(".schema.json"))
+        resources.append((contents.get("$id", path.name), Resource.from_contents(contents)))
+    registry: Registry[Any] = Registry().with_resources(resources)
+    from objathor_release.build.validation import FastValidator
+
+    return FastValidator(load_schema(name), registry=registry)
+
+
+def schema_errors(instance: Any, name: str) -> list[str]:
+    """Validate ``instance`` against a shipped schema; return one line per problem, sorted."""
+    return sorted(f"{err.json_path}: {err.message}" for err in schema_validator(name).iter_errors(instance))
+
+
+# ---------------------------------------------------------------------------
+# The release config file (release.toml), overridden by flags and variables
+
+
+@dataclass
+class ReleaseConfig:
+    """Everything ``objathor-release release`` needs; validated against release-config.schema.json."""
+
+    version: str | None = None
+    assets_dir: str | None = None
+    features_dir: str | None = None
+    release_dir: str | None = None
+    bucket: str | None = None
+    prefix: str | None = None
+    endpoint_url: str | None = None
+    r2_account_id: str | None = None
+    profile: str | None = None
+    chunk_size: str = "64M"
+    upload_concurrency: int = 16
+    transfers: int = 4
+    source_date_epoch: int | None = None
+    excludes: list[str] = field(default_factory=list)
+    public_base_url: str | None = None
+
+    @classmethod
+    def load(cls, path: str | Path | None, overrides: dict[str, Any] | None = None) -> ReleaseConfig:
+        """Read ``path`` (TOML, optional), apply non-None ``overrides``, validate."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            p = Path(path)
+            try:
+                with p.open("rb") as fh:
+                    raw = tomllib.load(fh)
+            except FileNotFoundError:
+                raise UsageError(f"{p}: config file not found: check the --config path") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise UsageError(f"{p}: not valid TOML ({exc}): fix the file") from None
+            data = dict(raw.get("release", raw))
+            secrets = sorted(k for k in data if "secret" in k.lower() or "key_id" in k.lower())
+            if secrets:
+                raise UsageError(f"{p}: {secrets[0]!r}: credentials do not belong in the config file: "
+                                 "set them in the environment or a credentials profile")
+            problems = schema_errors(data, "release-config")
+            if problems:
+                raise UsageError(f"{p}: {problems[0]}: fix this setting")
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                data[key] = value
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(
+                f"unknown release setting {unknown[0]!r}: see schemas/release-config.schema.json"
+            )
+        return cls(**data)

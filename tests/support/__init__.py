@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: hostile servers and proxies, fixtures (loaded as plugins) and builders."""

@@ -20,7 +20,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import WORK, Row, parser, report, run_process  # noqa: E402
-from objathor_release.sample import make_sample_dataset  # noqa: E402
+from devtools.sample import make_sample_dataset  # noqa: E402
 
 
 def objathor_way(assets_dir: Path, out: Path) -> None:

@@ -30,9 +30,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import WORK, Row, parser, report, run_process  # noqa: E402
-from objathor_release.sample import make_sample_dataset  # noqa: E402
-from tests.download_nginx import Nginx, find_nginx  # noqa: E402
-from tests.download_release import build_release  # noqa: E402
+from devtools.nginx import Nginx, find_nginx  # noqa: E402
+from devtools.sample import make_sample_dataset  # noqa: E402
+from devtools.served_release import build_release  # noqa: E402
 
 VERSION = "2024_02_01"
 FULL_BYTES = 2.7e9

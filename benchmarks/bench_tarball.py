@@ -1,6 +1,6 @@
 """Benchmark: `objathor-release tar` + `manifest` against GNU tar and the two-pass way.
 
-Builds two synthetic trees with objathor_release.sample (deterministic):
+Builds two synthetic trees with devtools.sample (deterministic):
 
 * big:  2,000 assets of realistic size (about 2.7 GB at --scale 1)
 * tiny: 20,000 assets of tiny files (per-file overhead dominates)
@@ -42,8 +42,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from objathor_release.sample import make_sample_dataset  # noqa: E402
-from objathor_release.tarball import DEFAULT_EXCLUDES, compile_excludes, gnu_tar_command  # noqa: E402
+from devtools.sample import make_sample_dataset  # noqa: E402
+from objathor_release.build.tarball import DEFAULT_EXCLUDES, compile_excludes, gnu_tar_command  # noqa: E402
 
 WORK = REPO / "benchmarks" / "work" / "tarball"
 TREES = {  # name: (assets at scale 1, average bytes per asset)
@@ -110,7 +110,7 @@ def tarfile_loop(src: Path, out: Path) -> Timing:
     """A straightforward Python version: tarfile.addfile per file, hashing each file and the archive."""
     code = f"""
 import hashlib, os, tarfile
-from objathor_release.tarball import DEFAULT_EXCLUDES, compile_excludes
+from objathor_release.build.tarball import DEFAULT_EXCLUDES, compile_excludes
 src, out = {str(src)!r}, {str(out)!r}
 excluded = compile_excludes(DEFAULT_EXCLUDES)
 class H:

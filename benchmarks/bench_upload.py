@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import WORK, Row, parser, report, run_process  # noqa: E402
-from objathor_release.locals3 import DUMMY_CREDENTIALS, LocalS3  # noqa: E402
+from devtools.locals3 import DUMMY_CREDENTIALS, LocalS3  # noqa: E402
 
 GiB = 1024**3
 MiB = 1024**2
@@ -166,7 +166,7 @@ def main() -> int:
     make_file(data, size)
     if not (release / "manifest.json").exists() or \
             f'"size": {size}' not in (release / "manifest.json").read_text():
-        from objathor_release.manifest import write_manifest
+        from objathor_release.build.manifest import write_manifest
 
         write_manifest(release, VERSION, show_progress=False)
     shutil.rmtree(release / ".upload-state", ignore_errors=True)

@@ -492,12 +492,11 @@ def test_buffers_smaller_than_files_and_members_across_buffers(tmp_path: Path,
 
 @needs_gnu_tar
 def test_the_readme_command_reproduces_our_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The GNU tar command printed in the README, run as printed, gives our archive byte for byte."""
+    """The GNU tar command printed in docs/release.md, run as printed, gives our archive byte for byte."""
     import re
     import subprocess
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("<!-- section: tarball -->", 1)[1]
+    section = (Path(__file__).resolve().parent.parent / "docs" / "release.md").read_text()
     command = next(block for block in re.findall(r"```bash\n(.*?)```", section, re.S)
                    if block.startswith("tar --sort=name"))
     src = make_messy_tree(tmp_path / "assets")

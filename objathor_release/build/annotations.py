@@ -46,7 +46,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from objathor_release.settings import MiB, format_size, schema_validator
+from objathor_release.build.tarball import SeekingReader, TarFormatError, iter_headers
+from objathor_release.build.validation import too_deep
 from objathor_release.errors import InputError, ReleaseError
 from objathor_release.fsutil import (
     NotRegularFileError,
@@ -57,8 +58,7 @@ from objathor_release.fsutil import (
     prepare_output,
 )
 from objathor_release.progress import progress
-from objathor_release.build.tarball import SeekingReader, TarFormatError, iter_headers
-from objathor_release.build.validation import too_deep
+from objathor_release.settings import MiB, format_size, schema_validator
 
 ANNOTATION = "annotations.json.gz"
 THOR_METADATA = "thor_metadata.json"

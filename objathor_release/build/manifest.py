@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from objathor_release._version import __version__
-from objathor_release.settings import schema_errors, validate_version
+from objathor_release.build.tarball import DEFAULT_EXCLUDES, read_sidecar, scan_tar
+from objathor_release.build.validation import too_deep
 from objathor_release.errors import ChecksumError, InputError, UsageError
 from objathor_release.fsutil import CHUNK, atomic_write, describe_mode, open_regular
 from objathor_release.progress import progress
-from objathor_release.build.tarball import DEFAULT_EXCLUDES, read_sidecar, scan_tar
-from objathor_release.build.validation import too_deep
+from objathor_release.settings import schema_errors, validate_version
 
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"

@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from objathor_release.settings import format_size
 from objathor_release.errors import InputError, ReleaseError, UsageError
 from objathor_release.fsutil import atomic_path, describe_mode, open_regular, prepare_output
 from objathor_release.progress import progress
+from objathor_release.settings import format_size
 
 #: The seed release process's exclude list, exact and in its order.
 DEFAULT_EXCLUDES: tuple[str, ...] = (

@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import os
 import secrets
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,3 +149,31 @@ def prepare_output(target: str | Path, what: str = "output") -> Path:
     if os.path.isdir(target):
         raise UsageError(f"{what} {target}: is a directory: name the file to write inside it")
     return target
+
+
+# --------------------------------------------------------------------------- file operations of a download
+
+_DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL
+
+
+def remove_path(path: Path) -> None:
+    """Delete ``path`` whatever it is (a folder tree, a file, a link); nothing there is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def replace_dir(src: Path, dst: Path, trash: Path) -> None:
+    """Rename ``src`` to ``dst``; an existing ``dst`` is moved to ``trash`` first, then deleted."""
+    if dst.exists() or dst.is_symlink():
+        remove_path(trash)
+        os.replace(dst, trash)
+    os.replace(src, dst)
+    remove_path(trash)

@@ -28,8 +28,8 @@ from devtools.sample import make_sample_dataset
 from devtools.served_release import Release, build_release, expected_tree, tree
 from objathor_release.cli import main
 from objathor_release.errors import InputError, TransferError
-from objathor_release.fetch import download as download_module
-from objathor_release.fetch.http import Http, HttpConfig, _redirect_target
+from objathor_release.fetch import origin as served_manifest
+from objathor_release.fetch.http import Http, HttpConfig, redirect_target
 from tests.conftest import run_cli
 from tests.support.hostile_http import HostileServer, Script, SlowHandshake
 from tests.support.tmpfs import mounted_tmpfs
@@ -304,13 +304,13 @@ def test_a_redirect_chain_is_checked_at_every_hop(server: HostileServer, tmp_pat
 
 
 def test_redirect_rules() -> None:
-    ok = _redirect_target("u", "https://a.example/x/y", "/z")
+    ok = redirect_target("u", "https://a.example/x/y", "/z")
     assert ok == "https://a.example/z"
-    assert _redirect_target("u", "http://a/x", "https://b/y") == "https://b/y"
-    assert _redirect_target("u", "http://a/x", "//b/y") == "http://b/y"
+    assert redirect_target("u", "http://a/x", "https://b/y") == "https://b/y"
+    assert redirect_target("u", "http://a/x", "//b/y") == "http://b/y"
     for bad in ("http://b/y", "file:///x", " ftp://b/y"):
         with pytest.raises(InputError, match="refused"):
-            _redirect_target("u", "https://a/x", bad)
+            redirect_target("u", "https://a/x", bad)
 
 
 # ---------------------------------------------------------------------- statuses
@@ -624,7 +624,7 @@ def test_a_huge_manifest_is_refused(server: HostileServer, tmp_path: Path, monke
                                 str(tmp_path / "dl"), "--base-url", base(server))
     line = error_line(err)
     assert code == 2 and seconds < BOUND and "is 1000000000000 bytes, more than the 256.0 MiB" in line
-    monkeypatch.setattr(download_module, "MANIFEST_LIMIT", 4096)
+    monkeypatch.setattr(served_manifest, "MANIFEST_LIMIT", 4096)
     server.script("manifest.json", Script(body=b" " * 20_000, no_length=True))
     code, _, err, _ = run(monkeypatch, capsys, "annotations", "--version", V, "--path",
                           str(tmp_path / "dl"), "--base-url", base(server))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
-from objathor_release.cli.common import env
+from objathor_release.cli.common import PROG, env
+from objathor_release.errors import UsageError
 
 # --------------------------------------------------------------------------- download
 
@@ -42,9 +45,45 @@ def add_download(sub: Any) -> None:
 
 
 def _run_download(args: argparse.Namespace) -> int:
-    from objathor_release.fetch.download import run_download_command
+    """``objathor-release download WHAT --version V [...]``: notes on stderr as they come, the summary on
+    stdout at the end."""
+    from objathor_release.fetch.download import download_version
 
-    return run_download_command(args)
+    uids = parse_uids(args.uids, args.uids_file)
+    if uids is not None and args.what not in ("assets", "all"):
+        raise UsageError("--uids/--uids-file select assets: use them with 'download assets' or "
+                         "'download all'")
+    result = download_version(
+        args.what, args.version, path=args.path, base_url=args.base_url, uids=uids,
+        require_checksums=args.require_checksums, show_progress=not getattr(args, "quiet", False),
+        keep_tar=args.keep_tar, connections=args.connections, trusted_keys=args.trusted_key or (),
+        require_signature=args.require_signature, on_note=_note,
+    )
+    print(result.summary())
+    return 0
+
+
+def _note(text: str) -> None:
+    print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+
+
+def parse_uids(uids: str | None = None, uids_file: str | None = None) -> list[str] | None:
+    """``--uids a,b,c`` and ``--uids-file FILE`` (one uid per line, ``#`` comments) as one list."""
+    if not uids and not uids_file:
+        return None
+    out: list[str] = [u.strip() for u in (uids or "").split(",") if u.strip()]
+    if uids_file:
+        try:
+            text = Path(uids_file).read_text()
+        except OSError as exc:
+            raise UsageError(f"--uids-file {uids_file}: {exc.strerror or exc}") from None
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                out.append(line)
+    if not out:
+        raise UsageError("--uids/--uids-file gave no uids: list at least one")
+    return list(dict.fromkeys(out))
 
 
 COMMANDS = [add_download]

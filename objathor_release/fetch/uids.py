@@ -17,6 +17,9 @@ way the extractor creates them: component by component from the staging
 folder with ``O_NOFOLLOW`` (never through a link), ``O_EXCL`` (never over an
 existing file), and a member that cannot be created (a file where a folder
 must be, a name too long for the filesystem) is one line naming it.
+
+The cut: some members of the assets tar, by byte range, into their folders;
+the part's lock, and the choice to fetch only some uids, are :mod:`.download`'s.
 """
 
 from __future__ import annotations
@@ -30,28 +33,26 @@ import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from objathor_release.errors import ChecksumError, InputError, UsageError
 from objathor_release.fetch.extract import member_parts
 from objathor_release.fetch.http import Http
-from objathor_release.fsutil import atomic_write
+from objathor_release.fetch.job import Job, PartResult
+from objathor_release.fetch.layout import Part, top_folder
+from objathor_release.fetch.markers import read_done
+from objathor_release.fsutil import atomic_write, remove_path, replace_dir
 from objathor_release.progress import Progress, progress
 
-if TYPE_CHECKING:
-    from objathor_release.fetch.download import PartResult, _Downloader
 
-
-def fetch_uids(d: _Downloader, uids: Sequence[str]) -> PartResult:
-    """Fetch the assets ``uids`` of ``d``'s version into its assets folder (the caller holds the lock)."""
-    from objathor_release.fetch.download import PartResult, _remove, _replace_dir, _top, _warn
-
-    art = d.artifact("assets")
+def fetch_uids(job: Job, part: Part, uids: Sequence[str]) -> PartResult:
+    """Fetch the assets ``uids`` into ``part`` (the assets folder); the caller holds its lock."""
+    art = part.artifact
     if art is None or not art.get("members"):
         raise UsageError(f"--uids needs the release's manifest.json with member offsets, and version "
-                         f"{d.version} has none at {d.source.url('manifest.json')}: download all assets "
+                         f"{job.version} has none at {job.source.url('manifest.json')}: download all assets "
                          "instead")
-    top = _top(art)
+    top = top_folder(art)
     by_uid: dict[str, list[dict[str, Any]]] = {}
     for m in art["members"]:
         parts = member_parts(m["path"])
@@ -59,15 +60,15 @@ def fetch_uids(d: _Downloader, uids: Sequence[str]) -> PartResult:
             by_uid.setdefault(parts[1], []).append(m)
     unknown = [u for u in uids if u not in by_uid]
     if unknown:
-        raise UsageError(f"{len(unknown)} uid(s) are not in version {d.version}'s assets.tar, e.g. "
+        raise UsageError(f"{len(unknown)} uid(s) are not in version {job.version}'s assets.tar, e.g. "
                          f"{', '.join(unknown[:5])}: check --uids/--uids-file")
     for uid in uids:
-        _check_members(d.source.url("manifest.json"), by_uid[uid], int(art["size"]))
-    target = d.target("assets")
-    record = d.state("assets") / "assets.uids.json"
+        _check_members(job.source.url("manifest.json"), by_uid[uid], int(art["size"]))
+    target = part.target
+    record = part.state / "assets.uids.json"
     sha = art["sha256"].lower()
     have: set[str] = set()
-    if d.done("assets") is None:
+    if read_done(part, job.note) is None:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             saved = json.loads(record.read_text())
             if saved["sha256"] == sha:
@@ -76,15 +77,15 @@ def fetch_uids(d: _Downloader, uids: Sequence[str]) -> PartResult:
     else:
         todo = []
     if not todo:
-        return PartResult("assets", target, "already there", True, 0,
+        return PartResult(part.what, target, "already there", True, 0,
                           note=f"{len(uids)} of {len(by_uid)} assets")
-    url = d.url("assets")
+    url = part.url
     need = sum(m["size"] for u in todo for m in by_uid[u])
-    d.check_space(url, need)
-    info = d.http.info(url)
-    d.check_response(url, "tar", art["size"])(info)
-    staging = d.state("assets") / "uids.staging"
-    _remove(staging)
+    job.check_space(url, need)
+    info = job.http.info(url)
+    job.check_response(url, "tar", art["size"])(info)
+    staging = part.state / "uids.staging"
+    remove_path(staging)
     staging.mkdir(parents=True)
     target.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
@@ -94,16 +95,16 @@ def fetch_uids(d: _Downloader, uids: Sequence[str]) -> PartResult:
         members = sorted(by_uid[uid], key=lambda m: m["offset"])
         for attempt in (1, 2):
             try:
-                write_members(d.http, url, info.validator, members, staging, bar, stop=stop, size=info.size)
+                write_members(job.http, url, info.validator, members, staging, bar, stop=stop, size=info.size)
                 break
             except ChecksumError as exc:
-                _remove(staging / uid)
+                remove_path(staging / uid)
                 if attempt == 2:
                     raise
-                _warn(f"{exc}; deleted it, retrying asset {uid} once")
+                job.note(f"{exc}; deleted it, retrying asset {uid} once")
         if stop.is_set():
             return  # another asset failed: this one may be incomplete
-        _replace_dir(staging / uid, target / uid, staging / f".old-{uid}")
+        replace_dir(staging / uid, target / uid, staging / f".old-{uid}")
         with lock:
             have.add(uid)
             with atomic_write(record) as fh:
@@ -111,8 +112,8 @@ def fetch_uids(d: _Downloader, uids: Sequence[str]) -> PartResult:
 
     try:
         span = sum(_span(by_uid[u]) for u in todo)
-        with progress(span, f"download {len(todo)} assets", enabled=d.show_progress) as bar:
-            pool = ThreadPoolExecutor(d.http.config.connections, thread_name_prefix="uid")
+        with progress(span, f"download {len(todo)} assets", enabled=job.show_progress) as bar:
+            pool = ThreadPoolExecutor(job.http.config.connections, thread_name_prefix="uid")
             try:
                 for future in [pool.submit(one, u, bar) for u in todo]:
                     future.result()
@@ -122,8 +123,8 @@ def fetch_uids(d: _Downloader, uids: Sequence[str]) -> PartResult:
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
     finally:
-        _remove(staging)
-    return PartResult("assets", target, "downloaded", True, need,
+        remove_path(staging)
+    return PartResult(part.what, target, "downloaded", True, need,
                       note=f"{len(todo)} asset(s) fetched, {len(uids) - len(todo)} already there")
 
 

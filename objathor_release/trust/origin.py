@@ -15,6 +15,9 @@ manifest before it is parsed:
 ``require_signature`` refuses unsigned versions and signatures that no trusted
 key can check. On the publishing side :func:`sign_release` writes the
 signature with the key in ``$OBJATHOR_SIGNING_KEY``.
+
+This module is policy and checks on bytes it is given; fetching manifest.json
+and its signature from a server is :mod:`objathor_release.fetch.origin`'s.
 """
 
 from __future__ import annotations
@@ -25,10 +28,9 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from objathor_release.build.manifest import SIGNATURE as SIGNATURE_NAME
-from objathor_release.errors import OriginError, ReleaseError, TransferError
+from objathor_release.errors import OriginError
 from objathor_release.fsutil import atomic_write
 from objathor_release.trust.registry import Registry, load_registry, package_trusted_keys
 from objathor_release.trust.signing import (
@@ -39,9 +41,6 @@ from objathor_release.trust.signing import (
     load_trusted_key,
     verify_manifest_signature,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from objathor_release.fetch.http import Http
 
 SIGNATURE_LIMIT = 4096
 _REPORT = "do not use this copy; report it to the publisher"
@@ -139,39 +138,6 @@ def check_manifest_origin(version: str, data: bytes | None, sig: bytes | None, *
                           f"({tried}): the manifest or its signature was changed after signing, or another "
                           f"key signed it; {_REPORT}")
     return OriginResult(version, digest, pinned, "good", key)
-
-
-def fetch_signature(http: Http, url: str) -> bytes | None:
-    """The bytes of ``url`` (a manifest.json.sig); None only when the server answers 404.
-
-    401, 403 and the like are errors: a server that will not say whether the
-    signature exists must not turn a signed version into an unsigned one.
-    """
-    from objathor_release.fetch.http import NotFound
-
-    try:
-        data, _ = http.fetch_bytes(url, limit=SIGNATURE_LIMIT)
-    except ReleaseError as exc:
-        code = getattr(exc, "status", None)
-        if isinstance(exc, NotFound) and code == 404:
-            return None
-        if code is None:
-            raise
-        raise TransferError(f"{url} answered HTTP {code}: cannot tell whether the version is signed (only "
-                            "404 means unsigned); check --base-url and the server's permissions") from None
-    return data
-
-
-def check_served_manifest(http: Http, url: str, version: str, data: bytes | None,
-                          policy: TrustPolicy) -> OriginResult:
-    """:func:`check_manifest_origin` for a manifest fetched from ``url``, fetching its signature
-    when a trusted key or ``require_signature`` can make use of it."""
-    sig = None
-    if data is not None and (policy.trusted_keys or policy.require_signature):
-        sig = fetch_signature(http, signature_url(url))
-    return check_manifest_origin(version, data, sig, trusted_keys=policy.trusted_keys,
-                                 require_signature=policy.require_signature, url=url,
-                                 registry=policy.registry or load_registry())
 
 
 # --------------------------------------------------------------------------- publishing

@@ -1,0 +1,196 @@
+"""Tar parts (assets, features, holodeck-base): streamed into the safe extractor, verified, put in place.
+
+The cut: one tar from its URL to its extracted folder. The tar streams from the
+server straight into :class:`~.extract.TarStreamExtractor` while a reader
+thread downloads and hashes the whole stream (no copy of the tar on disk); the
+folder is extracted into the part's staging directory, checked, and renamed to
+its objathor name only then. ``--keep-tar`` fetches the tar as a single file
+(:mod:`.files`) and extracts it from disk instead. An interrupted extraction is
+restarted from scratch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import shutil
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from objathor_release.errors import ChecksumError, InputError
+from objathor_release.fetch.extract import TarStreamExtractor, expected_members
+from objathor_release.fetch.files import fetch_into
+from objathor_release.fetch.job import Job, PartResult
+from objathor_release.fetch.layout import Part, top_folder
+from objathor_release.fetch.markers import write_done
+from objathor_release.fetch.pages import sniff_page
+from objathor_release.fetch.ranges import part_paths
+from objathor_release.fsutil import atomic_write, remove_path, replace_dir
+from objathor_release.progress import progress
+
+
+def fetch_tar(job: Job, part: Part) -> PartResult:
+    """Stream ``part``'s tar into the safe extractor, verify it, rename the folder into place."""
+    url, art, name, staging = part.url, part.artifact, part.name, part.staging
+    kept = part.keep_as if job.keep_tar else None
+
+    def cleanup() -> None:
+        remove_path(staging)
+        if kept is not None:
+            for p in (kept, *part_paths(kept), part.state / f"{kept.name}.done"):
+                remove_path(p)
+
+    def attempt() -> PartResult:
+        if staging.exists():
+            job.note(f"restarting the interrupted extraction of {name} (removing {staging})")
+            remove_path(staging)
+        staging.mkdir(parents=True)
+        if kept is not None:
+            digest, size = _extract_kept(job, part, kept)
+        else:
+            digest, size = _extract_stream(job, url, art, staging, name)
+        top = _place(part)
+        write_done(part, url, digest, size, art is not None, top=top)
+        remove_path(staging)
+        return PartResult(part.what, part.target, "downloaded", art is not None, size)
+
+    try:
+        return job.twice(name, attempt, cleanup)
+    except Exception:
+        remove_path(staging)  # an interrupted run (Ctrl-C, kill) leaves it; the next run restarts cleanly
+        raise
+
+
+def _extractor(art: Mapping[str, Any] | None, staging: Path, name: str) -> TarStreamExtractor:
+    expect = expected_members(art["members"]) if art is not None and art.get("members") else None
+    return TarStreamExtractor(staging, top=top_folder(art), expect=expect, source=name)
+
+
+def _extract_stream(job: Job, url: str, art: Mapping[str, Any] | None, staging: Path,
+                    name: str) -> tuple[str, int]:
+    """Stream ``url`` into the extractor; a reader thread downloads and hashes the whole stream."""
+    extractor = _extractor(art, staging, name)
+    check = job.check_response(url, "tar", art["size"] if art else None,
+                               need=lambda info: info.size or 0)
+    chunks: queue.Queue[Any] = queue.Queue(maxsize=8)
+    stop = threading.Event()
+    digest = hashlib.sha256()
+    total = 0
+    end = object()
+
+    def put(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def reader() -> None:
+        nonlocal total
+        head: bytearray | None = bytearray()  # the first block, held back until it is sniffed
+        try:
+            for data in job.http.stream(url, on_open=check, stop=stop):
+                digest.update(data)
+                total += len(data)
+                if head is not None:
+                    head += data
+                    if len(head) < 512:
+                        continue
+                    sniff_page(url, bytes(head))
+                    data, head = bytes(head), None
+                put(data)
+            if head:
+                sniff_page(url, bytes(head))
+                put(bytes(head))
+            put(end)
+        except BaseException as exc:  # handed to the main thread, which raises it
+            put(exc)
+
+    thread = threading.Thread(target=reader, name="download-reader", daemon=True)
+    with progress(job.size_of(url, art), f"download {name}", enabled=job.show_progress) as bar:
+        thread.start()
+        try:
+            while True:
+                item = chunks.get()
+                if item is end:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                extractor.feed(item)
+                bar.update(len(item))
+            extractor.finish()
+        finally:
+            stop.set()
+            extractor.close()
+            thread.join(timeout=5)  # it stops at its next read; do not wait out a read timeout
+    sha = digest.hexdigest()
+    if art is not None and (total != art["size"] or sha != art["sha256"].lower()):
+        raise ChecksumError(f"{url}: the stream was {total} bytes with sha256:{sha}, manifest.json says "
+                            f"{art['size']} bytes with sha256:{art['sha256'].lower()}")
+    return sha, total
+
+
+def _extract_kept(job: Job, part: Part, kept: Path) -> tuple[str, int]:
+    """``--keep-tar``: fetch the tar like a single file (verified), then extract it from disk.
+
+    The kept tar has its own marker, so a later run neither fetches it again
+    nor trusts a same-named file some other tool left half-written.
+    """
+    art = part.artifact
+    tar_mark = part.state / f"{kept.name}.done"
+    digest: str | None = None
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, RecursionError):
+        saved = json.loads(tar_mark.read_text())
+        if kept.exists() and kept.stat().st_size == saved["size"] and (
+                art is None or saved["sha256"] == art["sha256"].lower()):
+            digest, size = saved["sha256"], saved["size"]
+    if digest is None:
+        remove_path(tar_mark)
+        digest, size = fetch_into(job, part.url, kept, art, "tar")
+        with atomic_write(tar_mark) as fh:
+            fh.write(json.dumps({"url": part.url, "sha256": digest, "size": size}).encode())
+    extractor = _extractor(art, part.staging, kept.name)
+    with open(kept, "rb") as fh:
+        while block := fh.read(4 * 1024 * 1024):
+            extractor.feed(block)
+    extractor.finish()
+    return digest, size
+
+
+def _place(part: Part) -> str:
+    """Rename the extracted top-level folder to its objathor name; returns the tar's folder name."""
+    staging = part.staging
+    entries = [p for p in staging.iterdir()]
+    if len(entries) != 1 or not entries[0].is_dir():
+        raise InputError(f"{part.url} holds {len(entries)} top-level entries: expected one folder")
+    extracted = entries[0]
+    if part.flatten:
+        extracted = _flatten_pkl(extracted, staging / ".features")
+    part.target.parent.mkdir(parents=True, exist_ok=True)
+    replace_dir(extracted, part.target, part.trash)
+    return entries[0].name
+
+
+def _flatten_pkl(folder: Path, out: Path) -> Path:
+    """objathor's features layout: every ``*.pkl`` of the tar, flat in one folder."""
+    out.mkdir()
+    found = 0
+    for pkl in sorted(folder.rglob("*.pkl")):
+        if not pkl.is_file() or pkl.is_symlink():
+            continue
+        dest = out / pkl.name
+        if dest.exists():
+            raise InputError(f"features.tar holds two files named {pkl.name}: objathor's layout keeps them "
+                             "in one folder, so the names must differ")
+        os.replace(pkl, dest)
+        found += 1
+    if not found:
+        raise InputError("features.tar holds no *.pkl files: expected CLIP/SBERT feature files")
+    shutil.rmtree(folder)
+    return out

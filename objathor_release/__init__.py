@@ -22,8 +22,8 @@ _EXPORTS = {
     "write_manifest": "build.manifest",
     "load_manifest": "build.manifest",
     "verify_release": "build.manifest",
-    "resolve_target": "publish.s3",
-    "make_client": "publish.s3",
+    "resolve_target": "publish.target",
+    "make_client": "publish.client",
     "upload_release": "publish.upload",
     "published_manifest": "publish.remote",
     "verify_remote": "publish.remote",
@@ -66,8 +66,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
     )
     from .fetch.download import download_version
     from .pipeline import build_local, publish
+    from .publish.client import make_client
     from .publish.remote import published_manifest, verify_remote
-    from .publish.s3 import make_client, resolve_target
+    from .publish.target import resolve_target
     from .publish.upload import upload_release
     from .settings import ReleaseConfig, UploadConfig, parse_size, validate_version
     from .trust.origin import TrustPolicy, sign_release

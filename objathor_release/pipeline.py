@@ -335,8 +335,9 @@ def publish(cfg: ReleaseConfig, *, remote: str | None = None, rclone_config: str
     """Upload the built release (refusing to change a published version without ``force``),
     then HEAD every object against the manifest. Nothing is reported as published before that."""
     from objathor_release.build.manifest import load_manifest
+    from objathor_release.publish.client import make_client
     from objathor_release.publish.remote import verify_remote
-    from objathor_release.publish.s3 import make_client, redact, resolve_target
+    from objathor_release.publish.target import redact, resolve_target
     from objathor_release.publish.upload import upload_release
     from objathor_release.trust.origin import sign_release
 

@@ -23,7 +23,8 @@ import pytest
 from objathor_release.cli import main
 from objathor_release.errors import ChecksumError, InputError, PublishedError, ReleaseError, TransferError
 from objathor_release.publish import remote, upload
-from objathor_release.publish.s3 import make_client, resolve_target
+from objathor_release.publish.client import make_client
+from objathor_release.publish.target import resolve_target
 from objathor_release.publish.upload_state import UploadState
 from objathor_release.settings import UploadConfig
 from tests.support.fixtures_upload import PART, VERSION, expected_etag, make_release, random_bytes, tar_bytes
@@ -942,7 +943,7 @@ def test_artifact_names_outside_the_release_are_refused(env: None, s3_server: An
 
 
 def test_server_text_cannot_leak_a_secret_or_break_the_line() -> None:
-    from objathor_release.publish.s3 import one_line
+    from objathor_release.publish.client import one_line
 
     for pad in range(180, 201):
         text = "x" * pad + f"Credential={ACCESS}/20240101" + "\x1b[2J\r\nobjathor-release: error: fake"

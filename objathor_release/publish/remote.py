@@ -24,14 +24,14 @@ from objathor_release.build.manifest import MANIFEST as MANIFEST_NAME
 from objathor_release.build.manifest import SIGNATURE as SIGNATURE_NAME
 from objathor_release.build.manifest import SUMS as SUMS_NAME
 from objathor_release.errors import ChecksumError
-from objathor_release.publish.s3 import client_error, error_code, head_or_none, normalize_prefix, object_key
+from objathor_release.publish.client import clean_etag, client_error, error_code, head_or_none, object_key
+from objathor_release.publish.target import normalize_prefix
 from objathor_release.publish.upload_state import (
     SHA256_META,
     Job,
     ReleaseDir,
     StateDir,
     UploadState,
-    _clean_etag,
     local_digests,
 )
 from objathor_release.settings import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, UploadConfig
@@ -154,7 +154,7 @@ def _object_problems(name: str, size: int, sha256: str, etag: str | None, head: 
     remote_size = int(head.get("ContentLength", -1))
     if remote_size != size:
         out.append(f"size {remote_size} != {size}")
-    remote_etag = _clean_etag(head.get("ETag"))
+    remote_etag = clean_etag(head.get("ETag"))
     if etag is not None and remote_etag != etag:
         out.append(f"ETag {remote_etag} != {etag}")
     remote_sha = (head.get("Metadata") or {}).get(SHA256_META)
@@ -218,7 +218,7 @@ def _verify(client: Any, bucket: str, prefix: str, manifest: dict[str, Any], loc
         head = head_or_none(client, bucket, key)
         if head is None:
             return None, [f"{key} (missing)"]
-        remote_etag = _clean_etag(head.get("ETag"))
+        remote_etag = clean_etag(head.get("ETag"))
         want: str | None = expected_etags.get(name)
         out: list[str] = []
         file = local.open(name) if want is None and local is not None else None
@@ -266,7 +266,7 @@ def _verify(client: Any, bucket: str, prefix: str, manifest: dict[str, Any], loc
         out: list[str] = []
         if data is not None:
             md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
-            remote_etag = _clean_etag(head.get("ETag"))
+            remote_etag = clean_etag(head.get("ETag"))
             want = expected_etags.get(name) or (md5 if "-" not in remote_etag else None)
             out = _object_problems(name, len(data), hashlib.sha256(data).hexdigest(), want, head)
         elif name == SIGNATURE_NAME and local is not None:
@@ -279,7 +279,7 @@ def _verify(client: Any, bucket: str, prefix: str, manifest: dict[str, Any], loc
             meta = (head.get("Metadata") or {}).get(SHA256_META, "")
             how = "exact" if data is not None else "content"
             size = int(head.get("ContentLength", 0))
-            checks.append(RemoteCheck(name, key, size, _clean_etag(head.get("ETag")), meta, how))
+            checks.append(RemoteCheck(name, key, size, clean_etag(head.get("ETag")), meta, how))
     if problems:
         raise ChecksumError(f"the remote copy at s3://{bucket}/{prefix} does not match the manifest: "
                             f"{', '.join(problems)}: upload again (with --force for changed objects)")

@@ -76,6 +76,19 @@ from objathor_release.errors import (
     UsageError,
 )
 from objathor_release.progress import Progress, progress
+from objathor_release.publish.cleanup import cleanup_uploads, format_age, parse_duration
+from objathor_release.publish.client import (
+    clean_etag,
+    client_error,
+    client_secrets,
+    error_code,
+    head_or_none,
+    http_status,
+    is_transient,
+    make_client,
+    object_key,
+    one_line,
+)
 from objathor_release.publish.remote import (
     SMALL_FILE_LIMIT,
     _object_problems,
@@ -83,24 +96,7 @@ from objathor_release.publish.remote import (
     published_manifest,
     read_object,
 )
-from objathor_release.publish.s3 import (
-    S3Target,
-    cleanup_uploads,
-    client_error,
-    client_secrets,
-    error_code,
-    format_age,
-    head_or_none,
-    http_status,
-    is_transient,
-    make_client,
-    normalize_prefix,
-    object_key,
-    one_line,
-    parse_duration,
-    redact,
-    resolve_target,
-)
+from objathor_release.publish.target import S3Target, normalize_prefix, redact, resolve_target
 from objathor_release.publish.upload_state import (
     SHA256_META,
     STATE_DIR,
@@ -111,7 +107,6 @@ from objathor_release.publish.upload_state import (
     SequentialSha256,
     StateDir,
     UploadState,
-    _clean_etag,
     multipart_etag,
 )
 from objathor_release.settings import UploadConfig, format_size, format_table, parse_size
@@ -443,7 +438,7 @@ class _Uploader:
         head = head_or_none(self.client, self.bucket, job.key)
         if head is None:
             return "new", ""
-        etag = _clean_etag(head.get("ETag"))
+        etag = clean_etag(head.get("ETag"))
         size = _int_or(head.get("ContentLength"), -1)
         sha = (head.get("Metadata") or {}).get(SHA256_META, "")
         if size != job.size:
@@ -513,7 +508,7 @@ class _Uploader:
             except bx.ClientError as exc:
                 _raise_if_taken(exc)
                 raise
-            if _clean_etag(resp.get("ETag")) != md5.hex():
+            if clean_etag(resp.get("ETag")) != md5.hex():
                 raise _PartMismatch(f"server ETag {resp.get('ETag')} != local md5 {md5.hex()}")
             return md5.hex()
 
@@ -558,7 +553,7 @@ class _Uploader:
                                         "'objathor-release cleanup' for this prefix, then run again")
                 for p in page.get("Parts") or []:
                     with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
-                        server[int(p["PartNumber"])] = (_clean_etag(p.get("ETag")), int(p.get("Size", -1)))
+                        server[int(p["PartNumber"])] = (clean_etag(p.get("ETag")), int(p.get("Size", -1)))
         except bx.ClientError as exc:
             if error_code(exc) in ("NoSuchUpload", "404"):
                 self.log(f"{job.name}: the interrupted upload no longer exists on the server: starting over")
@@ -606,7 +601,7 @@ class _Uploader:
                 Bucket=self.bucket, Key=job.key, UploadId=upload_id, PartNumber=number, Body=body,
                 ContentLength=length, ContentMD5=base64.b64encode(md5).decode(),
             )
-            if _clean_etag(resp.get("ETag")) != md5.hex():
+            if clean_etag(resp.get("ETag")) != md5.hex():
                 raise _PartMismatch(f"part ETag {resp.get('ETag')} != local md5 {md5.hex()}")
             return md5
 
@@ -698,7 +693,7 @@ class _Uploader:
                 resp = self.client.complete_multipart_upload(
                     Bucket=self.bucket, Key=job.key, UploadId=upload_id, MultipartUpload={"Parts": parts},
                     **extra)
-                return _clean_etag(resp.get("ETag"))
+                return clean_etag(resp.get("ETag"))
             except bx.ClientError as exc:
                 _raise_if_taken(exc)
                 code = error_code(exc)
@@ -712,7 +707,7 @@ class _Uploader:
                     raise
                 # An earlier attempt may have completed it before the connection dropped.
                 head = head_or_none(self.client, self.bucket, job.key)
-                if head is not None and _clean_etag(head.get("ETag")) == expected:
+                if head is not None and clean_etag(head.get("ETag")) == expected:
                     return expected
                 self._state(job).delete()
                 raise TransferError(f"{job.name}: the multipart upload vanished before it was completed: "

@@ -1,10 +1,10 @@
-"""Where to upload: endpoint, bucket, credentials and a botocore client configured for R2.
+"""Where to upload: endpoint, bucket and credentials, from flags, environment and rclone remotes.
 
 ``resolve_target`` turns flags, environment variables and (optionally) an rclone
-remote into one :class:`S3Target`; ``make_client`` builds the S3 client from it.
-Credentials live only inside the target and the client: ``repr(target)`` names
-where they came from, never their values, and :func:`describe_error` turns any
-botocore failure into one clean line with every secret redacted.
+remote into one :class:`S3Target`; :func:`objathor_release.publish.client.make_client`
+builds the S3 client from it. Credentials live only inside the target and the
+client: ``repr(target)`` names where they came from, never their values, and
+:func:`redact` scrubs them from any text.
 
 Endpoint, first match wins: ``--endpoint-url``, the rclone remote's ``endpoint``,
 ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, ``R2_ACCOUNT_ID`` (which gives
@@ -13,12 +13,13 @@ Endpoint, first match wins: ``--endpoint-url``, the rclone remote's ``endpoint``
 Credentials, first match wins: the rclone remote's keys, ``--profile``,
 ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``R2_ACCESS_KEY_ID``/
 ``R2_SECRET_ACCESS_KEY``, then boto3's usual chain (``AWS_PROFILE``, shared files...).
+
+This module knows the target, not the bucket: nothing here sends a request.
 """
 
 from __future__ import annotations
 
 import configparser
-import datetime as _dt
 import os
 import re
 from collections.abc import Mapping
@@ -27,14 +28,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from objathor_release.errors import ReleaseError, TransferError, UsageError
+from objathor_release.errors import UsageError
+
+__all__ = ["CREDENTIALS_HINT", "Keys", "R2_HOST_SUFFIX", "S3Target", "boto_session", "normalize_prefix",
+           "parse_remote", "rclone_config_path", "read_rclone_remote", "redact", "resolve_target"]
 
 R2_HOST_SUFFIX = ".r2.cloudflarestorage.com"
 _ENCRYPTED_RCLONE = "RCLONE_ENCRYPT_V0:"
-_CREDENTIAL_CODES = {
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken",
-    "InvalidClientTokenId", "AuthorizationHeaderMalformed", "Unauthorized", "403",
-}
 CREDENTIALS_HINT = (
     "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY), "
     "or pass --profile or --remote"
@@ -79,6 +79,10 @@ class S3Target:
         return S3Target(self.bucket, prefix, self.endpoint_url, self.region, self.credential_source,
                         self.profile, self._keys, self._hidden)
 
+    def session(self) -> Any:
+        """A boto3 session with this target's credentials (or profile, or boto3's default chain)."""
+        return boto_session(self.profile, self._keys)
+
     def secrets(self) -> list[str]:
         """Every secret string this target knows, for :func:`redact`."""
         k = self._keys
@@ -91,11 +95,6 @@ def normalize_prefix(prefix: str | None) -> str | None:
     if prefix is None:
         return None
     return prefix.strip("/")
-
-
-def object_key(prefix: str, name: str) -> str:
-    """The key of artifact ``name`` under ``prefix`` (``""`` means the bucket root)."""
-    return f"{prefix}/{name}" if prefix else name
 
 
 def _env(env: Mapping[str, str], name: str) -> str | None:
@@ -180,7 +179,8 @@ def _check_endpoint(url: str, origin: str) -> str:
     return url.rstrip("/")
 
 
-def _session(profile: str | None = None, keys: Keys | None = None) -> Any:
+def boto_session(profile: str | None = None, keys: Keys | None = None) -> Any:
+    """A boto3 session from static keys, else a profile (None: boto3's default chain)."""
     import boto3
     import botocore.exceptions
 
@@ -266,7 +266,7 @@ def resolve_target(
     region = remote_cfg.get("region") or ""
     hidden: tuple[str, ...] = ()
     if keys is None and (require_credentials or use_profile):
-        session = _session(use_profile)
+        session = boto_session(use_profile)
         creds = session.get_credentials()
         if creds is None and require_credentials:
             where = f"profile {use_profile!r} has no credentials" if use_profile else "no S3 credentials"
@@ -283,234 +283,9 @@ def resolve_target(
     return S3Target(bucket, normalize_prefix(prefix), endpoint, region, source, use_profile, keys, hidden)
 
 
-def make_client(
-    target: S3Target,
-    *,
-    max_pool_connections: int = 32,
-    connect_timeout: float = 10,
-    read_timeout: float = 120,
-) -> Any:
-    """A botocore S3 client for ``target``, configured for R2.
-
-    - ``request_checksum_calculation`` / ``response_checksum_validation`` are
-      ``when_required``: boto3 1.36+ otherwise adds CRC headers R2 has rejected.
-      The upload sends ``Content-MD5`` on every part itself.
-    - ``payload_signing_enabled=False``: the body is not SHA-256 hashed for the
-      signature (botocore already skips that over HTTPS when Content-MD5 is sent;
-      this makes plain-HTTP endpoints behave the same). Content-MD5 is a signed
-      header, so the body still cannot change unnoticed.
-    - standard retry mode (``AWS_MAX_ATTEMPTS`` still applies; default 3 attempts).
-    """
-    from botocore.config import Config
-
-    from objathor_release._version import __version__
-
-    config = Config(
-        region_name=target.region,
-        signature_version="s3v4",
-        retries={"mode": "standard"},
-        max_pool_connections=max_pool_connections,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        s3={"payload_signing_enabled": False},
-        user_agent_extra=f"objathor-release/{__version__}",
-    )
-    session = _session(target.profile, target._keys)
-    return session.client("s3", endpoint_url=target.endpoint_url, config=config)
-
-
-# --------------------------------------------------------------------------- errors
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
-
-
-def one_line(text: str, secrets: list[str] | None = None, limit: int = 200) -> str:
-    """Server-provided ``text`` made safe for a one-line message: secrets redacted (before it is
-    cut, so no part of one survives), control characters (newlines, terminal escapes) turned into
-    spaces, and cut at ``limit`` characters."""
-    return _CONTROL.sub(" ", redact(text, secrets or []))[:limit]
-
-
 def redact(text: str, secrets: list[str]) -> str:
     """``text`` with every secret (longer than 3 characters) replaced by ``***``."""
     for secret in sorted(secrets, key=len, reverse=True):
         if secret and len(secret) > 3:
             text = text.replace(secret, "***")
     return text
-
-
-def error_code(exc: BaseException) -> str:
-    """The S3 error code of a botocore ClientError (``"NoSuchKey"``, ``"404"``...), else ``""``."""
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code", ""))
-    return ""
-
-
-def http_status(exc: BaseException) -> int:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-    return 0
-
-
-def describe_error(exc: BaseException, *, action: str, bucket: str, endpoint_url: str,
-                   secrets: list[str] | None = None) -> ReleaseError:
-    """One clean, secret-free ReleaseError for a botocore failure while doing ``action``."""
-    import botocore.exceptions as bx
-
-    secrets = secrets or []
-    if isinstance(exc, ReleaseError):
-        return exc
-    code = error_code(exc)
-    if isinstance(exc, bx.ClientError):
-        message = one_line(str(exc.response.get("Error", {}).get("Message") or ""), secrets)
-        status = http_status(exc)
-        if code == "NoSuchBucket":
-            out: ReleaseError = UsageError(
-                f"bucket {bucket!r} does not exist at {endpoint_url}: create it or check --bucket"
-            )
-        elif code in _CREDENTIAL_CODES or status in (401, 403):
-            out = UsageError(
-                f"{endpoint_url} refused the request ({code or status}) while {action}: "
-                f"check the credentials and their access to bucket {bucket!r}: {CREDENTIALS_HINT}"
-            )
-        else:
-            detail = f"{code} {message}".strip() or f"HTTP {status}"
-            out = TransferError(f"{action} failed ({detail}) at {endpoint_url}: run the same command again")
-    elif isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
-        out = UsageError(f"no usable S3 credentials: {CREDENTIALS_HINT}")
-    elif isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError):
-        out = TransferError(
-            f"cannot connect to the S3 endpoint {endpoint_url} while {action}: check --endpoint-url "
-            "(or AWS_ENDPOINT_URL, R2_ACCOUNT_ID) and the network"
-        )
-    elif isinstance(exc, bx.BotoCoreError | OSError):
-        text = one_line(str(exc), secrets)
-        out = TransferError(f"{action} failed ({type(exc).__name__}: {text}) at {endpoint_url}: "
-                            "run the same command again")
-    else:  # an answer botocore could not turn into a response (a garbled field, a missing element...)
-        text = one_line(str(exc), secrets)
-        out = TransferError(f"{action} failed: the answer of {endpoint_url} could not be read "
-                            f"({type(exc).__name__}: {text}): run the same command again")
-    out.args = (redact(str(out), secrets),)
-    return out
-
-
-# --------------------------------------------------------------------------- client helpers
-
-RETRY_STATUS = {429, 500, 502, 503, 504}
-RETRY_CODES = {"SlowDown", "InternalError", "RequestTimeout", "ServiceUnavailable", "Throttling",
-               "BadDigest", "RequestTimeTooSkewed"}
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for failures worth retrying: connection resets, timeouts, 429, 500, 502, 503, 504."""
-    import botocore.exceptions as bx
-
-    if isinstance(exc, bx.ConnectionError | bx.HTTPClientError):
-        return True
-    if isinstance(exc, bx.ClientError):
-        return http_status(exc) in RETRY_STATUS or error_code(exc) in RETRY_CODES
-    return False
-
-
-def client_secrets(client: Any) -> list[str]:
-    """The client's credential strings, so error messages can be scrubbed of them."""
-    try:
-        creds = client._request_signer._credentials.get_frozen_credentials()
-        return [s for s in (creds.secret_key, creds.access_key, creds.token) if s]
-    except Exception:  # noqa: BLE001 - no credentials (or another botocore) means nothing to hide
-        return []
-
-
-def client_error(client: Any, exc: BaseException, action: str, bucket: str) -> ReleaseError:
-    """:func:`describe_error` for a failure of ``client``: names its endpoint, hides its secrets."""
-    return describe_error(exc, action=action, bucket=bucket, endpoint_url=str(client.meta.endpoint_url),
-                          secrets=client_secrets(client))
-
-
-def head_or_none(client: Any, bucket: str, key: str, **kwargs: Any) -> dict[str, Any] | None:
-    """HEAD ``key``: the response, or None when it does not exist; other failures as one clean error."""
-    import botocore.exceptions as bx
-
-    try:
-        head: dict[str, Any] = client.head_object(Bucket=bucket, Key=key, **kwargs)
-        return head
-    except bx.ClientError as exc:
-        if http_status(exc) == 404 or error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-            return None
-        raise client_error(client, exc, f"checking s3://{bucket}/{key}", bucket) from None
-    except ReleaseError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - botocore, or an answer it could not parse: one clean line
-        raise client_error(client, exc, f"checking s3://{bucket}/{key}", bucket) from None
-
-
-# --------------------------------------------------------------------------- abandoned uploads
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
-_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> float:
-    """``30m``, ``24h``, ``7d``, ``90s`` or plain seconds -> seconds."""
-    m = _DURATION_RE.match(str(text))
-    if not m:
-        raise UsageError(f"--older-than {text!r} is not a duration: use e.g. 30m, 24h or 7d")
-    return float(m.group(1)) * _SECONDS[m.group(2).lower()]
-
-
-def format_age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
-
-
-@dataclass
-class PendingUpload:
-    """An incomplete multipart upload found by :func:`cleanup_uploads`."""
-
-    key: str
-    upload_id: str
-    initiated: _dt.datetime
-    age_seconds: float
-    aborted: bool = False
-
-
-def cleanup_uploads(client: Any, bucket: str, prefix: str | None = None, *, older_than: float = 86400,
-                    dry_run: bool = False) -> list[PendingUpload]:
-    """Find (and unless ``dry_run`` abort) multipart uploads started at least ``older_than`` seconds ago."""
-    import botocore.exceptions as bx
-
-    now = _dt.datetime.now(_dt.timezone.utc)
-    found: list[PendingUpload] = []
-    kwargs: dict[str, Any] = {"Bucket": bucket}
-    if prefix:
-        kwargs["Prefix"] = prefix
-    try:
-        for page in client.get_paginator("list_multipart_uploads").paginate(**kwargs):
-            for u in page.get("Uploads", []):
-                initiated = u["Initiated"]
-                if initiated.tzinfo is None:
-                    initiated = initiated.replace(tzinfo=_dt.timezone.utc)
-                age = (now - initiated).total_seconds()
-                if age >= older_than:
-                    found.append(PendingUpload(u["Key"], u["UploadId"], initiated, age))
-        if not dry_run:
-            for p in found:
-                try:
-                    client.abort_multipart_upload(Bucket=bucket, Key=p.key, UploadId=p.upload_id)
-                except bx.ClientError as exc:
-                    if error_code(exc) != "NoSuchUpload":
-                        raise
-                p.aborted = True
-    except ReleaseError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - botocore, or an answer it could not parse: one clean line
-        raise client_error(client, exc, f"listing multipart uploads in bucket {bucket!r}", bucket) from None
-    return found

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -311,6 +312,37 @@ def test_redirect_rules() -> None:
     for bad in ("http://b/y", "file:///x", " ftp://b/y"):
         with pytest.raises(InputError, match="refused"):
             redirect_target("u", "https://a/x", bad)
+
+
+# ---------------------------------------------------------------------- no server to talk to
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_refused_connection_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """urllib3 files a refused connection under its TimeoutError; the message must not say "timed out"."""
+    port = free_port()
+    code, _, err, seconds = run(monkeypatch, capsys, "annotations", "--version", V, "--path",
+                                str(tmp_path / "dl"), "--base-url", f"http://127.0.0.1:{port}")
+    line = error_line(err)
+    assert code != 0 and seconds < BOUND
+    assert f"cannot connect to 127.0.0.1:{port} (connection refused)" in line, line
+    assert "timed out" not in line
+    assert not (tmp_path / "dl" / V / "annotations.json.gz").exists()
+
+
+def test_a_host_name_that_does_not_resolve_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err, seconds = run(monkeypatch, capsys, "assets", "--version", V, "--path",
+                                str(tmp_path / "dl"), "--base-url", "http://no-such-host.invalid")
+    line = error_line(err)
+    assert code != 0 and seconds < BOUND
+    assert "cannot resolve the host name 'no-such-host.invalid' (DNS)" in line, line
+    assert "timed out" not in line
 
 
 # ---------------------------------------------------------------------- statuses

@@ -143,6 +143,10 @@ class Http:
             try:
                 resp = self.pool.request(method, where, headers=headers, preload_content=False,
                                          decode_content=False, redirect=False)
+            except urllib3.exceptions.NameResolutionError as exc:
+                if "temporary" in str(exc).lower():  # EAI_AGAIN: the resolver may answer next time
+                    raise
+                raise TransferError(f"{url}: {_describe(exc)}: check --base-url and the network") from None
             except RETRYABLE:
                 raise
             except urllib3.exceptions.LocationValueError as exc:
@@ -322,12 +326,37 @@ def _slow(exc: BaseException, config: HttpConfig) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    """What went wrong, in words: urllib3 files refused connections and DNS failures under its
+    TimeoutError (NewConnectionError subclasses ConnectTimeoutError), so test those first."""
     if isinstance(exc, RetryableStatus):
         return f"the server answered HTTP {exc.status}"
+    if isinstance(exc, urllib3.exceptions.NameResolutionError):
+        return f"cannot resolve the host name {_host_of(exc)!r} (DNS)"
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        reason = _errno_text(exc)
+        host = _host_of(exc)
+        return f"cannot connect to {host}" + (f" ({reason})" if reason else "")
+    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        return "timed out connecting"
     if isinstance(exc, urllib3.exceptions.TimeoutError):
         return "timed out"
     text = str(exc).split("\n", 1)[0]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _host_of(exc: urllib3.exceptions.NewConnectionError) -> str:
+    conn = getattr(exc, "conn", None)
+    host, port = getattr(conn, "host", None), getattr(conn, "port", None)
+    if host is None:
+        return "the server"
+    return f"{host}:{port}" if port and not isinstance(exc, urllib3.exceptions.NameResolutionError) else host
+
+
+def _errno_text(exc: BaseException) -> str:
+    """"connection refused" and the like, from the OSError urllib3 wraps (or its message)."""
+    text = str(exc)
+    m = re.search(r"\[Errno -?\d+\] ([^)\]]+)", text)
+    return m.group(1).strip().lower() if m else ""
 
 
 def response_info(url: str, resp: urllib3.BaseHTTPResponse) -> Info:

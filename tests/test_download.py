@@ -26,6 +26,7 @@ import pytest
 from devtools.nginx import Nginx
 from devtools.sample import make_sample_dataset
 from devtools.served_release import Release, build_release, expected_tree, flip_byte, tree
+from objathor_release.cli import main
 from objathor_release.errors import ChecksumError, TransferError, UsageError
 from objathor_release.fetch.download import DownloadResult, download_version, resolve_source
 from objathor_release.fetch.extract import TarStreamExtractor, UnsafeMemberError
@@ -517,6 +518,56 @@ def test_public_version_table() -> None:
     custom = resolve_source("2024_02_01", "http://127.0.0.1:1234/bucket/")
     assert custom.url("manifest.json") == "http://127.0.0.1:1234/bucket/2024_02_01/manifest.json"
     assert custom.holodeck_url == "http://127.0.0.1:1234/bucket/holodeck/2024_02_01.tar"
+
+
+def test_base_url_layouts() -> None:
+    """Versioned (default), bucket root (--layout root) and a {version} placeholder anywhere."""
+    versioned = resolve_source(V, "https://cdn.example/data")
+    assert (versioned.url("assets.tar"), versioned.holodeck_url, versioned.fallback("features.tar")) == (
+        f"https://cdn.example/data/{V}/assets.tar", f"https://cdn.example/data/holodeck/{V}.tar",
+        "https://cdn.example/data/features.tar")
+    root = resolve_source(V, "https://pub-x.r2.dev/", "root")
+    assert (root.url("assets.tar"), root.holodeck_url, root.fallback("features.tar")) == (
+        "https://pub-x.r2.dev/assets.tar", f"https://pub-x.r2.dev/holodeck/{V}.tar", None)
+    placed = resolve_source(V, "https://cdn.example/mirror/{version}/files")
+    assert (placed.url("manifest.json"), placed.holodeck_url) == (
+        f"https://cdn.example/mirror/{V}/files/manifest.json", f"https://cdn.example/mirror/holodeck/{V}.tar")
+    assert resolve_source("2024_08_16").fallback("features.tar") is None  # a bucket-root version
+    assert resolve_source("2023_09_23").fallback("features.tar") == \
+        "https://pub-daedd7738a984186a00f2ab264d06a07.r2.dev/features.tar"
+    for bad, layout, why in [
+        ("https://cdn.example/{ver}", "versioned", "only placeholder"),
+        ("https://cdn.example/{version}", "root", "leave out --layout root"),
+        ("https://{version}.example", "versioned", "after the host name"),
+        ("https://cdn.example", "flat", "choose one of versioned, root"),
+    ]:
+        with pytest.raises(UsageError, match=why):
+            resolve_source(V, bad, layout)
+
+
+def test_a_bucket_root_release_downloads_with_layout_root(web: Nginx, tmp_path: Path) -> None:
+    """2024_08_16 and 2025_06_10 sit at the root of their bucket: BASE/NAME, no VERSION/."""
+    base, release, src = publish(web, tmp_path, holodeck=False)
+    root = web.root / f"root-{uuid.uuid4().hex[:8]}"
+    release.vdir.rename(root)
+    url = f"{web.url}/{root.name}"
+    dest = tmp_path / "dl"
+    code = main(["download", "all", "--version", V, "--path", str(dest), "--base-url", url,
+                 "--layout", "root", "-q"])
+    assert code == 0
+    assert tree(dest / V / "assets") == expected_tree(src)
+    assert tree(dest / V / "features") == tree(tmp_path / "src" / "features")
+    uris = {r["uri"] for r in web.access_log()}
+    assert f"/{root.name}/assets.tar" in uris and f"/{root.name}/{V}/assets.tar" not in uris
+    # The same release through a {version} placeholder: the folder name carries the version.
+    placed = web.root / f"m-{uuid.uuid4().hex[:8]}" / V / "files"
+    placed.parent.mkdir(parents=True)
+    root.rename(placed)
+    dest2 = tmp_path / "dl2"
+    result = download_version("assets", V, path=dest2, base_url=f"{web.url}/{placed.parent.parent.name}"
+                              "/{version}/files", show_progress=False, http_config=FAST)
+    assert result.manifest and result.parts[0].verified
+    assert tree(dest2 / V / "assets") == expected_tree(src)
 
 
 def test_result_summary_mentions_every_part(web: Nginx, tmp_path: Path) -> None:

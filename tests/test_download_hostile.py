@@ -345,6 +345,56 @@ def test_a_host_name_that_does_not_resolve_says_so(tmp_path: Path, monkeypatch: 
     assert "timed out" not in line
 
 
+# ---------------------------------------------------------------------- objathor's features fallback
+
+HTML = b"<!DOCTYPE html><html><body>not here</body></html>"
+
+
+@pytest.fixture(scope="module")
+def featured(tmp_path_factory: pytest.TempPathFactory) -> Release:
+    """A release with features.tar, a copy of it at BASE/features.tar (objathor's second place)."""
+    base = tmp_path_factory.mktemp("featured-release")
+    src, feats = base / "src" / "assets", base / "src" / "features"
+    make_sample_dataset(src, 3, seed=5, asset_bytes=4096, features_dir=feats)
+    rel = build_release(src, base / "served", V, features_dir=feats)
+    shutil.copyfile(rel.vdir / "features.tar", rel.root / "features.tar")
+    return rel
+
+
+def test_features_answering_html_fall_back_to_the_base_url(featured: Release, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """objathor 0.0.8 reads BASE/features.tar when the versioned URL answers text/html; so do we,
+    and the fallback's bytes are still checked against the manifest."""
+    with HostileServer(featured.root, max_seconds=6) as srv:
+        srv.script(f"{V}/features.tar", Script(body=HTML, content_type="text/html"))
+        code, _, err, _ = run(monkeypatch, capsys, "features", "--version", V, "--path",
+                              str(tmp_path / "dl"), "--base-url", srv.url)
+        assert code == 0, err
+        assert f"reading {srv.url}/features.tar instead" in err
+        assert tree(tmp_path / "dl" / V / "features") == tree(featured.root.parent / "src" / "features")
+        assert [r.path for r in srv.requests_for("/features.tar") if r.method == "GET"][-1] == "/features.tar"
+
+        # A fallback that does not match the manifest is refused like any other bytes.
+        srv.script("/features.tar", Script(body=(featured.root / "features.tar").read_bytes()[:-512] + b"x" * 512))
+        code, _, err, _ = run(monkeypatch, capsys, "features", "--version", V, "--path",
+                              str(tmp_path / "dl2"), "--base-url", srv.url)
+        assert code != 0 and "sha256" in error_line(err)
+        assert not (tmp_path / "dl2" / V / "features").exists()
+
+
+def test_html_with_no_fallback_is_still_an_error(featured: Release, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """At a bucket root there is no second place: the page is reported, nothing lands."""
+    with HostileServer(featured.vdir, max_seconds=6) as srv:
+        srv.script("/features.tar", Script(body=HTML, content_type="text/html"))
+        code, _, err, _ = run(monkeypatch, capsys, "features", "--version", V, "--path",
+                              str(tmp_path / "dl"), "--base-url", srv.url, "--layout", "root")
+        assert code != 0 and "text/html" in error_line(err)
+        assert not (tmp_path / "dl" / V / "features").exists()
+
+
 # ---------------------------------------------------------------------- statuses
 
 

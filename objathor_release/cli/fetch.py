@@ -29,6 +29,10 @@ def add_download(sub: Any) -> None:
     p.add_argument("--base-url", default=None, metavar="URL",
                    help="serve files from {URL}/{VERSION}/... (default: $OBJATHOR_BASE_URL, else "
                    "objathor's table of public versions)")
+    p.add_argument("--layout", choices=["versioned", "root"], default="versioned",
+                   help="versioned (default): files at {URL}/{VERSION}/NAME; root: the version sits at the "
+                   "root of its own bucket, files at {URL}/NAME (as 2024_08_16 and 2025_06_10 do). A "
+                   "{version} in --base-url puts the version there instead")
     p.add_argument("--uids", default=None, metavar="A,B,C", help="fetch only these assets")
     p.add_argument("--uids-file", default=None, metavar="FILE", help="fetch only the uids in FILE")
     p.add_argument("--require-checksums", action="store_true",
@@ -54,7 +58,7 @@ def _run_download(args: argparse.Namespace) -> int:
         raise UsageError("--uids/--uids-file select assets: use them with 'download assets' or "
                          "'download all'")
     result = download_version(
-        args.what, args.version, path=args.path, base_url=args.base_url, uids=uids,
+        args.what, args.version, path=args.path, base_url=args.base_url, layout=args.layout, uids=uids,
         require_checksums=args.require_checksums, show_progress=not getattr(args, "quiet", False),
         keep_tar=args.keep_tar, connections=args.connections, trusted_keys=args.trusted_key or (),
         require_signature=args.require_signature, on_note=_note,

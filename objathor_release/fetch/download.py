@@ -9,8 +9,8 @@ its origin (:mod:`.origin`), chooses the parts, and runs each under its lock
 (:mod:`.markers`), handing it to its fetcher: :mod:`.files` for
 annotations.json.gz, :mod:`.tars` for assets.tar, features.tar and the Holodeck
 base tar, :mod:`.uids` for some assets only. It returns a
-:class:`DownloadResult`; it prints nothing (notes go to ``on_note``, else to
-logging).
+:class:`DownloadResult`; it prints nothing: notes are logged as warnings (the
+CLI shows each as an ``objathor-release: <note>`` line on stderr).
 
 assets.tar and features.tar stream from the server straight into the safe
 extractor (:mod:`.extract`) while the whole stream is hashed: no copy of the
@@ -101,6 +101,7 @@ def download_version(
     *,
     path: str | Path | None = None,
     base_url: str | None = None,
+    layout: str = "versioned",
     uids: Iterable[str] | None = None,
     require_checksums: bool = False,
     show_progress: bool = True,
@@ -115,12 +116,15 @@ def download_version(
 
     ``path`` is where versions live (default ``~/.objathor-assets``); ``base_url``
     (default ``$OBJATHOR_BASE_URL``, else objathor's public table) serves
-    ``{base}/{VERSION}/...`` and ``{base}/holodeck/{VERSION}.tar``. ``uids``
+    ``{base}/{VERSION}/...`` and ``{base}/holodeck/{VERSION}.tar``; ``layout="root"``
+    reads ``{base}/NAME`` instead, and a ``{version}`` in the URL says where the
+    version goes (see :func:`~objathor_release.fetch.layout.resolve_source`). ``uids``
     limits assets to those uids. ``trusted_keys`` (base64 Ed25519 public keys or
     files holding one) check manifest.json.sig, ``require_signature`` refuses an
-    unsigned version (see :mod:`objathor_release.trust.origin`). ``on_note``
-    receives each note shown while the download runs (default: logged as a
-    warning). Raises the errors of :mod:`objathor_release.errors`.
+    unsigned version (see :mod:`objathor_release.trust.origin`). Each note shown
+    while the download runs is logged as a warning, or given to ``on_note``
+    instead when a caller passes one. Raises the errors of
+    :mod:`objathor_release.errors`.
     """
     started = time.monotonic()
     if what not in WHATS:
@@ -133,7 +137,7 @@ def download_version(
     root = Path(path if path is not None else DEFAULT_PATH).expanduser()
     if base_url is None:
         base_url = os.environ.get("OBJATHOR_BASE_URL") or None
-    source = resolve_source(version, base_url)
+    source = resolve_source(version, base_url, layout)
     trust = TrustPolicy.load(trusted_keys, require_signature)
     config = http_config or HttpConfig.from_env(connections=connections)
     http = Http(config)

@@ -42,31 +42,70 @@ STATE = ".objathor-release"
 FILES = {"annotations": "annotations.json.gz", "assets": "assets.tar", "features": "features.tar"}
 
 
+LAYOUTS = ("versioned", "root")
+PLACEHOLDER = "{version}"
+
+
 @dataclass(frozen=True)
 class Source:
-    """The URLs of one version: ``{version_url}/NAME`` and the Holodeck base data tar."""
+    """The URLs of one version: ``{version_url}/NAME`` and the Holodeck base data tar.
+
+    ``fallback_base`` is objathor's second place for features.tar: when the
+    versioned URL answers an HTML page, objathor 0.0.8 reads ``BASE/features.tar``
+    (None where there is no such place: a bucket-root version).
+    """
 
     version: str
     version_url: str
     holodeck_url: str
     custom: bool
+    fallback_base: str | None = None
 
     def url(self, name: str) -> str:
         return f"{self.version_url}/{name}"
 
+    def fallback(self, name: str) -> str | None:
+        return f"{self.fallback_base}/{name}" if self.fallback_base else None
 
-def resolve_source(version: str, base_url: str | None = None) -> Source:
-    """Where ``version`` is served: ``base_url`` ({base}/{VERSION}/...) or objathor's public table."""
+
+def resolve_source(version: str, base_url: str | None = None, layout: str = "versioned") -> Source:
+    """Where ``version`` is served: ``base_url`` or objathor's public table.
+
+    ``base_url`` serves ``{base}/{VERSION}/NAME`` (``layout="versioned"``, the
+    default) or ``{base}/NAME`` (``layout="root"``: a version at the root of its
+    own bucket, as 2024_08_16 and 2025_06_10 are). A ``{version}`` in the URL is
+    replaced by the version and nothing is appended, wherever it stands. The
+    Holodeck base data is ``BASE/holodeck/VERSION.tar`` in every layout, BASE
+    being the URL up to the placeholder.
+    """
+    if layout not in LAYOUTS:
+        raise UsageError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     if base_url:
-        base = base_url.rstrip("/")
+        base = base_url.strip().rstrip("/")
         if not base.startswith(("http://", "https://")):
             raise UsageError(f"--base-url {base_url!r} is not an http:// or https:// URL")
         if "@" in urllib.parse.urlsplit(base).netloc:
             raise UsageError("--base-url holds a user name or password: they are not sent, and would be "
                              "printed in messages and saved in state files; give the URL without them")
-        return Source(version, f"{base}/{version}", f"{base}/holodeck/{version}.tar", True)
-    version_url = ROOT_VERSIONS.get(version, f"{DEFAULT_BUCKET}/{version}")
-    return Source(version, version_url, f"{DEFAULT_BUCKET}/holodeck/{version}.tar", False)
+        rest = base.replace(PLACEHOLDER, "")
+        if "{" in rest or "}" in rest:
+            raise UsageError(f"--base-url {base_url!r}: the only placeholder it may hold is {PLACEHOLDER}")
+        if PLACEHOLDER in base:
+            if layout == "root":
+                raise UsageError(f"--base-url {base_url!r} holds {PLACEHOLDER}, which already says where "
+                                 "the version is: leave out --layout root")
+            head = base.split(PLACEHOLDER, 1)[0].rstrip("/")
+            if not urllib.parse.urlsplit(head).netloc:
+                raise UsageError(f"--base-url {base_url!r}: {PLACEHOLDER} must come after the host name")
+            return Source(version, base.replace(PLACEHOLDER, version), f"{head}/holodeck/{version}.tar",
+                          True, head)
+        if layout == "root":
+            return Source(version, base, f"{base}/holodeck/{version}.tar", True, None)
+        return Source(version, f"{base}/{version}", f"{base}/holodeck/{version}.tar", True, base)
+    if version in ROOT_VERSIONS:
+        return Source(version, ROOT_VERSIONS[version], f"{DEFAULT_BUCKET}/holodeck/{version}.tar", False)
+    return Source(version, f"{DEFAULT_BUCKET}/{version}", f"{DEFAULT_BUCKET}/holodeck/{version}.tar", False,
+                  DEFAULT_BUCKET)
 
 
 @dataclass(frozen=True)
@@ -76,7 +115,9 @@ class Part:
     ``tar`` parts stream into the extractor, the others are single files;
     ``keep_as`` is where ``--keep-tar`` keeps the tar (None: it is not kept);
     ``flatten`` puts every ``*.pkl`` of the tar flat in one folder (objathor's
-    features layout); ``artifact`` is the manifest's entry (None: unlisted).
+    features layout); ``artifact`` is the manifest's entry (None: unlisted);
+    ``fallback_url`` is where to look when ``url`` answers an HTML page
+    (objathor's ``BASE/features.tar``; None for every other part).
     """
 
     what: str
@@ -89,6 +130,7 @@ class Part:
     keep_as: Path | None
     flatten: bool
     artifact: Mapping[str, Any] | None
+    fallback_url: str | None = None
 
     @classmethod
     def of(cls, what: str, root: Path, source: Source, manifest: Mapping[str, Any] | None) -> Part:
@@ -103,7 +145,7 @@ class Part:
         tar = name.endswith(".tar")
         return cls(what, version, source.url(name), vdir / (name if what == "annotations" else what),
                    vdir / STATE, what, tar, vdir / name if tar else None, what == "features",
-                   artifact(manifest, name))
+                   artifact(manifest, name), source.fallback(name) if what == "features" else None)
 
     @property
     def name(self) -> str:

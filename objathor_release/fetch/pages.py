@@ -14,6 +14,11 @@ _MARKUP_TYPES = (*_HTML_TYPES, "application/xml", "text/xml")
 _PAGE_TYPES = (*_MARKUP_TYPES, "application/json", "application/problem+json", "application/javascript")
 
 
+def is_html_type(ctype: str) -> bool:
+    """An HTML page (the answer objathor's downloader takes to mean "not here, look elsewhere")."""
+    return ctype.split(";", 1)[0].strip().lower() in _HTML_TYPES
+
+
 def is_page_type(ctype: str, kind: str) -> bool:
     """Whether a Content-Type is an error page rather than ``kind`` data (JSON may come as text/plain)."""
     if kind == "json":

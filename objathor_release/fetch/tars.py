@@ -12,6 +12,7 @@ restarted from scratch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ from objathor_release.fetch.files import fetch_into
 from objathor_release.fetch.job import Job, PartResult
 from objathor_release.fetch.layout import Part, top_folder
 from objathor_release.fetch.markers import write_done
-from objathor_release.fetch.pages import sniff_page
+from objathor_release.fetch.pages import is_html_type, sniff_page
 from objathor_release.fetch.ranges import part_paths
 from objathor_release.fsutil import atomic_write, remove_path, replace_dir
 from objathor_release.progress import progress
@@ -36,6 +37,7 @@ from objathor_release.progress import progress
 
 def fetch_tar(job: Job, part: Part) -> PartResult:
     """Stream ``part``'s tar into the safe extractor, verify it, rename the folder into place."""
+    part = _with_fallback(job, part)
     url, art, name, staging = part.url, part.artifact, part.name, part.staging
     kept = part.keep_as if job.keep_tar else None
 
@@ -64,6 +66,18 @@ def fetch_tar(job: Job, part: Part) -> PartResult:
     except Exception:
         remove_path(staging)  # an interrupted run (Ctrl-C, kill) leaves it; the next run restarts cleanly
         raise
+
+
+def _with_fallback(job: Job, part: Part) -> Part:
+    """objathor's rule for features.tar: when the versioned URL answers an HTML page, read
+    ``BASE/features.tar`` instead. The fallback's bytes are checked like any others (against
+    the manifest's entry when there is one)."""
+    if part.fallback_url is None:
+        return part
+    if not is_html_type(job.http.info(part.url).content_type):
+        return part
+    job.note(f"{part.url} answered an HTML page; reading {part.fallback_url} instead, as objathor does")
+    return dataclasses.replace(part, url=part.fallback_url, fallback_url=None)
 
 
 def _extractor(art: Mapping[str, Any] | None, staging: Path, name: str) -> TarStreamExtractor:

@@ -570,6 +570,70 @@ def test_a_bucket_root_release_downloads_with_layout_root(web: Nginx, tmp_path: 
     assert tree(dest2 / V / "assets") == expected_tree(src)
 
 
+def objathor_layout(release: Release, dest: Path) -> None:
+    """What objathor 0.0.8 leaves: assets.tar extracted and its one top folder renamed ``assets``,
+    features' *.pkl flattened into ``features``; no marker of ours."""
+    vdir = dest / V
+    vdir.mkdir(parents=True)
+    with tarfile.open(release.vdir / "assets.tar") as tf:
+        tf.extractall(vdir / "tmp", filter="data")
+    (top,) = list((vdir / "tmp").iterdir())
+    top.rename(vdir / "assets")
+    (vdir / "tmp").rmdir()
+    (vdir / "features").mkdir()
+    with tarfile.open(release.vdir / "features.tar") as tf:
+        for m in tf.getmembers():
+            if m.isfile() and m.name.endswith(".pkl"):
+                (vdir / "features" / Path(m.name).name).write_bytes(tf.extractfile(m).read())  # type: ignore[union-attr]
+
+
+def test_a_folder_objathor_downloaded_is_checked_in_place_not_fetched_again(web: Nginx, tmp_path: Path) -> None:
+    base, release, src = publish(web, tmp_path, holodeck=False)
+    dest = tmp_path / "dl"
+    objathor_layout(release, dest)
+    before = len(web.access_log())
+    result = download_version("all", V, path=dest, base_url=base, show_progress=False, http_config=FAST)
+    got = {p.what: (p.status, p.verified) for p in result.parts}
+    assert got["assets"] == ("already there", True) and got["features"] == ("already there", True)
+    fetched = [r["uri"].rsplit("/", 1)[1] for r in web.access_log()[before:]]
+    assert "assets.tar" not in fetched and "features.tar" not in fetched
+    assert tree(dest / V / "assets") == expected_tree(src)
+    assert "checked file by file" in result.summary()
+
+
+@pytest.mark.parametrize("damage", ["changed byte", "extra file", "missing file", "link to a member"])
+def test_a_folder_that_differs_from_the_release_is_downloaded_again(web: Nginx, tmp_path: Path,
+                                                                    damage: str) -> None:
+    base, release, src = publish(web, tmp_path, holodeck=False, features=False)
+    dest = tmp_path / "dl"
+    assets = dest / V / "assets"
+    assets.parent.mkdir(parents=True)
+    with tarfile.open(release.vdir / "assets.tar") as tf:
+        tf.extractall(dest / V / "tmp", filter="data")
+    next((dest / V / "tmp").iterdir()).rename(assets)
+    victim = sorted(p for p in assets.rglob("*") if p.is_file())[0]
+    original = victim.read_bytes()
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(original)
+    if damage == "changed byte":
+        flip_byte(victim, 0)
+    elif damage == "extra file":
+        (victim.parent / "extra.txt").write_text("not in the release")
+    elif damage == "missing file":
+        victim.unlink()
+    else:
+        victim.unlink()
+        victim.symlink_to(outside)
+    before = len(web.access_log())
+    result = download_version("assets", V, path=dest, base_url=base, show_progress=False, http_config=FAST)
+    assert (result.parts[0].status, result.parts[0].verified) == ("downloaded", True)
+    assert any(r["uri"].endswith("/assets.tar") for r in web.access_log()[before:])
+    assert tree(dest / V / "assets") == expected_tree(src)
+    placed = dest / V / "assets" / victim.relative_to(assets)
+    assert not placed.is_symlink() and placed.read_bytes() == original
+    assert outside.read_bytes() == original  # a link's target is never written through
+
+
 def test_result_summary_mentions_every_part(web: Nginx, tmp_path: Path) -> None:
     base, _, _ = publish(web, tmp_path, features=False, holodeck=False)
     result: DownloadResult = download_version("annotations", V, path=tmp_path / "dl", base_url=base,

@@ -26,6 +26,7 @@ from typing import Any
 from objathor_release.errors import ChecksumError, InputError
 from objathor_release.fetch.extract import TarStreamExtractor, expected_members
 from objathor_release.fetch.files import fetch_into
+from objathor_release.fetch.inplace import difference, expected_in_place
 from objathor_release.fetch.job import Job, PartResult
 from objathor_release.fetch.layout import Part, top_folder
 from objathor_release.fetch.markers import write_done
@@ -37,6 +38,9 @@ from objathor_release.progress import progress
 
 def fetch_tar(job: Job, part: Part) -> PartResult:
     """Stream ``part``'s tar into the safe extractor, verify it, rename the folder into place."""
+    found = _already_in_place(job, part)
+    if found is not None:
+        return found
     part = _with_fallback(job, part)
     url, art, name, staging = part.url, part.artifact, part.name, part.staging
     kept = part.keep_as if job.keep_tar else None
@@ -66,6 +70,26 @@ def fetch_tar(job: Job, part: Part) -> PartResult:
     except Exception:
         remove_path(staging)  # an interrupted run (Ctrl-C, kill) leaves it; the next run restarts cleanly
         raise
+
+
+def _already_in_place(job: Job, part: Part) -> PartResult | None:
+    """A folder another tool (objathor's downloader) left at the part's place: when it holds exactly
+    the manifest's members, mark it done instead of fetching the tar again."""
+    art = part.artifact
+    if art is None or not part.target.is_dir() or part.target.is_symlink():
+        return None
+    expected = expected_in_place(art, part.flatten)
+    if expected is None:
+        return None
+    why = difference(part.target, expected, show_progress=job.show_progress)
+    if why:
+        job.note(f"{part.target} is there but is not this release ({why}): downloading {part.name}; the "
+                 "folder is replaced once the new one is verified")
+        return None
+    write_done(part, part.url, art["sha256"].lower(), int(art["size"]), True, top=top_folder(art),
+               checked_in_place=True)
+    return PartResult(part.what, part.target, "already there", True,
+                      note="checked file by file against manifest.json")
 
 
 def _with_fallback(job: Job, part: Part) -> Part:

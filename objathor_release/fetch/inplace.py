@@ -1,0 +1,91 @@
+"""A part already on disk without our marker (objathor's own downloader put it there): is it the release?
+
+The cut: compare a folder with the manifest's member list, file by file, by
+size and then sha256, without the network. ``~/.objathor-assets/V/assets``
+that objathor 0.0.8 extracted holds exactly the tar's members below its one
+top-level folder (renamed ``assets``); features are flattened to their file
+names. When every member is there with its bytes and nothing else is, the
+download is not needed; anything else (a missing, extra, changed or
+non-regular file) means download as usual, the folder being replaced only once
+the new one is verified.
+
+Files are opened with ``O_NOFOLLOW`` and walked without following links: a
+link where a member should be is a difference, never a way to read elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from objathor_release.fetch.extract import ExpectedMember, expected_members, member_parts
+from objathor_release.progress import progress
+
+CHUNK = 4 * 1024 * 1024
+
+
+def expected_in_place(artifact: Mapping[str, Any], flatten: bool) -> dict[str, ExpectedMember] | None:
+    """``{path below the part's folder: member}`` as it lands on disk (None when it cannot be said)."""
+    members = artifact.get("members") or []
+    if not members:
+        return None
+    out: dict[str, ExpectedMember] = {}
+    for path, member in expected_members(members).items():
+        try:
+            parts = member_parts(path)
+        except ValueError:
+            return None
+        if flatten:
+            if not parts[-1].endswith(".pkl") or parts[-1] in out:
+                continue  # objathor keeps only *.pkl; a duplicate name cannot be checked in place
+            out[parts[-1]] = member
+        elif len(parts) >= 2:
+            out["/".join(parts[1:])] = member
+        else:
+            return None  # a file at the tar's top level: not objathor's assets layout
+    return out
+
+
+def difference(folder: Path, expected: Mapping[str, ExpectedMember], *, show_progress: bool = False) -> str:
+    """How ``folder`` differs from ``expected`` ("" when it holds exactly those files with those bytes)."""
+    found: dict[str, int] = {}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        rel_dir = os.path.relpath(dirpath, folder)
+        for name in [*filenames, *(d for d in dirnames if os.path.islink(os.path.join(dirpath, d)))]:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            st = os.lstat(os.path.join(dirpath, name))
+            if not stat.S_ISREG(st.st_mode):
+                return f"{rel} is not a regular file"
+            if rel not in expected:
+                return f"{rel} is not in the release"
+            found[rel] = st.st_size
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        return f"{len(missing)} file(s) of the release are missing (first: {missing[0]})"
+    for rel, size in found.items():
+        if size != expected[rel].size:
+            return f"{rel} is {size} bytes, the release's is {expected[rel].size}"
+    total = sum(found.values())
+    with progress(total, f"check {folder.name} in place", unit="B", enabled=show_progress) as bar:
+        for rel in sorted(found):
+            try:
+                digest = _sha256(folder / rel, bar.update)
+            except OSError as exc:
+                return f"{rel} cannot be read ({exc.strerror or exc})"
+            if digest != expected[rel].sha256:
+                return f"{rel} has other bytes than the release's (sha256 {digest[:12]}...)"
+    return ""
+
+
+def _sha256(path: Path, on_bytes: Any) -> str:
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as fh:
+        while block := fh.read(CHUNK):
+            h.update(block)
+            on_bytes(len(block))
+    return h.hexdigest()

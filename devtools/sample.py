@@ -1,7 +1,10 @@
 """Generate a synthetic objathor asset tree: realistic layout, annotations and junk.
 
 Used by ``make demo``, the tests and the benchmarks. The same seed gives the
-same tree, byte for byte.
+same tree, byte for byte. The contents are real in shape (see
+:mod:`devtools.thor_asset`): each ``<uid>.pkl.gz`` is a THOR asset dict pickled
+and gzipped as objathor saves it, and the features are the pickled numpy
+arrays Holodeck reads, so objathor's own loaders can open them.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import json
 import random
 from pathlib import Path
 from typing import Any
+
+from devtools.thor_asset import asset_pickle, thor_asset, write_features
 
 CATEGORIES = [
     ("chair", "chair.n.01", ["wood", "fabric"]),
@@ -109,8 +114,8 @@ def make_sample_dataset(
 
     ``asset_bytes`` is the average size of one asset folder's tar content.
     With ``junk`` the tree also holds macOS and lock-file junk that a release
-    must leave out. With ``features_dir`` a features directory of ``*.pkl``
-    files is written too.
+    must leave out. With ``features_dir`` the CLIP and SBERT feature files
+    (``clip_features.pkl``, ``sbert_features.pkl``) are written there too.
     """
     rng = random.Random(seed)
     root = Path(assets_dir)
@@ -122,11 +127,13 @@ def make_sample_dataset(
         d = root / uid
         d.mkdir(exist_ok=True)
         size = max(64, int(asset_bytes * rng.uniform(0.5, 1.5)))
+        pkl = asset_pickle(thor_asset(uid, rng))  # what objathor's loaders read: a real THOR asset dict
+        (d / f"{uid}.pkl.gz").write_bytes(pkl)
+        rest = max(len(_FILE_SHARES) * 16, size - len(pkl))  # the textures make up the asset's size
+        total_share = sum(_FILE_SHARES.values())
         for name, share in _FILE_SHARES.items():
-            n = max(16, int(size * share))
+            n = max(16, int(rest * share / total_share))
             (d / name).write_bytes(_JPEG_MAGIC + rng.randbytes(n - len(_JPEG_MAGIC)))
-        body = rng.randbytes(max(16, int(size * 0.25)))
-        (d / f"{uid}.pkl.gz").write_bytes(gzip.compress(body, compresslevel=1, mtime=0))
         write_gzip_json(d / "annotations.json.gz", make_annotation(uid, rng))
         (d / "thor_metadata.json").write_text(json.dumps(make_thor_metadata(rng), indent=2))
         if junk and i % 5 == 0:
@@ -138,8 +145,5 @@ def make_sample_dataset(
         (root / "._.DS_Store").write_bytes(b"\x00\x05\x16\x07")
         (root / "optimize.lock").write_text("")
     if features_dir is not None:
-        fdir = Path(features_dir)
-        fdir.mkdir(parents=True, exist_ok=True)
-        for name in ("clip_features.pkl", "sbert_features.pkl"):
-            (fdir / name).write_bytes(rng.randbytes(max(1024, 512 * n_assets)))
+        write_features(features_dir, uids, rng)
     return sorted(uids)

@@ -43,7 +43,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from devtools.sample import make_sample_dataset  # noqa: E402
-from objathor_release.build.tarball import DEFAULT_EXCLUDES, compile_excludes, gnu_tar_command  # noqa: E402
+from objathor_release.build.excludes import DEFAULT_EXCLUDES, compile_excludes  # noqa: E402
+from objathor_release.build.tarball import gnu_tar_command  # noqa: E402
 
 WORK = REPO / "benchmarks" / "work" / "tarball"
 TREES = {  # name: (assets at scale 1, average bytes per asset)
@@ -110,7 +111,7 @@ def tarfile_loop(src: Path, out: Path) -> Timing:
     """A straightforward Python version: tarfile.addfile per file, hashing each file and the archive."""
     code = f"""
 import hashlib, os, tarfile
-from objathor_release.build.tarball import DEFAULT_EXCLUDES, compile_excludes
+from objathor_release.build.excludes import DEFAULT_EXCLUDES, compile_excludes
 src, out = {str(src)!r}, {str(out)!r}
 excluded = compile_excludes(DEFAULT_EXCLUDES)
 class H:

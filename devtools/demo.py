@@ -33,7 +33,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     """Release a generated sample to an embedded moto server, download it back, compare."""
     from devtools.locals3 import DUMMY_CREDENTIALS, LocalS3
     from devtools.sample import make_sample_dataset
-    from objathor_release.build.tarball import DEFAULT_EXCLUDES, compile_excludes
+    from objathor_release.build.excludes import DEFAULT_EXCLUDES, compile_excludes
     from objathor_release.fetch.download import download_version
 
     version = validate_version(args.version)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from objathor_release._version import __version__
+from objathor_release.build.epoch import from_environment
 from objathor_release.errors import ReleaseError, UsageError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -320,9 +321,10 @@ def make_wheelhouse(target: TargetPython, context: Path, *, repo: Path = REPO,
 
 
 def default_source_date_epoch(repo: Path = REPO) -> int:
-    """$SOURCE_DATE_EPOCH, else the last commit's time, else 0."""
-    if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
-        return int(os.environ["SOURCE_DATE_EPOCH"])
+    """$SOURCE_DATE_EPOCH, else the last commit's time, else 0; UsageError when the variable is bad."""
+    epoch = from_environment()
+    if epoch is not None:
+        return epoch
     try:
         done = subprocess.run(["git", "-C", str(repo), "log", "-1", "--format=%ct"],
                               capture_output=True, text=True, check=True)

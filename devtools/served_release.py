@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from objathor_release.build.excludes import DEFAULT_EXCLUDES
 from objathor_release.build.manifest import write_manifest as project_write_manifest
-from objathor_release.build.tarball import DEFAULT_EXCLUDES, build_tar
+from objathor_release.build.tarball import build_tar
 
 EXCLUDES = DEFAULT_EXCLUDES
 

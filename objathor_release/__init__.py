@@ -17,7 +17,7 @@ from ._version import __version__
 _EXPORTS = {
     "prepare_annotations": "build.annotations",
     "load_annotations": "build.annotations",
-    "DEFAULT_EXCLUDES": "build.tarball",
+    "DEFAULT_EXCLUDES": "build.excludes",
     "build_tar": "build.tarball",
     "write_manifest": "build.manifest",
     "load_manifest": "build.manifest",
@@ -52,8 +52,9 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
     from .build.annotations import load_annotations, prepare_annotations
+    from .build.excludes import DEFAULT_EXCLUDES
     from .build.manifest import load_manifest, verify_release, write_manifest
-    from .build.tarball import DEFAULT_EXCLUDES, build_tar
+    from .build.tarball import build_tar
     from .errors import (
         ChecksumError,
         DiskFullError,

@@ -235,8 +235,10 @@ class LocalBuild:
 def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool = False) -> LocalBuild:
     """Prepare annotations, build the tars, write the manifest and verify, skipping what is up to date."""
     from objathor_release.build.annotations import prepare_annotations
+    from objathor_release.build.epoch import source_date_epoch as resolve_epoch
+    from objathor_release.build.excludes import DEFAULT_EXCLUDES, compile_excludes
     from objathor_release.build.manifest import MANIFEST, SIGNATURE, SUMS, verify_release, write_manifest
-    from objathor_release.build.tarball import DEFAULT_EXCLUDES, build_tar, compile_excludes, resolve_epoch
+    from objathor_release.build.tarball import build_tar
 
     assert cfg.assets_dir and cfg.version
     assets = Path(cfg.assets_dir)

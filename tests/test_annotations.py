@@ -295,12 +295,22 @@ def test_missing_or_empty_assets_dir(kind: str, tmp_path: Path, cli) -> None:
 
 
 def test_library_raises_input_error(
-    sample_assets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sample_assets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    _break_not_gzip(sample_assets, uids_of(sample_assets)[0])
-    with pytest.raises(InputError, match="1 problems in 1 of 12 assets"):
+    """The library prints nothing: each problem goes to ``on_problem``, else to the module's logger."""
+    uid = uids_of(sample_assets)[0]
+    _break_not_gzip(sample_assets, uid)
+    with caplog.at_level("WARNING", logger="objathor_release.build.annotations"), \
+            pytest.raises(InputError, match="1 problems in 1 of 12 assets"):
         prepare_annotations(sample_assets, tmp_path / "a.json.gz", show_progress=False)
-    assert "not a gzip file" in capsys.readouterr().err
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 1 and logged[0].startswith(f"{uid}: ") and "not a gzip file" in logged[0]
+    seen: list[str] = []
+    caplog.clear()
+    with pytest.raises(InputError, match="1 problems in 1 of 12 assets"):
+        prepare_annotations(sample_assets, tmp_path / "a.json.gz", show_progress=False, on_problem=seen.append)
+    assert seen == logged and not caplog.records
+    assert capsys.readouterr() == ("", "")
 
 
 # --------------------------------------------------------------------------- the fast validator

@@ -26,7 +26,8 @@ import pytest
 from devtools.sample import make_annotation, make_sample_dataset
 from objathor_release.build.annotations import ANNOTATION, load_one, scan_assets
 from objathor_release.build.manifest import write_manifest
-from objathor_release.build.tarball import build_tar, scan_tar
+from objathor_release.build.tarball import build_tar
+from objathor_release.build.tarscan import scan_tar
 from objathor_release.cli import main
 from objathor_release.errors import InputError, UsageError
 from objathor_release.fsutil import NotRegularFileError, open_regular, prepare_output

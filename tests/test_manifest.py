@@ -264,12 +264,21 @@ def test_verify_names_every_problem_at_once(release: Path, cli) -> None:  # type
     assert problems[-1].startswith("objathor-release: error: ") and "3 problems" in problems[-1]
 
 
-def test_verify_in_process_raises_checksum_error(release: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_in_process_raises_checksum_error(release: Path, capsys: pytest.CaptureFixture[str],
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The library prints nothing: each problem goes to ``on_problem``, else to the module's logger."""
     write_manifest(release, VERSION, show_progress=False)
     (release / "SHA256SUMS").write_text("0" * 64 + "  assets.tar\n")
-    with pytest.raises(ChecksumError, match="1 problem"):
+    with caplog.at_level("WARNING", logger="objathor_release.build.manifest"), \
+            pytest.raises(ChecksumError, match="1 problem "):
         verify_release(release, show_progress=False)
-    assert "SHA256SUMS: does not match manifest.json" in capsys.readouterr().err
+    assert [r.getMessage() for r in caplog.records] == [f"{release}/SHA256SUMS: does not match manifest.json"]
+    seen: list[str] = []
+    caplog.clear()
+    with pytest.raises(ChecksumError, match="1 problem "):
+        verify_release(release, show_progress=False, on_problem=seen.append)
+    assert seen == [f"{release}/SHA256SUMS: does not match manifest.json"] and not caplog.records
+    assert capsys.readouterr() == ("", "")
 
 
 def test_verify_without_a_manifest(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

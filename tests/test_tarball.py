@@ -18,15 +18,10 @@ from pathlib import Path
 import pytest
 
 from devtools.sample import make_sample_dataset
-from objathor_release.build.tarball import (
-    DEFAULT_EXCLUDES,
-    build_tar,
-    compile_excludes,
-    normalize_mode,
-    read_sidecar,
-    scan_tar,
-    sidecar_path,
-)
+from objathor_release.build.excludes import DEFAULT_EXCLUDES, compile_excludes
+from objathor_release.build.tarball import build_tar, read_sidecar, sidecar_path
+from objathor_release.build.tarformat import normalize_mode
+from objathor_release.build.tarscan import scan_tar
 from objathor_release.errors import InputError, UsageError
 from tests.support.tarball_helpers import (
     SEED_EXCLUDES,
@@ -478,13 +473,13 @@ def test_scan_names_an_empty_file(tmp_path: Path) -> None:
 def test_buffers_smaller_than_files_and_members_across_buffers(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Files bigger than a buffer, and headers and data landing on buffer edges, give the same bytes."""
-    import objathor_release.build.tarball as tarball
+    import objathor_release.build.tarwriter as tarwriter
 
     src = tmp_path / "assets"
     for i, n in enumerate([0, 100, 4096 - 512, 4096, 4097, 9000, 20000, 3 * 4096 + 511]):
         write(src / f"f{i}", os.urandom(n))
     want = build(src, tmp_path / "big-buffers.tar")
-    monkeypatch.setattr(tarball, "BUFFER", 4096)
+    monkeypatch.setattr(tarwriter, "BUFFER", 4096)
     got = build(src, tmp_path / "small-buffers.tar")
     assert got.path.read_bytes() == want.path.read_bytes() and got.members == want.members
     assert got.members == tarfile_members(got.path)

@@ -32,21 +32,22 @@ import gzip
 import io
 import itertools
 import json
+import logging
 import math
 import multiprocessing
 import os
 import re
 import sys
-import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from objathor_release.build.tarball import SeekingReader, TarFormatError, iter_headers
+from objathor_release.build import tarformat
+from objathor_release.build.tarscan import SeekingReader, TarFormatError, iter_headers
 from objathor_release.build.validation import too_deep
 from objathor_release.errors import InputError, ReleaseError
 from objathor_release.fsutil import (
@@ -59,6 +60,8 @@ from objathor_release.fsutil import (
 )
 from objathor_release.progress import progress
 from objathor_release.settings import MiB, format_size, schema_validator
+
+logger = logging.getLogger(__name__)
 
 ANNOTATION = "annotations.json.gz"
 THOR_METADATA = "thor_metadata.json"
@@ -344,7 +347,7 @@ def _read_tar(uid: str, path: str, limit: int) -> tuple[bytes | bytearray | None
                 if key is None:
                     continue
                 label = f"{path}:{uid}/{key}"
-                if h.kind not in tarfile.REGULAR_TYPES:
+                if h.kind not in tarformat.REGULAR_TYPES:
                     raise _Bad(label, "is a link or folder in the tar: store the file itself")
                 if key in found:
                     raise _Bad(label, "is in the tar twice: keep one")
@@ -484,6 +487,10 @@ def _write_report(report: str | Path, save_dir: Path, result: PrepareResult) -> 
         fh.write((json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
+def _warn(line: str) -> None:
+    logger.warning("%s", line)
+
+
 def prepare_annotations(
     save_dir: str | Path,
     output_file: str | Path,
@@ -494,15 +501,18 @@ def prepare_annotations(
     show_progress: bool = True,
     compresslevel: int = 6,
     max_size: int = DEFAULT_MAX_SIZE,
+    on_problem: Callable[[str], None] | None = None,
 ) -> PrepareResult:
     """Validate and merge every asset's annotation into ``output_file``.
 
-    Every problem is printed to stderr as one line naming the uid, the file and
-    the JSON path. Without ``skip_invalid`` any problem raises InputError and
+    Every problem is reported as it is found, as one line naming the uid, the
+    file and the JSON path: to ``on_problem`` if given, else as a warning of
+    this module's logger. Without ``skip_invalid`` any problem raises InputError and
     nothing is written; with it the invalid assets are left out. ``max_size``
     bounds each annotation (decompressed), thor_metadata.json and tar member.
     """
     save_dir = Path(save_dir)
+    report_line = on_problem if on_problem is not None else _warn
     output = prepare_output(output_file, "--output-file")
     if report is not None:
         prepare_output(report, "--report")
@@ -521,7 +531,7 @@ def prepare_annotations(
                 if problems:
                     result.problems.extend(problems)
                     for p in problems:
-                        print(p.line(), file=sys.stderr)
+                        report_line(p.line())
                     continue
                 assert body is not None
                 if not first:

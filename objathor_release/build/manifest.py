@@ -21,20 +21,25 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from objathor_release._version import __version__
-from objathor_release.build.tarball import DEFAULT_EXCLUDES, read_sidecar, scan_tar
+from objathor_release.build.epoch import from_environment
+from objathor_release.build.excludes import DEFAULT_EXCLUDES
+from objathor_release.build.tarball import read_sidecar
+from objathor_release.build.tarscan import scan_tar
 from objathor_release.build.validation import too_deep
-from objathor_release.errors import ChecksumError, InputError, UsageError
+from objathor_release.errors import ChecksumError, InputError
 from objathor_release.fsutil import CHUNK, atomic_write, describe_mode, open_regular
 from objathor_release.progress import progress
 from objathor_release.settings import schema_errors, validate_version
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
@@ -123,15 +128,10 @@ def _sizes(root: Path, names: list[str]) -> dict[str, int]:
 
 
 def _created() -> str | None:
-    text = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if not text:
+    """``$SOURCE_DATE_EPOCH`` as an ISO 8601 UTC time, or None when it is unset."""
+    epoch = from_environment()
+    if epoch is None:
         return None
-    try:
-        epoch = int(text)
-    except ValueError:
-        raise UsageError(
-            f"SOURCE_DATE_EPOCH={text!r} is not a whole number of seconds: fix or unset it"
-        ) from None
     return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -362,11 +362,13 @@ def _compare_members(name: str, listed: list[dict[str, Any]], found: list[dict[s
     return problems
 
 
-def verify_release(release_dir: str | Path, *, members: bool = False, show_progress: bool = True) -> None:
+def verify_release(release_dir: str | Path, *, members: bool = False, show_progress: bool = True,
+                   on_problem: Callable[[str], None] | None = None) -> None:
     """Re-hash every artifact of ``release_dir`` against its manifest (``members``: every tar member too).
 
-    Prints each problem (mismatch, missing file, extra file) on its own line to
-    stderr, then raises ChecksumError counting them. Returns quietly when all match.
+    Reports each problem (mismatch, missing file, extra file) as one line, to
+    ``on_problem`` if given, else as a warning of this module's logger, then
+    raises ChecksumError counting them. Returns quietly when all match.
     """
     root = Path(release_dir)
     manifest = load_manifest(root)
@@ -406,7 +408,10 @@ def verify_release(release_dir: str | Path, *, members: bool = False, show_progr
         problems.append(f"{sums}: missing or unreadable")
     if problems:
         for line in problems:
-            print(line, file=sys.stderr)
+            if on_problem is not None:
+                on_problem(line)
+            else:
+                logger.warning("%s", line)
         raise ChecksumError(
             f"{root}: {len(problems)} problem{'s' if len(problems) != 1 else ''} against {MANIFEST} (listed "
             "above): rebuild the named files, or run `objathor-release manifest` again if the change is "

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from objathor_release.cli.common import env
+
+
+def _stderr(line: str) -> None:
+    """A build step's problem or note, on stderr as it is (no program-name prefix)."""
+    print(line, file=sys.stderr)
+
 
 # --------------------------------------------------------------------------- prepare-annotations
 
@@ -39,6 +46,7 @@ def _run_prepare_annotations(args: argparse.Namespace) -> int:
     result = prepare_annotations(
         args.save_dir, args.output_file, skip_invalid=args.skip_invalid, report=args.report,
         workers=args.workers, show_progress=not args.quiet, max_size=parse_size(args.max_annotation_size),
+        on_problem=_stderr,
     )
     print(result.summary())
     return 0
@@ -72,7 +80,7 @@ def _run_tar(args: argparse.Namespace) -> int:
     result = build_tar(
         args.assets_dir, args.output, extra_excludes=args.exclude,
         source_date_epoch=args.source_date_epoch, verbose=args.verbose, show_progress=not args.quiet,
-        fsync=args.fsync,
+        fsync=args.fsync, on_note=_stderr,
     )
     print(result.summary())
     return 0
@@ -116,7 +124,7 @@ def add_verify(sub: Any) -> None:
 def _run_verify(args: argparse.Namespace) -> int:
     from objathor_release.build.manifest import verify_release
 
-    verify_release(args.release_dir, members=args.members, show_progress=not args.quiet)
+    verify_release(args.release_dir, members=args.members, show_progress=not args.quiet, on_problem=_stderr)
     print(f"{args.release_dir}: every artifact matches manifest.json")
     return 0
 

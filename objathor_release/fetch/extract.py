@@ -28,7 +28,8 @@ from ``dest`` one component at a time with ``O_NOFOLLOW`` (``mkdir``/``open``/
 put into ``dest``. Open folder descriptors are cached (a few dozen at most) and
 closed by :meth:`close`, which also runs after any error and in ``finish()``.
 
-Headers are parsed strictly: a numeric field that is not octal or GNU base-256,
+Headers are decoded by :mod:`objathor_release.build.tarformat` (the one tar
+header codec) and checked strictly here: a numeric field that is not octal or GNU base-256,
 a value out of range (negative or impossible sizes, mtimes beyond what
 ``os.utime`` takes), a PAX record with a bad length, no ``=`` or a ``size``/
 ``mtime`` that is not a plain decimal number, a name that is not UTF-8, or a bad
@@ -57,18 +58,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from objathor_release.build import tarformat as tf
+from objathor_release.build.tarformat import BLOCK
 from objathor_release.errors import ChecksumError, DiskFullError, InputError
 
-BLOCK = 512
 _META_LIMIT = 1 << 20  # longest GNU long-name / PAX header we accept
 _MAX_SIZE = (1 << 63) - 1  # the largest file offset a filesystem can hold
 _MTIME_RANGE = (-(1 << 33), 1 << 33)  # seconds, years 1697-2242: inside what os.utime takes in nanoseconds
 _PATH_MAX = 4096
 _MAX_DEPTH = 64  # folders in a member's path; deeper trees defeat recursive tools such as shutil.rmtree
 _DIR_CACHE = 64  # open folder descriptors kept
-_REGULAR = (b"0", b"\0", b"7")
-_HARDLINK, _DIRECTORY = b"1", b"5"
-_META = (b"L", b"K", b"x", b"g")
+_REGULAR = tf.REGULAR_TYPES
+_HARDLINK, _DIRECTORY = tf.HARDLINK, tf.DIRECTORY
+_META = tf.EXTENSION_TYPES
 _REFUSED_TYPES = {
     b"2": "a symbolic link (releases contain none, and a link could lead later members outside the folder)",
     b"3": "a character device", b"4": "a block device", b"6": "a FIFO", b"S": "a sparse file",
@@ -78,7 +80,6 @@ _MODE_CLEAR = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWGRP | stat.S
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW  # POSIX only, like dir_fd
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-_OCTAL = re.compile(rb"[0-7]*")
 _PAX_SIZE = re.compile(rb"[0-9]{1,19}")
 _PAX_TIME = re.compile(rb"(-?[0-9]{1,19})(\.[0-9]*)?")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -89,8 +90,9 @@ class UnsafeMemberError(InputError):
     """A member the safe extractor refuses (absolute, ``..``, a link, a device, ...)."""
 
 
-class _Corrupt(Exception):
-    """A malformed header field; the extractor reports it with the header's byte offset."""
+# A malformed header field (from the codec, or a value out of the range allowed here); the
+# extractor reports it with the header's byte offset.
+_Corrupt = tf.HeaderError
 
 
 @dataclass(frozen=True)
@@ -138,18 +140,8 @@ def member_parts(name: str) -> list[str]:
 # ---------------------------------------------------------------------- header fields
 
 
-def _number(field: bytes, what: str, low: int, high: int) -> int:
-    """A numeric header field (octal text, or GNU base-256) within ``low..high``; _Corrupt otherwise."""
-    if field[:1] in (b"\x80", b"\xff"):
-        value = int.from_bytes(field[1:], "big")
-        if field[0] == 0xFF:
-            value -= 1 << (8 * (len(field) - 1))
-    else:
-        text = field.split(b"\0", 1)[0].strip(b" ")
-        if not _OCTAL.fullmatch(text):
-            shown = field.rstrip(b"\0")
-            raise _Corrupt(f"its {what} field {shown!r} is not an octal number")
-        value = int(text, 8) if text else 0
+def _in_range(value: int, what: str, low: int, high: int) -> int:
+    """A decoded header number within ``low..high``; _Corrupt otherwise."""
     if not low <= value <= high:
         raise _Corrupt(f"its {what} {value} is out of range")
     return value
@@ -176,38 +168,6 @@ def _utf8(raw: bytes, what: str) -> str:
 def _shown(text: str) -> str:
     """``text`` for a one-line message: control characters (a newline, a terminal escape) escaped."""
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
-
-
-def _text(field: bytes) -> bytes:
-    return field.split(b"\0", 1)[0]
-
-
-def _checksum_ok(header: bytes) -> bool:
-    stored = _number(header[148:156], "checksum", 0, 1 << 21)
-    unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
-    if stored == unsigned:
-        return True
-    signed = sum(b - 256 if b > 127 else b for b in header[:148] + header[156:]) + 8 * 32
-    return stored == signed
-
-
-def _parse_pax(data: bytes) -> dict[str, bytes]:
-    """PAX records ``"<len> key=value\\n"``; _Corrupt for a bad length, a missing ``=`` or a non-UTF-8 key."""
-    out: dict[str, bytes] = {}
-    pos = 0
-    while pos < len(data) and data[pos] != 0:
-        space = data.find(b" ", pos, pos + 21)
-        if space <= pos or not data[pos:space].isdigit():
-            raise _Corrupt(f"a PAX record at {pos} has no decimal length")
-        end = pos + int(data[pos:space])
-        if end < space + 3 or end > len(data) or data[end - 1] != 0x0A:
-            raise _Corrupt(f"a PAX record at {pos} has a wrong length")
-        key, eq, value = data[space + 1:end - 1].partition(b"=")
-        if not eq or not key:
-            raise _Corrupt(f"a PAX record at {pos} is not key=value")
-        out[_utf8(key, "PAX key")] = value
-        pos = end
-    return out
 
 
 # ---------------------------------------------------------------------- the extractor
@@ -356,15 +316,13 @@ class TarStreamExtractor:
                              "the archive is corrupt")
         self._at = start
         try:
-            checksum_ok = _checksum_ok(header)
-        except _Corrupt:
-            checksum_ok = False
-        if not checksum_ok:
+            h = tf.decode_header(header, start)
+        except tf.ChecksumMismatch:
             if start == 0:
                 self._refuse_page(header)
             raise InputError(f"{self.source}: bad tar header checksum at byte {start}: the archive is "
-                             "corrupt or not a tar file")
-        self._entry(header, start)
+                             "corrupt or not a tar file") from None
+        self._entry(h)
 
     def _refuse_page(self, head: bytes) -> None:
         """A stream that starts like a JSON, XML or HTML document is an error page, not a tar."""
@@ -372,10 +330,10 @@ class TarStreamExtractor:
             raise InputError(f"{self.source} is not a tar file: it starts with {head[:24]!r} (an error "
                              "page?); check --base-url and --version")
 
-    def _entry(self, header: bytes, start: int) -> None:
-        kind = header[156:157]
+    def _entry(self, h: tf.Header) -> None:
+        kind = h.kind
         if kind in _META:
-            size = _number(header[124:136], "size", 0, _META_LIMIT)
+            size = _in_range(h.size, "size", 0, _META_LIMIT)
             self._meta, self._meta_kind = bytearray(), kind
             self._begin_data(size)
             return
@@ -385,28 +343,25 @@ class TarStreamExtractor:
         if "size" in pax:
             size = _pax_number(pax["size"], "size", _PAX_SIZE, 0, _MAX_SIZE)
         else:
-            size = _number(header[124:136], "size", 0, _MAX_SIZE)
+            size = _in_range(h.size, "size", 0, _MAX_SIZE)
         if "mtime" in pax:
             self._mtime = _pax_number(pax["mtime"], "mtime", _PAX_TIME, *_MTIME_RANGE)
         else:
-            self._mtime = _number(header[136:148], "mtime", *_MTIME_RANGE)
-        mode = _number(header[100:108], "mode", 0, 0o7777777)
+            self._mtime = _in_range(h.mtime, "mtime", *_MTIME_RANGE)
+        mode = _in_range(h.mode, "mode", 0, 0o7777777)
         if "path" in pax:
             name = _utf8(pax["path"], "PAX path")
         elif long_name is not None:
-            name = _utf8(_text(long_name), "long name")
+            name = _utf8(tf.cstring(long_name), "long name")
         else:
-            raw = _text(header[0:100])
-            if header[257:263] == b"ustar\0" and header[345]:  # POSIX ustar: a prefix field
-                raw = _text(header[345:500]) + b"/" + raw
-            name = _utf8(raw, "name")
+            name = _utf8(h.name, "name")
         link = ""
         if kind == _HARDLINK:
             if "linkpath" in pax:
                 link = _utf8(pax["linkpath"], "PAX linkpath")
             else:
-                link = _utf8(_text(long_link if long_link is not None else header[157:257]), "link name")
-        self._place(name, kind, link, mode, size, start + BLOCK)
+                link = _utf8(tf.cstring(long_link) if long_link is not None else h.linkname, "link name")
+        self._place(name, kind, link, mode, size, h.data_offset)
 
     def _begin_data(self, size: int) -> None:
         self._remaining = size
@@ -437,7 +392,7 @@ class TarStreamExtractor:
             elif kind == b"K":
                 self._long_link = meta
             elif kind == b"x":
-                self._pax = _parse_pax(meta)
+                self._pax = tf.parse_pax(meta)
             return  # "g" (global PAX) carries nothing we use
         if self._fd < 0:
             return

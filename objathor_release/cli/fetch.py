@@ -43,8 +43,9 @@ def add_download(sub: Any) -> None:
     p.add_argument("--require-signature", action="store_true",
                    help="refuse a version whose manifest is not signed by a trusted key")
     p.add_argument("--keep-tar", action="store_true", help="keep the .tar beside the extracted folder")
-    p.add_argument("--connections", type=int, default=8, metavar="N",
-                   help="parallel Range requests per file (default 8)")
+    p.add_argument("--connections", type=int, default=None, metavar="N",
+                   help="parallel Range requests per file (default: adapt, from 4 up to 16, while the rate "
+                   "grows; N fixes it)")
     p.set_defaults(func=_run_download)
 
 

@@ -139,7 +139,7 @@ def download_version(
         base_url = os.environ.get("OBJATHOR_BASE_URL") or None
     source = resolve_source(version, base_url, layout)
     trust = TrustPolicy.load(trusted_keys, require_signature)
-    config = http_config or HttpConfig.from_env(connections=connections)
+    config = http_config or HttpConfig.from_env(connections=connections, adaptive=connections is None)
     http = Http(config)
     job = Job(http, root, source, require_checksums=require_checksums, show_progress=show_progress,
               keep_tar=keep_tar, on_note=on_note)

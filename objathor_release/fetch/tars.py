@@ -31,6 +31,7 @@ from objathor_release.fetch.job import Job, PartResult
 from objathor_release.fetch.layout import Part, top_folder
 from objathor_release.fetch.markers import write_done
 from objathor_release.fetch.pages import is_html_type, sniff_page
+from objathor_release.fetch.parallel import parallel_stream
 from objathor_release.fetch.ranges import part_paths
 from objathor_release.fsutil import atomic_write, remove_path, replace_dir
 from objathor_release.progress import progress
@@ -133,7 +134,10 @@ def _extract_stream(job: Job, url: str, art: Mapping[str, Any] | None, staging: 
         nonlocal total
         head: bytearray | None = bytearray()  # the first block, held back until it is sniffed
         try:
-            for data in job.http.stream(url, on_open=check, stop=stop):
+            config = job.http.config
+            for data in parallel_stream(job.http, url, on_open=check, stop=stop, adaptive=config.adaptive,
+                                        piece=config.stream_piece, buffer=config.stream_buffer,
+                                        size_hint=art["size"] if art else None):
                 digest.update(data)
                 total += len(data)
                 if head is not None:

@@ -67,7 +67,10 @@ class HttpConfig:
     attempts: int = 5  # tries in a row without real progress before giving up
     backoff: float = 0.5  # first wait in seconds; doubles each time
     max_backoff: float = 15.0
-    connections: int = 8  # parallel Range requests for one file
+    connections: int = 16  # parallel Range requests for one file (at most, when adaptive)
+    adaptive: bool = True  # tars: start with a few connections and add more while the rate grows
+    stream_piece: int = 8 * MiB  # bytes per Range request of a streamed tar
+    stream_buffer: int = 256 * MiB  # most bytes of a streamed tar held in memory at once
     part_size: int = 32 * MiB  # bytes per Range request
     read_size: int = 4 * MiB  # bytes per read from a response
     min_rate: int = 1024  # bytes per second a transfer must keep up over rate_window (0: no minimum)
@@ -80,6 +83,8 @@ class HttpConfig:
             raise UsageError("attempts, timeouts and backoff must be positive")
         if self.part_size < 1 * MiB or self.read_size < 64 * 1024:
             raise UsageError("part_size must be at least 1 MiB and read_size at least 64 KiB")
+        if self.stream_piece < 64 * 1024 or self.stream_buffer < 2 * self.stream_piece:
+            raise UsageError("stream_piece must be at least 64 KiB and stream_buffer at least two pieces")
         if self.min_rate < 0 or self.rate_window <= 0 or self.max_backoff < 0:
             raise UsageError("min_rate must be 0 or more, rate_window and max_backoff positive")
 

@@ -1,0 +1,182 @@
+"""One file as an in-order stream of bytes, fetched by several Range requests at once.
+
+The cut: :func:`parallel_stream` turns a URL into the same iterator of byte
+blocks as :meth:`.http.Http.stream`, so the streaming extractor and the
+hashing reader need not know how the bytes came. The file is cut into pieces
+of ``piece`` bytes; worker threads fetch pieces by Range (each piece through
+``Http.stream``, which retries and resumes a cut piece at its next byte, with
+If-Range so a file that changes mid-way is an error, never a mix); the pieces
+are handed on strictly in order.
+
+Memory is bounded: a piece is only started when it lies within ``window``
+pieces of the next one to hand on, so at most ``window * piece`` bytes are
+buffered (256 MiB by default). The number of pieces fetched at once adapts:
+it starts at a few and doubles while the total rate keeps growing by a tenth
+or more, up to ``connections``; ``adaptive=False`` uses ``connections`` from
+the start. A server that does not serve ranges, a file of unknown size or one
+smaller than two pieces gets the plain single stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from objathor_release.fetch.http import Http, Info
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+PIECE = 8 * MiB
+BUFFER = 256 * MiB
+START = 4  # pieces in flight at first, when adapting
+GROWTH = 1.10  # the total rate must grow by this much for more connections to be added
+
+
+@dataclass
+class _Ramp:
+    """How many pieces may be in flight; grows while the measured total rate grows."""
+
+    limit: int
+    cap: int
+    adaptive: bool
+    started: float = 0.0
+    bytes_at_step: int = 0
+    pieces_at_step: int = 0
+    best: float = 0.0
+    frozen: bool = False
+
+    def after(self, total: int, now: float, pieces_done: int) -> None:
+        """Called as pieces finish: once ``limit`` more pieces are done, compare rates and decide."""
+        if not self.adaptive or self.frozen or self.limit >= self.cap:
+            return
+        if pieces_done - self.pieces_at_step < self.limit * 2:
+            return
+        elapsed = now - self.started
+        if elapsed <= 0:
+            return
+        rate = (total - self.bytes_at_step) / elapsed
+        if rate >= self.best * GROWTH:
+            self.best = rate
+            self.limit = min(self.cap, self.limit * 2)
+            log.debug("parallel download: %.1f MB/s, now %d connections", rate / 1e6, self.limit)
+        else:
+            self.frozen = True
+            log.debug("parallel download: %.1f MB/s no faster, staying at %d connections", rate / 1e6,
+                      self.limit)
+        self.started, self.bytes_at_step, self.pieces_at_step = now, total, pieces_done
+
+
+def parallel_stream(http: Http, url: str, *, on_open: Callable[[Info], None] | None = None,
+                    stop: threading.Event | None = None, connections: int | None = None,
+                    adaptive: bool = True, piece: int = PIECE, buffer: int = BUFFER,
+                    size_hint: int | None = None) -> Iterator[bytes]:
+    """Yield the bytes of ``url`` in order, fetched by up to ``connections`` Range requests at once.
+
+    ``on_open`` sees the file's Info once, before any byte is handed on. Errors
+    of a piece (after ``Http.stream``'s own retries) are raised here, in the
+    consumer's thread; closing the iterator stops every worker. ``size_hint``
+    (the manifest's size) lets a small file skip the probe request.
+    """
+    cap = connections or http.config.connections
+    window = max(2, min(buffer // piece, 4 * cap))
+    if cap <= 1 or (size_hint is not None and size_hint < 2 * piece):
+        yield from http.stream(url, on_open=on_open, stop=stop)
+        return
+    info = http.info(url)
+    if cap <= 1 or not info.ranges or info.size is None or info.size < 2 * piece or not info.validator:
+        yield from http.stream(url, on_open=on_open, stop=stop)
+        return
+    if on_open is not None:
+        on_open(info)
+    yield from _Pieces(http, url, info, piece, window, _Ramp(min(START, cap) if adaptive else cap, cap,
+                                                             adaptive), stop).run()
+
+
+class _Pieces:
+    """The workers and the in-order hand-over of one parallel stream."""
+
+    def __init__(self, http: Http, url: str, info: Info, piece: int, window: int, ramp: _Ramp,
+                 stop: threading.Event | None) -> None:
+        assert info.size is not None
+        self.http, self.url, self.size, self.validator = http, url, info.size, info.validator
+        self.piece, self.window, self.ramp = piece, window, ramp
+        self.count = -(-self.size // piece)
+        self.cond = threading.Condition()
+        self.ready: dict[int, bytes] = {}
+        self.next_out = 0  # the piece the consumer waits for
+        self.next_in = 0  # the next piece a worker takes
+        self.running = 0
+        self.done_pieces = 0
+        self.fetched = 0
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.outer_stop = stop
+
+    def _stopped(self) -> bool:
+        return self.stop.is_set() or (self.outer_stop is not None and self.outer_stop.is_set())
+
+    def _take(self) -> int | None:
+        """The next piece to fetch, waiting while the window or the connection limit is full."""
+        with self.cond:
+            while True:
+                if self._stopped() or self.error is not None or self.next_in >= self.count:
+                    return None
+                if self.next_in < self.next_out + self.window and self.running < self.ramp.limit:
+                    index = self.next_in
+                    self.next_in += 1
+                    self.running += 1
+                    return index
+                self.cond.wait(0.5)
+
+    def _worker(self) -> None:
+        while (index := self._take()) is not None:
+            start = index * self.piece
+            end = min(self.size, start + self.piece) - 1
+            try:
+                data = b"".join(self.http.stream(self.url, start=start, end=end, validator=self.validator,
+                                                 size=self.size, stop=self.stop))
+                if len(data) != end + 1 - start and not self._stopped():
+                    raise ConnectionError(f"piece {index} ended after {len(data)} bytes")
+            except BaseException as exc:  # handed to the consumer, which raises it
+                with self.cond:
+                    self.error = self.error or exc
+                    self.running -= 1
+                    self.cond.notify_all()
+                return
+            with self.cond:
+                self.ready[index] = data
+                self.running -= 1
+                self.done_pieces += 1
+                self.fetched += len(data)
+                self.ramp.after(self.fetched, time.monotonic(), self.done_pieces)
+                self.cond.notify_all()
+
+    def run(self) -> Iterator[bytes]:
+        self.ramp.started = time.monotonic()
+        threads = [threading.Thread(target=self._worker, name=f"download-piece-{i}", daemon=True)
+                   for i in range(self.ramp.cap)]
+        for t in threads:
+            t.start()
+        try:
+            while self.next_out < self.count:
+                with self.cond:
+                    while self.next_out not in self.ready and self.error is None:
+                        if self.outer_stop is not None and self.outer_stop.is_set():
+                            return
+                        self.cond.wait(0.5)
+                    if self.error is not None:
+                        raise self.error
+                    data = self.ready.pop(self.next_out)
+                    self.next_out += 1
+                    self.cond.notify_all()
+                yield data
+        finally:
+            self.stop.set()
+            with self.cond:
+                self.cond.notify_all()
+            for t in threads:
+                t.join(timeout=5)

@@ -1,0 +1,179 @@
+"""The parallel ranged stream behind tar downloads: in order, bounded, resilient, verified.
+
+Through Debian's nginx (the ``web`` fixture) and the fault proxy; pieces are made small
+(64 KiB) so a release of a few hundred KiB is cut into many.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devtools.nginx import Nginx
+from devtools.sample import make_sample_dataset
+from devtools.served_release import build_release, expected_tree, flip_byte, tree
+from objathor_release.errors import ChecksumError, TransferError
+from objathor_release.fetch.download import download_version
+from objathor_release.fetch.http import Http, HttpConfig
+from objathor_release.fetch.parallel import _Ramp, parallel_stream
+from tests.support.faultproxy import PASS, FaultProxy, Request, cut, drop, status
+from tests.support.hostile_http import HostileServer, Script
+
+V = "2024_02_01"
+KiB = 1024
+PIECE = 64 * KiB
+CONFIG = HttpConfig(attempts=4, backoff=0.01, connections=4, adaptive=False, stream_piece=PIECE,
+                    stream_buffer=8 * PIECE, read_size=64 * KiB)
+
+
+def served_file(web: Nginx, size: int) -> tuple[str, bytes]:
+    data = os.urandom(size)
+    name = f"blob-{uuid.uuid4().hex[:8]}.bin"
+    (web.root / name).write_bytes(data)
+    return f"{web.url}/{name}", data
+
+
+def ranges_asked(log: list[dict[str, str]], name: str) -> list[str]:
+    return [r.get("range", "") for r in log if r["uri"].endswith(name)]
+
+
+def test_pieces_come_out_in_order_even_when_the_first_is_slowest(web: Nginx) -> None:
+    url, data = served_file(web, 20 * PIECE + 123)
+
+    def rule(req: Request) -> Any:
+        if req.headers.get("Range", "").startswith("bytes=0-"):
+            time.sleep(0.3)  # the first piece arrives last
+        return PASS
+
+    with FaultProxy(web.url, rule) as proxy:
+        http = Http(CONFIG)
+        got = b"".join(parallel_stream(http, proxy.url + url[len(web.url):], piece=PIECE, buffer=8 * PIECE,
+                                       adaptive=False))
+    assert got == data
+    ranges = [r.headers.get("Range") for r in proxy.log if r.method == "GET"]
+    assert len([r for r in ranges if r and r != "bytes=0-0"]) == 21  # 20 whole pieces and the tail
+
+
+def test_memory_is_bounded_by_the_window(web: Nginx) -> None:
+    """A consumer that stops reading: no more than ``buffer / piece`` pieces are ever requested ahead."""
+    url, _ = served_file(web, 40 * PIECE)
+    http = Http(CONFIG)
+    before = len(web.access_log())
+    stream = parallel_stream(http, url, piece=PIECE, buffer=4 * PIECE, adaptive=False)
+    next(stream)
+    time.sleep(0.5)
+    asked = [r for r in ranges_asked(web.access_log()[before:], url.rsplit("/", 1)[1]) if r != "bytes=0-0"]
+    stream.close()
+    assert 4 <= len(asked) <= 5, asked  # the window of 4, plus the one handed on
+
+
+def test_a_piece_cut_mid_way_resumes_at_its_byte(web: Nginx) -> None:
+    url, data = served_file(web, 12 * PIECE)
+    faults = iter([cut(1000), drop(), status(503)])
+
+    def rule(req: Request) -> Any:
+        return next(faults, PASS) if req.headers.get("Range", "").startswith(f"bytes={3 * PIECE}-") else PASS
+
+    with FaultProxy(web.url, rule) as proxy:
+        got = b"".join(parallel_stream(Http(CONFIG), proxy.url + url[len(web.url):], piece=PIECE,
+                                       buffer=8 * PIECE, adaptive=False))
+    assert got == data
+    resumed = [r.headers["Range"] for r in proxy.log if r.headers.get("Range", "").startswith(
+        f"bytes={3 * PIECE + 1000}-")]
+    assert resumed, "the cut piece must continue from the byte it reached, not from its start"
+
+
+def test_a_piece_that_keeps_failing_is_one_error_and_every_worker_stops(web: Nginx) -> None:
+    url, _ = served_file(web, 12 * PIECE)
+
+    def rule(req: Request) -> Any:
+        return status(503) if req.headers.get("Range", "").startswith(f"bytes={5 * PIECE}-") else PASS
+
+    with FaultProxy(web.url, rule) as proxy, pytest.raises(TransferError, match="HTTP 503"):
+        b"".join(parallel_stream(Http(CONFIG), proxy.url + url[len(web.url):], piece=PIECE,
+                                 buffer=8 * PIECE, adaptive=False))
+    time.sleep(0.2)
+    assert not [t for t in threading.enumerate() if t.name.startswith("download-piece-")]
+
+
+def test_a_server_that_ignores_range_gets_one_stream(web: Nginx) -> None:
+    url, data = served_file(web, 6 * PIECE)
+    name = url.rsplit("/", 1)[1]
+    with HostileServer(web.root, max_seconds=6) as srv:
+        srv.script(name, Script(ranges=False))
+        got = b"".join(parallel_stream(Http(CONFIG), f"{srv.url}/{name}", piece=PIECE, buffer=8 * PIECE,
+                                       adaptive=False))
+        gets = [r for r in srv.requests_for(name) if r.method == "GET"]
+    assert got == data
+    assert len(gets) == 2  # the probe, then one whole stream
+
+
+def test_a_file_that_changes_mid_download_is_an_error_not_a_mix(web: Nginx) -> None:
+    url, data = served_file(web, 16 * PIECE)
+    path = web.root / url.rsplit("/", 1)[1]
+    changed = threading.Event()
+
+    def rule(req: Request) -> Any:
+        if req.headers.get("Range", "").startswith(f"bytes={8 * PIECE}-") and not changed.is_set():
+            path.write_bytes(os.urandom(len(data)))  # republished: same size, new ETag
+            os.utime(path, (time.time() + 5, time.time() + 5))
+            changed.set()
+        return PASS
+
+    with FaultProxy(web.url, rule) as proxy, pytest.raises(TransferError, match="changed on the server"):
+        b"".join(parallel_stream(Http(CONFIG), proxy.url + url[len(web.url):], piece=PIECE,
+                                 buffer=16 * PIECE, adaptive=False))
+
+
+def test_the_ramp_grows_while_the_rate_grows_and_stops_when_it_does_not() -> None:
+    ramp = _Ramp(limit=2, cap=16, adaptive=True)
+    ramp.after(total=10, now=1.0, pieces_done=4)  # 10 B/s: first measure, grows
+    assert ramp.limit == 4
+    ramp.after(total=40, now=2.0, pieces_done=12)  # 30 B/s: grows
+    assert ramp.limit == 8
+    ramp.after(total=71, now=3.0, pieces_done=28)  # 31 B/s: not a tenth more
+    assert (ramp.limit, ramp.frozen) == (8, True)
+    ramp.after(total=1000, now=4.0, pieces_done=60)
+    assert ramp.limit == 8
+    fixed = _Ramp(limit=6, cap=6, adaptive=False)
+    fixed.after(total=10**9, now=1.0, pieces_done=100)
+    assert fixed.limit == 6
+
+
+# ---------------------------------------------------------------------- through download_version
+
+def publish(web: Nginx, tmp_path: Path) -> tuple[str, Path, Path]:
+    folder = uuid.uuid4().hex[:10]
+    src = tmp_path / "src" / "assets"
+    make_sample_dataset(src, 16, seed=3, asset_bytes=48 * KiB)
+    release = build_release(src, web.root / folder, V)
+    assert (release.vdir / "assets.tar").stat().st_size > 8 * PIECE
+    return f"{web.url}/{folder}", src, release.vdir
+
+
+def test_assets_download_by_parallel_ranges_is_exact_and_verified(web: Nginx, tmp_path: Path) -> None:
+    base, src, vdir = publish(web, tmp_path)
+    before = len(web.access_log())
+    result = download_version("assets", V, path=tmp_path / "dl", base_url=base, show_progress=False,
+                              http_config=CONFIG)
+    assert result.verified and tree(tmp_path / "dl" / V / "assets") == expected_tree(src)
+    pieces = [r for r in ranges_asked(web.access_log()[before:], "assets.tar") if re.fullmatch(r"bytes=\d+-\d+", r)
+              and r != "bytes=0-0"]
+    size = (vdir / "assets.tar").stat().st_size
+    assert len(pieces) == -(-size // PIECE)
+
+
+def test_a_flipped_byte_in_one_piece_is_caught(web: Nginx, tmp_path: Path) -> None:
+    base, _, vdir = publish(web, tmp_path)
+    flip_byte(vdir / "assets.tar", 5 * PIECE + 700)
+    with pytest.raises(ChecksumError):
+        download_version("assets", V, path=tmp_path / "dl", base_url=base, show_progress=False,
+                         http_config=CONFIG)
+    assert not (tmp_path / "dl" / V / "assets").exists()

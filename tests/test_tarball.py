@@ -195,8 +195,8 @@ def test_exclusion_defaults_and_extra_patterns(tmp_path: Path, cli) -> None:  # 
     r = cli("tar", "--assets-dir", str(src), "--output", str(out), "--exclude", "s0*", "--exclude", "modes",
             "--verbose")
     assert r.returncode == 0, r.stderr
-    for pattern in [*SEED_EXCLUDES, "s0*", "modes"]:
-        assert f"exclude: {pattern}\n" in r.stderr
+    patterns = [*SEED_EXCLUDES, "s0*", "modes"]
+    assert r.stderr.splitlines()[:len(patterns)] == [f"exclude: {p}" for p in patterns]  # first, in order
     with tarfile.open(out) as tf:
         names = tf.getnames()
     base = {n.rsplit("/", 1)[-1] for n in names}
@@ -205,6 +205,22 @@ def test_exclusion_defaults_and_extra_patterns(tmp_path: Path, cli) -> None:  # 
     assert "assets/uid1/albedo.jpg" in names and "assets/sizes" in names
     side = json.loads(sidecar_path(out).read_text())
     assert side["excludes"] == [*SEED_EXCLUDES, "s0*", "modes"]
+
+
+def test_the_library_prints_nothing_and_notes_the_excludes(tmp_path: Path, sample_assets: Path,
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """``verbose`` notes go to ``on_note``, else to the logger at INFO (DEBUG when not verbose)."""
+    notes: list[str] = []
+    build(sample_assets, tmp_path / "a.tar", extra_excludes=["*.tmp"], verbose=True, on_note=notes.append)
+    assert notes == [f"exclude: {p}" for p in [*SEED_EXCLUDES, "*.tmp"]]
+    with caplog.at_level("DEBUG", logger="objathor_release.build.tarball"):
+        build(sample_assets, tmp_path / "b.tar", verbose=True)
+        build(sample_assets, tmp_path / "c.tar")
+    levels = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert levels == [("INFO", f"exclude: {p}") for p in SEED_EXCLUDES] + [
+        ("DEBUG", f"exclude: {p}") for p in SEED_EXCLUDES]
+    assert capsys.readouterr() == ("", "")
 
 
 @pytest.mark.parametrize(("pattern", "path", "hit"), [
@@ -277,9 +293,11 @@ def test_scan_reads_other_tools_tars(tmp_path: Path, fmt: str) -> None:
 
 
 def test_scan_names_a_file_that_is_not_a_tar(tmp_path: Path) -> None:
-    bad = write(tmp_path / "features.tar", os.urandom(2048))
-    with pytest.raises(InputError, match="features.tar: not a valid tar"):
+    bad = write(tmp_path / "features.tar", bytes(range(256)) * 8)
+    with pytest.raises(InputError) as info:
         scan_tar(bad)
+    assert str(info.value) == (f"{bad}: not a valid tar archive (bad header at byte 0: bad checksum): rebuild "
+                               "it with `objathor-release tar`")
 
 
 def test_progress_lines_when_not_on_a_terminal(tmp_path: Path, sample_assets: Path,
@@ -439,7 +457,9 @@ def test_file_instead_of_dir_is_refused(tmp_path: Path, out_path: Path, cli) -> 
 def test_output_inside_the_tree_is_refused(sample_assets: Path, cli) -> None:  # type: ignore[no-untyped-def]
     out = sample_assets / "assets.tar"
     r = tar_cli(cli, sample_assets, out)
-    assert r.returncode == 2 and "inside" in r.stderr and not out.exists()
+    assert r.returncode == 2 and not out.exists() and r.stdout == ""
+    assert r.stderr == (f"objathor-release: error: --output {out} is inside {sample_assets}: write the archive "
+                        "outside the tree\n")
 
 
 def test_failed_build_keeps_the_previous_archive(sample_assets: Path, out_path: Path) -> None:

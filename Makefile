@@ -88,13 +88,11 @@ bench: $(INSTALLED)
 	$(PY) benchmarks/run_all.py
 
 # ---------------------------------------------------------------- the release, as file targets
-# Each artifact is rebuilt only when one of its inputs changed; publishing leaves a stamp
-# (.published-BUCKET) that the package writes after the remote copy verified.
+# Each artifact is rebuilt only when one of its inputs (listed by the package: INPUTS_MK below) changed;
+# publishing leaves a stamp (.published-BUCKET) that the package writes after the remote copy verified.
 
 .DELETE_ON_ERROR:
 
-ASSET_FILES = $(shell find $(ASSETS_DIR) -type f 2>/dev/null)
-FEATURE_FILES = $(if $(FEATURES_DIR),$(shell find $(FEATURES_DIR) -type f 2>/dev/null))
 ARTIFACTS = $(RELEASE_DIR)/annotations.json.gz $(RELEASE_DIR)/assets.tar $(if $(FEATURES_DIR),$(RELEASE_DIR)/features.tar)
 TAR_FLAGS = $(foreach p,$(EXCLUDES),--exclude '$(p)') $(if $(SOURCE_DATE_EPOCH),--source-date-epoch $(SOURCE_DATE_EPOCH))
 PUBLISH_FLAGS = --version '$(VERSION)' --release-dir '$(RELEASE_DIR)' --bucket '$(BUCKET)' \
@@ -111,10 +109,33 @@ endif
 .PHONY: release  ## build, verify, upload and remotely verify VERSION (needs VERSION, ASSETS_DIR, BUCKET)
 release: release-settings $(if $(DRY_RUN),release-dry-run,$(RELEASE_DIR)/.published-$(BUCKET))
 
+CHECK_SETTINGS = $(CLI) release --check-only $(PUBLISH_FLAGS) --assets-dir '$(ASSETS_DIR)' \
+	$(if $(FEATURES_DIR),--features-dir '$(FEATURES_DIR)')
+
+# The artifacts' input files come from the package, the one place that knows them (the list
+# `objathor-release release` fingerprints): `objathor-release deps` writes them to INPUTS_MK as rules
+# (RELEASE_DIR/assets.tar: its files ...), which is included here, the gcc -MMD way. Make remakes it
+# when a folder it lists changed or it was made with other EXCLUDES or SOURCE_DATE_EPOCH, and
+# restarts; it is only written once the settings are good (release-settings then says what is wrong).
+INPUTS_MK = $(RELEASE_DIR)/.inputs.mk
+ifneq ($(filter release release-dry-run prepare-annotations tar manifest $(RELEASE_DIR)/%,$(MAKECMDGOALS)),)
+-include $(INPUTS_MK)
+ifneq ($(strip $(EXCLUDES) $(or $(SOURCE_DATE_EPOCH),0)),$(INPUTS_SETTINGS))
+$(INPUTS_MK): FORCE
+endif
+endif
+
+$(INPUTS_MK): | $(INSTALLED)
+	@if $(CHECK_SETTINGS) >/dev/null 2>&1; then \
+		$(CLI) deps --quiet --assets-dir '$(ASSETS_DIR)' $(if $(FEATURES_DIR),--features-dir '$(FEATURES_DIR)') \
+			--release-dir '$(RELEASE_DIR)' $(TAR_FLAGS) --output '$@'; fi
+
+.PHONY: FORCE
+FORCE:
+
 .PHONY: release-settings  ## check the release settings and stop (make release runs it first)
 release-settings: $(INSTALLED)
-	@$(CLI) release --check-only $(PUBLISH_FLAGS) --assets-dir '$(ASSETS_DIR)' \
-		$(if $(FEATURES_DIR),--features-dir '$(FEATURES_DIR)')
+	@$(CHECK_SETTINGS)
 
 .PHONY: release-dry-run  ## everything local, then print what the upload would do (make release DRY_RUN=1)
 release-dry-run: $(RELEASE_DIR)/manifest.json | release-settings
@@ -133,13 +154,13 @@ manifest: $(RELEASE_DIR)/manifest.json
 verify: $(INSTALLED)
 	$(CLI) verify --release-dir '$(RELEASE_DIR)' --members
 
-$(RELEASE_DIR)/annotations.json.gz: $(filter %/annotations.json.gz %/thor_metadata.json %.tar,$(ASSET_FILES)) | release-settings
+$(RELEASE_DIR)/annotations.json.gz: | release-settings
 	$(CLI) prepare-annotations --save-dir '$(ASSETS_DIR)' --output-file '$@'
 
-$(RELEASE_DIR)/assets.tar: $(filter-out %/annotations.json.gz %/thor_metadata.json,$(ASSET_FILES)) | release-settings
+$(RELEASE_DIR)/assets.tar: | release-settings
 	$(CLI) tar --assets-dir '$(ASSETS_DIR)' --output '$@' $(TAR_FLAGS)
 
-$(RELEASE_DIR)/features.tar: $(FEATURE_FILES) | release-settings
+$(RELEASE_DIR)/features.tar: | release-settings
 	$(CLI) tar --assets-dir '$(FEATURES_DIR)' --output '$@' $(TAR_FLAGS)
 
 $(RELEASE_DIR)/manifest.json: $(ARTIFACTS)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +164,89 @@ def test_bad_config_file(body: str, message: str, tmp_path: Path) -> None:
     assert result.stderr.startswith(f"objathor-release: error: {config}: ")
     assert message in result.stderr
     assert "hunter2" not in result.stderr + result.stdout
+
+
+# --------------------------------------------------------------------------- make and the package agree
+
+
+STEP_ARTIFACT = {"prepare-annotations": "annotations.json.gz", "tar": "assets.tar"}
+
+
+def rebuilt_by_make(tree: dict[str, Path]) -> list[str]:
+    """What `make manifest` rebuilds (no bucket is contacted before publish)."""
+    result = make("manifest", f"VERSION={VERSION}", f"ASSETS_DIR={tree['assets']}",
+                  f"RELEASE_DIR={tree['release']}", "BUCKET=unused-bucket", env={})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return sorted(STEP_ARTIFACT[s] for s in steps_run(result.stdout) if s in STEP_ARTIFACT)
+
+
+def rebuilt_by_the_release_command(tree: dict[str, Path]) -> list[str]:
+    """What `objathor-release release --dry-run` rebuilds in a release dir of its own."""
+    result = run_cli("release", "--dry-run", "--version", VERSION, "--assets-dir", str(tree["assets"]),
+                     "--release-dir", str(tree["release"].parent / "by-command"), "--bucket", "unused-bucket",
+                     "--endpoint-url", "http://127.0.0.1:9")
+    assert result.returncode == 0, result.stdout + result.stderr
+    built = re.findall(r"^(?:objathor-release: )?built: (.*)$", result.stderr, re.M)
+    return sorted(n for n in (built[0].split(", ") if built else []) if n in STEP_ARTIFACT.values())
+
+
+def touch(path: Path, tree: dict[str, Path]) -> None:
+    """Set ``path``'s mtime to now, which is after the last build (never in the future: make would
+    then rebuild on every run)."""
+    built = max(p.stat().st_mtime_ns for p in tree["release"].parent.rglob("*.tar"))
+    while time.time_ns() <= built:
+        time.sleep(0.01)
+    os.utime(path)
+
+
+def test_make_and_the_release_command_rebuild_on_the_same_changes(tree) -> None:
+    assets = tree["assets"]
+    assert rebuilt_by_make(tree) == rebuilt_by_the_release_command(tree) == ["annotations.json.gz", "assets.tar"]
+    uids = sorted(p.name for p in assets.iterdir() if p.is_dir())
+    junk = assets / uids[0] / ".DS_Store"
+    junk.write_bytes(b"junk")  # an excluded file, new in its folder
+    touch(junk, tree)
+    assert rebuilt_by_make(tree) == rebuilt_by_the_release_command(tree) == []
+    texture = assets / uids[1] / "albedo.jpg"
+    texture.write_bytes(texture.read_bytes() + b"changed")
+    touch(texture, tree)
+    assert rebuilt_by_make(tree) == rebuilt_by_the_release_command(tree) == ["assets.tar"]
+    spaced = assets / uids[1] / "with space $#.bin"
+    spaced.write_bytes(b"new")
+    assert rebuilt_by_make(tree) == rebuilt_by_the_release_command(tree) == ["assets.tar"]
+    touch(spaced, tree)
+    assert rebuilt_by_make(tree) == rebuilt_by_the_release_command(tree) == ["assets.tar"]
+    spaced.unlink()  # a deleted input
+    assert rebuilt_by_make(tree) == rebuilt_by_the_release_command(tree) == ["assets.tar"]
+    new_uid = "f" * 32
+    shutil.copytree(assets / uids[2], assets / new_uid)  # mtimes kept: older than the artifacts
+    ann = assets / new_uid / "annotations.json.gz"
+    import gzip
+    import json
+
+    record = json.loads(gzip.decompress(ann.read_bytes()))
+    record["uid"] = new_uid
+    ann.write_bytes(gzip.compress(json.dumps(record).encode(), mtime=0))
+    os.utime(ann, ((assets / uids[2] / "annotations.json.gz").stat().st_mtime,) * 2)
+    assert rebuilt_by_make(tree) == rebuilt_by_the_release_command(tree) == ["annotations.json.gz", "assets.tar"]
+    assert rebuilt_by_make(tree) == rebuilt_by_the_release_command(tree) == []
+
+
+def test_make_n_on_a_fresh_tree_plans_every_step_and_builds_nothing(tree, s3_server, bucket) -> None:
+    result = make("-n", "release", *settings(tree, s3_server, bucket), env={})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert steps_run(result.stdout) == ["prepare-annotations", "tar", "tar", "manifest", "verify", "publish"]
+    assert not (tree["release"] / "assets.tar").exists()
+
+
+def test_make_rebuilds_the_tars_when_the_excludes_change(tree, s3_server, bucket) -> None:
+    base = [f"VERSION={VERSION}", f"ASSETS_DIR={tree['assets']}", f"RELEASE_DIR={tree['release']}",
+            "BUCKET=unused-bucket"]
+    assert make("manifest", *base, env={}).returncode == 0
+    result = make("manifest", *base, "EXCLUDES=*.jpg", env={})
+    assert result.returncode == 0, result.stderr
+    assert steps_run(result.stdout) == ["tar", "manifest", "verify"]
+    assert steps_run(make("manifest", *base, "EXCLUDES=*.jpg", env={}).stdout) == []
 
 
 # --------------------------------------------------------------------------- the package command

@@ -15,6 +15,7 @@ from typing import Any
 
 from objathor_release._version import __version__
 from objathor_release.cli import build as build_commands
+from objathor_release.cli import deps as deps_commands
 from objathor_release.cli import fetch as fetch_commands
 from objathor_release.cli import publish as publish_commands
 from objathor_release.cli import release as release_commands
@@ -39,7 +40,7 @@ environment variables:
 
 COMMANDS: list[Callable[[Any], None]] = [
     *build_commands.COMMANDS, *publish_commands.COMMANDS, *fetch_commands.COMMANDS,
-    *release_commands.COMMANDS, *trust_commands.COMMANDS,
+    *release_commands.COMMANDS, *trust_commands.COMMANDS, *deps_commands.COMMANDS,
 ]
 
 

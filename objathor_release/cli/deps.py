@@ -1,0 +1,67 @@
+"""The CLI's deps: a release's input files as a Make dependency file, for ``make release``.
+
+The ``gcc -MMD`` idiom: the package lists what each artifact is built from
+(objathor_release.build.inputs, the same list ``objathor-release release``
+fingerprints) and the Makefile includes the file, so Make keeps real file
+targets without ever listing inputs itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+#: The variable the dependency file sets to the settings it was made with: the extra excludes and
+#: the epoch, space-separated; the Makefile remakes the file when its own settings differ.
+SETTINGS_VARIABLE = "INPUTS_SETTINGS"
+
+
+def add_deps(sub: Any) -> None:
+    p = sub.add_parser(
+        "deps", help="write each artifact's input files as a Make dependency file (make release reads it)",
+        description="List the files annotations.json.gz, assets.tar and features.tar are built from, "
+        "with the exclude list applied as the builders apply it, as Make rules: RELEASE_DIR/NAME "
+        "depends on its inputs, and the output depends on the folders walked.",
+    )
+    p.add_argument("--assets-dir", required=True, metavar="DIR", help="optimized assets")
+    p.add_argument("--features-dir", default=None, metavar="DIR", help="features directory, optional")
+    p.add_argument("--release-dir", required=True, metavar="DIR",
+                   help="where the artifacts are built (the rules' targets)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="another name pattern the tars leave out (repeatable), as for tar")
+    p.add_argument("--source-date-epoch", type=int, default=None, metavar="SECONDS",
+                   help="the tars' member mtime, recorded so a change rebuilds them "
+                   "(default: $SOURCE_DATE_EPOCH, else 0)")
+    p.add_argument("--output", required=True, metavar="FILE", help="the dependency file to write")
+    p.set_defaults(func=_run_deps)
+
+
+def _run_deps(args: argparse.Namespace) -> int:
+    from objathor_release.build.epoch import source_date_epoch
+    from objathor_release.build.excludes import exclude_list
+    from objathor_release.build.inputs import release_inputs, write_make_deps
+    from objathor_release.errors import UsageError
+
+    if not Path(args.assets_dir).is_dir():
+        raise UsageError(f"{args.assets_dir}: assets directory not found: check ASSETS_DIR / --assets-dir")
+    if args.features_dir and not Path(args.features_dir).is_dir():
+        raise UsageError(f"{args.features_dir}: features directory not found: check FEATURES_DIR")
+    epoch = source_date_epoch(args.source_date_epoch)
+    tar_settings = {"excludes": " ".join(exclude_list(args.exclude)), "source_date_epoch": str(epoch)}
+    inputs = release_inputs(args.assets_dir, args.features_dir, args.exclude)
+    result = write_make_deps(
+        inputs, args.release_dir, args.output,
+        settings={"assets.tar": tar_settings, "features.tar": tar_settings},
+        variables={SETTINGS_VARIABLE: " ".join([*args.exclude, str(epoch)])},
+    )
+    for path in result.unnameable:
+        print(f"{path}: make cannot name this file: its artifact is rebuilt on every make run; "
+              "rename it, or use objathor-release release", file=sys.stderr)
+    if not args.quiet:
+        print(result.summary())
+    return 0
+
+
+COMMANDS = [add_deps]

@@ -144,24 +144,16 @@ def load_schema(name: str) -> dict[str, Any]:
     return schema
 
 
-@cache
-def schema_validator(name: str) -> Any:
-    """A draft 2020-12 validator for a shipped schema; ``$ref`` between shipped schemas resolves."""
-    from referencing import Registry, Resource
+def config_errors(data: Any) -> list[str]:
+    """Problems of a release config against release-config.schema.json, one line each, sorted.
 
-    resources = []
-    for path in sorted(SCHEMA_DIR.glob("*.schema.json")):
-        contents = load_schema(path.name.removesuffix(".schema.json"))
-        resources.append((contents.get("$id", path.name), Resource.from_contents(contents)))
-    registry: Registry[Any] = Registry().with_resources(resources)
-    from objathor_release.build.validation import FastValidator
+    Plain jsonschema: a config is one small object (the fast validator for the many annotations
+    is build/validation's).
+    """
+    import jsonschema
 
-    return FastValidator(load_schema(name), registry=registry)
-
-
-def schema_errors(instance: Any, name: str) -> list[str]:
-    """Validate ``instance`` against a shipped schema; return one line per problem, sorted."""
-    return sorted(f"{err.json_path}: {err.message}" for err in schema_validator(name).iter_errors(instance))
+    validator = jsonschema.Draft202012Validator(load_schema("release-config"))
+    return sorted(f"{err.json_path}: {err.message}" for err in validator.iter_errors(data))
 
 
 # ---------------------------------------------------------------------------
@@ -206,7 +198,7 @@ class ReleaseConfig:
             if secrets:
                 raise UsageError(f"{p}: {secrets[0]!r}: credentials do not belong in the config file: "
                                  "set them in the environment or a credentials profile")
-            problems = schema_errors(data, "release-config")
+            problems = config_errors(data)
             if problems:
                 raise UsageError(f"{p}: {problems[0]}: fix this setting")
         for key, value in (overrides or {}).items():

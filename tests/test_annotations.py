@@ -18,8 +18,9 @@ import pytest
 
 from devtools.sample import make_annotation, make_sample_dataset
 from objathor_release.build.annotations import load_annotations, prepare_annotations
+from objathor_release.build.validation import schema_errors, schema_validator
 from objathor_release.errors import InputError
-from objathor_release.settings import load_schema, schema_errors, schema_validator
+from objathor_release.settings import load_schema
 
 UIDS_SEED = 1
 

@@ -48,7 +48,7 @@ from typing import Any, BinaryIO
 
 from objathor_release.build import tarformat
 from objathor_release.build.tarscan import SeekingReader, TarFormatError, iter_headers
-from objathor_release.build.validation import too_deep
+from objathor_release.build.validation import schema_validator, too_deep
 from objathor_release.errors import InputError, ReleaseError
 from objathor_release.fsutil import (
     NotRegularFileError,
@@ -59,7 +59,7 @@ from objathor_release.fsutil import (
     prepare_output,
 )
 from objathor_release.progress import progress
-from objathor_release.settings import MiB, format_size, schema_validator
+from objathor_release.settings import MiB, format_size
 
 logger = logging.getLogger(__name__)
 

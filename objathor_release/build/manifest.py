@@ -33,11 +33,11 @@ from objathor_release.build.epoch import from_environment
 from objathor_release.build.excludes import DEFAULT_EXCLUDES
 from objathor_release.build.tarball import read_sidecar
 from objathor_release.build.tarscan import scan_tar
-from objathor_release.build.validation import too_deep
+from objathor_release.build.validation import schema_errors, too_deep
 from objathor_release.errors import ChecksumError, InputError
 from objathor_release.fsutil import CHUNK, atomic_write, describe_mode, open_regular
 from objathor_release.progress import progress
-from objathor_release.settings import schema_errors, validate_version
+from objathor_release.settings import validate_version
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,10 @@ from __future__ import annotations
 import numbers
 import re
 from collections.abc import Callable, Iterator
+from functools import cache
 from typing import Any
+
+from objathor_release.settings import SCHEMA_DIR, load_schema
 
 Predicate = Callable[[Any], bool]
 
@@ -174,3 +177,24 @@ class FastValidator:
 
     def is_valid(self, instance: Any) -> bool:
         return (self.quick is not None and self.quick(instance)) or self.stock.is_valid(instance)
+
+
+# --------------------------------------------------------------------------- the shipped schemas
+
+
+@cache
+def schema_validator(name: str) -> FastValidator:
+    """A draft 2020-12 validator for a shipped schema; ``$ref`` between shipped schemas resolves."""
+    from referencing import Registry, Resource
+
+    resources = []
+    for path in sorted(SCHEMA_DIR.glob("*.schema.json")):
+        contents = load_schema(path.name.removesuffix(".schema.json"))
+        resources.append((contents.get("$id", path.name), Resource.from_contents(contents)))
+    registry: Registry[Any] = Registry().with_resources(resources)
+    return FastValidator(load_schema(name), registry=registry)
+
+
+def schema_errors(instance: Any, name: str) -> list[str]:
+    """Validate ``instance`` against a shipped schema; return one line per problem, sorted."""
+    return sorted(f"{err.json_path}: {err.message}" for err in schema_validator(name).iter_errors(instance))

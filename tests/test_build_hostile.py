@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from devtools.sample import make_annotation, make_sample_dataset
-from objathor_release.build.annotations import ANNOTATION, load_one, scan_assets
+from objathor_release.build.asset_reader import ANNOTATION, load_one, scan_assets
 from objathor_release.build.manifest import write_manifest
 from objathor_release.build.tarball import build_tar
 from objathor_release.build.tarscan import scan_tar

@@ -9,9 +9,12 @@ first time the name is used, so the CLI starts fast.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())  # silent unless the caller sets up logging
 
 # public name -> the module that defines it; __all__ is derived from this table.
 _EXPORTS = {

@@ -1,4 +1,5 @@
-"""The package's shell: CLI help, config validation, atomic writes, the local S3 fixture."""
+"""The package's shell: CLI help, config validation, atomic writes, the local S3 fixture, what the CLI
+shows (log lines, progress)."""
 
 from __future__ import annotations
 
@@ -126,3 +127,75 @@ def test_public_names_are_exported_from_the_package() -> None:
     assert "build_tar" in dir(objathor_release)
     with pytest.raises(AttributeError):
         _ = objathor_release.no_such_name  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- output: logging and progress
+
+
+def test_the_library_is_silent_unless_the_caller_sets_up_output(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from objathor_release.build.tarball import build_tar
+    from objathor_release.progress import SilentProgress, progress
+
+    make_sample_dataset(tmp_path / "assets", 3, seed=2, asset_bytes=4 * 1024)
+    build_tar(tmp_path / "assets", tmp_path / "assets.tar", show_progress=True)
+    logging.getLogger("objathor_release.fetch.job").warning("a note nobody asked to see")
+    assert isinstance(progress(10, "work"), SilentProgress)
+    assert capfd.readouterr() == ("", "")
+
+
+def test_the_cli_shows_log_lines_and_progress_then_puts_everything_back(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from objathor_release.cli import main
+    from objathor_release.progress import set_renderer
+
+    monkeypatch.setenv("OBJATHOR_PROGRESS_INTERVAL", "0")
+    monkeypatch.delenv("OBJATHOR_PROGRESS", raising=False)
+    make_sample_dataset(tmp_path / "assets", 3, seed=2, asset_bytes=4 * 1024)
+    package = logging.getLogger("objathor_release")
+    handlers, level = list(package.handlers), package.level
+    for _ in (1, 2):  # a second run in the same process shows each line once
+        assert main(["tar", "--assets-dir", str(tmp_path / "assets"), "--output", str(tmp_path / "a.tar")]) == 0
+        out, err = capsys.readouterr()
+        assert out.startswith("wrote ") and "a.tar" in out
+        done = [ln for ln in err.splitlines() if ln.startswith("tar a.tar: ") and ln.endswith(" done")]
+        assert len(done) == 1, err  # plain lines (not a terminal), no prefix, one final line
+    assert package.handlers == handlers and package.level == level
+    assert set_renderer(None) is None  # nothing left installed for later library calls
+    # -q: no progress at all
+    assert main(["tar", "-q", "--assets-dir", str(tmp_path / "assets"), "--output", str(tmp_path / "b.tar")]) == 0
+    assert "tar b.tar" not in capsys.readouterr().err
+
+
+def test_a_log_record_becomes_one_prefixed_stderr_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from objathor_release.cli.output import cli_output
+
+    log = logging.getLogger("objathor_release.fetch.job")
+    with cli_output():
+        log.warning("note: version 2024_02_01 has no manifest.json")
+        log.info("assets.tar: up to date")
+        log.debug("not shown without -v")
+    with cli_output(verbose=True):
+        log.debug("shown with -v")
+    log.warning("after the command: silent again")
+    assert capsys.readouterr().err.splitlines() == [
+        "objathor-release: note: version 2024_02_01 has no manifest.json",
+        "objathor-release: assets.tar: up to date",
+        "objathor-release: shown with -v",
+    ]
+
+
+def test_a_bad_progress_interval_is_one_line(tmp_path: Path) -> None:
+    make_sample_dataset(tmp_path / "assets", 2, seed=2, asset_bytes=4 * 1024)
+    result = run_cli("tar", "--assets-dir", str(tmp_path / "assets"), "--output", str(tmp_path / "a.tar"),
+                     env={"OBJATHOR_PROGRESS_INTERVAL": "soon"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == ("objathor-release: error: OBJATHOR_PROGRESS_INTERVAL='soon' is not a "
+                                     "number of seconds: set it to e.g. 10, or unset it")
+    assert not (tmp_path / "a.tar").exists()

@@ -2,8 +2,9 @@
 
 Each subcommand has an ``_add_<name>`` function that declares its flags and a
 ``_run_<name>`` function that calls the package. Heavy modules are imported
-inside the runners so ``--help`` stays fast. A ReleaseError becomes one line
-on stderr and its exit code; no stack trace for user errors.
+inside the runners so ``--help`` stays fast. ``main`` sets up the log lines and
+progress for the run (:mod:`.output`). A ReleaseError becomes one line on stderr
+and its exit code; no stack trace for user errors.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from objathor_release.cli import publish as publish_commands
 from objathor_release.cli import release as release_commands
 from objathor_release.cli import trust as trust_commands
 from objathor_release.cli.common import PROG, Runner
+from objathor_release.cli.output import cli_output
 from objathor_release.errors import ReleaseError
 
 ENVIRONMENT_HELP = """\
@@ -76,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     run: Runner = args.func
     try:
-        return run(args)
+        with cli_output(verbose=args.verbose, quiet=args.quiet):
+            return run(args)
     except ReleaseError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code

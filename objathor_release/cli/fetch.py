@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from objathor_release.cli.common import PROG, env
+from objathor_release.cli.common import env
 from objathor_release.errors import UsageError
 
 # --------------------------------------------------------------------------- download
@@ -50,8 +49,8 @@ def add_download(sub: Any) -> None:
 
 
 def _run_download(args: argparse.Namespace) -> int:
-    """``objathor-release download WHAT --version V [...]``: notes on stderr as they come, the summary on
-    stdout at the end."""
+    """``objathor-release download WHAT --version V [...]``: notes on stderr as they come (logged by the
+    download, shown by :mod:`.output`), the summary on stdout at the end."""
     from objathor_release.fetch.download import download_version
 
     uids = parse_uids(args.uids, args.uids_file)
@@ -60,16 +59,12 @@ def _run_download(args: argparse.Namespace) -> int:
                          "'download all'")
     result = download_version(
         args.what, args.version, path=args.path, base_url=args.base_url, layout=args.layout, uids=uids,
-        require_checksums=args.require_checksums, show_progress=not getattr(args, "quiet", False),
+        require_checksums=args.require_checksums, show_progress=not args.quiet,
         keep_tar=args.keep_tar, connections=args.connections, trusted_keys=args.trusted_key or (),
-        require_signature=args.require_signature, on_note=_note,
+        require_signature=args.require_signature,
     )
     print(result.summary())
     return 0
-
-
-def _note(text: str) -> None:
-    print(f"{PROG}: {text}", file=sys.stderr, flush=True)
 
 
 def parse_uids(uids: str | None = None, uids_file: str | None = None) -> list[str] | None:

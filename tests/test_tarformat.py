@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from objathor_release.build import tarformat as tf
+from objathor_release.build.tarball import build_tar
+from objathor_release.build.tarscan import scan_tar
+from objathor_release.fetch.extract import TarStreamExtractor, expected_members
 from tests.support.tarball_helpers import gnu_tar_available, write
 
 needs_gnu_tar = pytest.mark.skipif(not gnu_tar_available(), reason="GNU tar is not installed")
@@ -244,3 +247,29 @@ def test_gnu_tar_archives_decode_like_tarfile_reads_them(fmt: str, tmp_path: Pat
         kinds = [tf.decode_header(data[i:i + tf.BLOCK]).kind for i in range(0, len(data), tf.BLOCK)
                  if data[i:i + 13] == tf.LONG_LINK_NAME]
         assert tf.LONG_NAME in kinds
+
+
+@needs_gnu_tar
+@pytest.mark.parametrize("fmt", ["gnu", "posix"])
+def test_writer_scanner_and_extractor_agree_through_the_codec(fmt: str, tmp_path: Path) -> None:
+    """GNU tar's archive and ours: the scanner's figures are what the extractor checks every member against."""
+    src = tmp_path / "assets"
+    names = _awkward_tree(src)
+    gnu = tmp_path / f"{fmt}.tar"
+    subprocess.run(["tar", f"--format={fmt}", "-C", str(tmp_path), "-cf", str(gnu), "assets"], check=True,
+                   capture_output=True)
+    ours = build_tar(src, tmp_path / "ours.tar", show_progress=False)
+    for archive, written in ((gnu, None), (ours.path, ours.members)):
+        scan = scan_tar(archive)
+        assert sorted(m["path"] for m in scan.members) == [f"assets/{n}" for n in names]
+        if written is not None:
+            assert scan.members == written
+        dest = tmp_path / f"out-{archive.stem}"
+        dest.mkdir()
+        ex = TarStreamExtractor(dest, expect=expected_members(scan.members), source=archive.name)
+        data = archive.read_bytes()
+        for i in range(0, len(data), 777):  # pieces that split headers and pax records
+            ex.feed(data[i:i + 777])
+        ex.finish()
+        for n in names:
+            assert (dest / "assets" / n).read_bytes() == (src / n).read_bytes()

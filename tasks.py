@@ -122,31 +122,27 @@ def download(c: Context, version: str, what: str = "all", path: str = "", base_u
          "--require-checksums" if require_checksums else None)
 
 
-@task(help={
-    "version": "dataset version, YYYY_MM_DD",
-    "assets_dir": "optimized assets directory",
-    "features_dir": "features directory (optional)",
-    "release_dir": "where artifacts are built (default release/VERSION)",
-    "config": "release.toml to read settings from",
-    "chunk_size": "part size, 5M to 5G",
-    "upload_concurrency": "parts of one file in flight at once",
-    "transfers": "files at once",
-    "force": "overwrite a published version",
-    "dry_run": "do everything local and print what the upload would do",
-    **S3_HELP,
-})
+def _release_help() -> dict[str, str]:
+    """The release task's option help, from the one definition of the settings."""
+    from objathor_release.settings import RUN_OPTIONS, ReleaseConfig
+
+    settings = {name: s.help for name, s in ReleaseConfig.settings().items() if s.flag}
+    return {**settings, **{o.name: o.help for o in RUN_OPTIONS if o.invoke}}
+
+
+@task(help=_release_help())
 def release(c: Context, version: str, assets_dir: str = "", features_dir: str = "",
-            release_dir: str = "", config: str = "", bucket: str = "", endpoint_url: str = "",
-            profile: str = "", remote: str = "", chunk_size: str = "", upload_concurrency: int = 0,
-            transfers: int = 0, force: bool = False, dry_run: bool = False) -> None:
+            release_dir: str = "", config: str = "", bucket: str = "", prefix: str = "",
+            endpoint_url: str = "", profile: str = "", remote: str = "", chunk_size: str = "",
+            upload_concurrency: int = 0, transfers: int = 0, public_base_url: str = "",
+            force: bool = False, dry_run: bool = False) -> None:
     """Release a version: annotations, tar, manifest, verify, upload, remote verify."""
-    _run(c, "release", "--version", version, *(["--assets-dir", assets_dir] if assets_dir else []),
-         *(["--features-dir", features_dir] if features_dir else []),
-         *(["--release-dir", release_dir] if release_dir else []),
-         *(["--config", config] if config else []), *_s3_words(bucket, endpoint_url, profile, remote),
-         *(["--chunk-size", chunk_size] if chunk_size else []),
-         *(["--upload-concurrency", upload_concurrency] if upload_concurrency else []),
-         *(["--transfers", transfers] if transfers else []),
+    options = {"--assets-dir": assets_dir, "--features-dir": features_dir, "--release-dir": release_dir,
+               "--config": config, "--prefix": prefix, "--chunk-size": chunk_size,
+               "--upload-concurrency": upload_concurrency, "--transfers": transfers,
+               "--public-base-url": public_base_url}
+    _run(c, "release", "--version", version, *_s3_words(bucket, endpoint_url, profile, remote),
+         *[w for flag, value in options.items() if value for w in (flag, value)],
          "--force" if force else None, "--dry-run" if dry_run else None)
 
 

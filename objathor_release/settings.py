@@ -160,25 +160,82 @@ def config_errors(data: Any) -> list[str]:
 # The release config file (release.toml), overridden by flags and variables
 
 
+@dataclass(frozen=True)
+class Setting:
+    """How one release setting is spelled on each way of running a release (None: it has none there).
+
+    ``flag`` is the option of ``objathor-release release`` (and of ``publish`` unless ``build_only``)
+    and of ``invoke release`` (as ``--flag``); ``make`` the variable ``make help`` shows;
+    ``env`` the environment variable read when nothing else sets it; ``make_default`` the Makefile's
+    default where it differs from the dataclass's. tests/test_settings.py checks each surface
+    against these, so a setting added to one and not the others fails there.
+    """
+
+    help: str
+    flag: str | None = None
+    make: str | None = None
+    env: str | None = None
+    build_only: bool = False
+    make_default: str | None = None
+
+
+def _setting(default: Any = None, **spelling: Any) -> Any:
+    meta = {"setting": Setting(**spelling)}
+    if isinstance(default, list):
+        return field(default_factory=list, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class ReleaseConfig:
-    """Everything ``objathor-release release`` needs; validated against release-config.schema.json."""
+    """Everything ``objathor-release release`` needs; validated against release-config.schema.json.
 
-    version: str | None = None
-    assets_dir: str | None = None
-    features_dir: str | None = None
-    release_dir: str | None = None
-    bucket: str | None = None
-    prefix: str | None = None
-    endpoint_url: str | None = None
-    r2_account_id: str | None = None
-    profile: str | None = None
-    chunk_size: str = "64M"
-    upload_concurrency: int = 16
-    transfers: int = 4
-    source_date_epoch: int | None = None
-    excludes: list[str] = field(default_factory=list)
-    public_base_url: str | None = None
+    Each field is one setting, with how it is spelled as a flag, a Make variable and an environment
+    variable (``ReleaseConfig.settings()``); a release.toml uses the field names.
+    """
+
+    version: str | None = _setting(help="dataset version, YYYY_MM_DD", flag="--version", make="VERSION",
+                                   env="VERSION")
+    assets_dir: str | None = _setting(help="optimized assets directory", flag="--assets-dir",
+                                      make="ASSETS_DIR", env="ASSETS_DIR", build_only=True,
+                                      make_default="assets")
+    features_dir: str | None = _setting(help="features directory (optional)", flag="--features-dir",
+                                        make="FEATURES_DIR", env="FEATURES_DIR", build_only=True)
+    release_dir: str | None = _setting(help="where artifacts are built (default release/VERSION)",
+                                       flag="--release-dir", make="RELEASE_DIR", env="RELEASE_DIR",
+                                       make_default="release/$(VERSION)")
+    bucket: str | None = _setting(help="bucket name (default $BUCKET)", flag="--bucket", make="BUCKET",
+                                  env="BUCKET")
+    prefix: str | None = _setting(help="key prefix (default VERSION)", flag="--prefix", make="PREFIX")
+    endpoint_url: str | None = _setting(
+        help="S3 API endpoint (default $AWS_ENDPOINT_URL_S3/$AWS_ENDPOINT_URL, else R2)",
+        flag="--endpoint-url", make="ENDPOINT_URL", env="AWS_ENDPOINT_URL_S3")
+    r2_account_id: str | None = _setting(
+        help="Cloudflare account id: the endpoint is <id>.r2.cloudflarestorage.com",
+        make="R2_ACCOUNT_ID", env="R2_ACCOUNT_ID")
+    profile: str | None = _setting(help="credentials profile", flag="--profile", make="PROFILE",
+                                   env="AWS_PROFILE")
+    chunk_size: str = _setting("64M", help="part size, 5M to 5G", flag="--chunk-size", make="CHUNK_SIZE")
+    upload_concurrency: int = _setting(16, help="parts of one file in flight at once",
+                                       flag="--upload-concurrency", make="UPLOAD_CONCURRENCY")
+    transfers: int = _setting(4, help="files at once", flag="--transfers", make="TRANSFERS")
+    source_date_epoch: int | None = _setting(
+        help="mtime of every tar member (default $SOURCE_DATE_EPOCH, else 0)",
+        make="SOURCE_DATE_EPOCH", env="SOURCE_DATE_EPOCH")
+    excludes: list[str] = _setting([], help="patterns the tars leave out on top of the default list",
+                                   make="EXCLUDES")
+    public_base_url: str | None = _setting(help="public URL the bucket is served from, for the summary",
+                                           flag="--public-base-url", make="PUBLIC_BASE_URL")
+
+    @classmethod
+    def settings(cls) -> dict[str, Setting]:
+        """Each field's spelling, in field order."""
+        return {f.name: f.metadata["setting"] for f in fields(cls)}
+
+    @classmethod
+    def make_variables(cls) -> dict[str, str]:
+        """field name -> Make variable, for the settings Make passes on."""
+        return {name: s.make for name, s in cls.settings().items() if s.make}
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: dict[str, Any] | None = None) -> ReleaseConfig:
@@ -211,3 +268,28 @@ class ReleaseConfig:
                 f"unknown release setting {unknown[0]!r}: see schemas/release-config.schema.json"
             )
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class RunOption:
+    """A flag of ``release``/``publish`` that says how this run goes rather than what is released
+    (not in release.toml); spelled like a Setting."""
+
+    name: str
+    help: str
+    flag: str
+    make: str | None = None
+    invoke: bool = True
+    release_only: bool = False
+
+
+RUN_OPTIONS = (
+    RunOption("config", "release.toml to read settings from", "--config", "CONFIG"),
+    RunOption("summary", "also write the summary as JSON to this file", "--summary", "SUMMARY", invoke=False),
+    RunOption("force", "overwrite a published version", "--force", "FORCE"),
+    RunOption("dry_run", "do everything local and print what the upload would do", "--dry-run", "DRY_RUN"),
+    RunOption("remote", "an rclone S3 remote, NAME:bucket/prefix", "--remote"),
+    RunOption("rclone_config", "rclone config file", "--rclone-config", invoke=False),
+    RunOption("check_only", "validate the settings and stop", "--check-only", invoke=False,
+              release_only=True),
+)

@@ -1,11 +1,17 @@
-"""The CLI's upload and cleanup: the S3 side."""
+"""The CLI's upload and cleanup: the S3 side. Flags in, a typed call to ``objathor_release.publish``,
+the table and summary out on stdout; notes arrive on stderr through the log handler ``main`` installs."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from objathor_release.cli.common import env
+from objathor_release.cli.common import PROG, env
+
+if TYPE_CHECKING:  # pragma: no cover
+    from objathor_release.publish.target import S3Target
 
 # --------------------------------------------------------------------------- upload / cleanup
 
@@ -41,10 +47,48 @@ def add_upload(sub: Any) -> None:
     p.set_defaults(func=_run_upload)
 
 
-def _run_upload(args: argparse.Namespace) -> int:
-    from objathor_release.publish.upload import run_upload_command
+def target_from_args(args: argparse.Namespace, require_credentials: bool) -> S3Target:
+    """The S3 target the flags name (bucket, prefix, endpoint, profile, rclone remote)."""
+    from objathor_release.publish.target import resolve_target
 
-    return run_upload_command(args)
+    return resolve_target(bucket=args.bucket, prefix=args.prefix, endpoint_url=args.endpoint_url,
+                          profile=args.profile, remote=args.remote, rclone_config=args.rclone_config,
+                          require_credentials=require_credentials)
+
+
+def _show_target(args: argparse.Namespace, target: S3Target) -> None:
+    if args.verbose:
+        print(f"{PROG}: target: {target!r}", file=sys.stderr, flush=True)
+
+
+def _run_upload(args: argparse.Namespace) -> int:
+    """``objathor-release upload``: resolve the target, upload, print the table and summary."""
+    from objathor_release.errors import ReleaseError, UsageError
+    from objathor_release.publish.client import make_client
+    from objathor_release.publish.target import redact
+    from objathor_release.publish.upload import upload_release
+    from objathor_release.settings import UploadConfig, parse_size
+
+    chunk = parse_size(args.chunk_size)
+    config = UploadConfig(chunk_size=chunk, upload_concurrency=args.upload_concurrency,
+                          transfers=args.transfers, multipart_threshold=max(chunk, 5 * 1024 * 1024),
+                          max_part_attempts=args.part_attempts)
+    release_dir = Path(args.release_dir)
+    if not release_dir.is_dir():
+        raise UsageError(f"{release_dir}: release directory not found: check --release-dir")
+    target = target_from_args(args, require_credentials=not args.dry_run)
+    _show_target(args, target)
+    client = None if args.dry_run else make_client(
+        target, max_pool_connections=config.transfers * config.upload_concurrency + 8)
+    try:
+        report = upload_release(client, release_dir, target, config, force=args.force, dry_run=args.dry_run,
+                                show_progress=not args.quiet, verbose=args.verbose)
+    except ReleaseError as exc:
+        exc.args = (redact(str(exc), target.secrets()),)
+        raise
+    print(report.table())
+    print(report.summary())
+    return 0
 
 
 def add_cleanup(sub: Any) -> None:
@@ -58,9 +102,24 @@ def add_cleanup(sub: Any) -> None:
 
 
 def _run_cleanup(args: argparse.Namespace) -> int:
-    from objathor_release.publish.upload import run_cleanup_command
+    """``objathor-release cleanup``: list and abort abandoned multipart uploads."""
+    from objathor_release.publish.cleanup import cleanup_uploads, format_age, parse_duration
+    from objathor_release.publish.client import make_client
 
-    return run_cleanup_command(args)
+    older = parse_duration(args.older_than)
+    target = target_from_args(args, require_credentials=True)
+    _show_target(args, target)
+    found = cleanup_uploads(make_client(target), target.bucket, target.prefix, older_than=older,
+                            dry_run=args.dry_run)
+    for p in found:
+        action = "aborted" if p.aborted else "would abort"
+        age = format_age(p.age_seconds)
+        print(f"{action}  {p.key}  started {p.initiated:%Y-%m-%d %H:%M} UTC ({age} ago)"
+              f"  upload id {p.upload_id[:16]}...")
+    verb = "found" if args.dry_run else "aborted"
+    print(f"{verb} {len(found)} incomplete multipart upload(s) older than {args.older_than} "
+          f"in s3://{target.bucket}/{target.prefix or ''}")
+    return 0
 
 
 COMMANDS = [add_upload, add_cleanup]

@@ -25,21 +25,16 @@ from objathor_release.build.manifest import SIGNATURE as SIGNATURE_NAME
 from objathor_release.build.manifest import SUMS as SUMS_NAME
 from objathor_release.errors import ChecksumError
 from objathor_release.publish.client import clean_etag, client_error, error_code, head_or_none, object_key
+from objathor_release.publish.localfiles import ReleaseDir, StateDir
+from objathor_release.publish.parts import SHA256_META, Job, layout_for, local_digests
 from objathor_release.publish.target import normalize_prefix
-from objathor_release.publish.upload_state import (
-    SHA256_META,
-    Job,
-    ReleaseDir,
-    StateDir,
-    UploadState,
-    local_digests,
-)
+from objathor_release.publish.upload_state import UploadState
 from objathor_release.settings import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, UploadConfig
 
 SMALL_FILE_LIMIT = 64 * 1024 * 1024  # SHA256SUMS, manifest.json and its signature are read whole
 
-__all__ = ["RemoteCheck", "expected_digests", "expected_etag", "published_manifest", "read_object",
-           "verify_remote"]
+__all__ = ["RemoteCheck", "expected_digests", "expected_etag", "object_problems", "published_manifest",
+           "read_object", "verify_remote"]
 
 
 # --------------------------------------------------------------------------- reading the bucket
@@ -135,8 +130,8 @@ def _etag_shape_problem(etag: str, size: int, config: UploadConfig | None) -> st
         return f"ETag {etag!r} is not an S3 ETag"
     count = int(m.group(1)) if m.group(1) else None
     if config is not None:
-        multipart = size >= config.multipart_threshold
-        want = math.ceil(size / config.part_size_for(size)) if multipart else None
+        multipart, part_size = layout_for(size, config)
+        want = math.ceil(size / part_size) if multipart else None
         if count != want:
             return f"ETag {etag} is not that of {want or 'a single'} part(s) for this size and part size"
         return None
@@ -146,8 +141,10 @@ def _etag_shape_problem(etag: str, size: int, config: UploadConfig | None) -> st
     return None if low <= count <= high else f"ETag {etag}: {count} parts cannot hold {size} bytes"
 
 
-def _object_problems(name: str, size: int, sha256: str, etag: str | None, head: dict[str, Any] | None
-                     ) -> list[str]:
+def object_problems(name: str, size: int, sha256: str, etag: str | None, head: dict[str, Any] | None
+                    ) -> list[str]:
+    """What is wrong with the object ``head`` describes, as the upload of ``size`` bytes with this
+    sha256 (and, unless ``etag`` is None, this ETag) would leave it; empty when nothing is."""
     if head is None:
         return ["missing"]
     out = []
@@ -225,10 +222,7 @@ def _verify(client: Any, bucket: str, prefix: str, manifest: dict[str, Any], loc
         if file is not None:
             try:
                 if file.size == size:
-                    cfg = config or UploadConfig()
-                    multipart = size >= cfg.multipart_threshold
-                    part_size = cfg.part_size_for(size) if multipart else max(size, 1)
-                    job = Job(name, file.path, key, size, sha, part_size, multipart, file.mtime_ns, file)
+                    job = Job.of(name, file, key, size, sha, config or UploadConfig())
                     state = UploadState.load(states, UploadState.name_for(endpoint, bucket, key, name))
                     fields = {"endpoint": endpoint, "bucket": bucket, "key": key}
                     if state.data.get("status") == "complete" and state.matches(fields, job.identity()):
@@ -239,7 +233,7 @@ def _verify(client: Any, bucket: str, prefix: str, manifest: dict[str, Any], loc
                             out.append(f"the local {name} does not match the manifest")
             finally:
                 file.close()
-        out.extend(_object_problems(name, size, sha, want, head))
+        out.extend(object_problems(name, size, sha, want, head))
         how = "exact"
         if want is None:
             how = "part-count"
@@ -268,7 +262,7 @@ def _verify(client: Any, bucket: str, prefix: str, manifest: dict[str, Any], loc
             md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
             remote_etag = clean_etag(head.get("ETag"))
             want = expected_etags.get(name) or (md5 if "-" not in remote_etag else None)
-            out = _object_problems(name, len(data), hashlib.sha256(data).hexdigest(), want, head)
+            out = object_problems(name, len(data), hashlib.sha256(data).hexdigest(), want, head)
         elif name == SIGNATURE_NAME and local is not None:
             out.append("on the server but not in the local release: publish again with --force")
         if name == MANIFEST_NAME and published_manifest(client, bucket, prefix) != manifest:

@@ -1,0 +1,224 @@
+"""One object's part layout and its S3 ETag, and reading a part straight from the open file.
+
+:func:`layout_for` is the part layout a file gets under an :class:`UploadConfig`:
+one PUT below the multipart threshold, else parts of the configured size, grown
+by :func:`objathor_release.settings.adjust_part_size` (5 MiB minimum, 5 GiB
+maximum, at most 10,000 parts; every part but the last the same size). :class:`Job`
+is one file to put at one key with that layout; its ``identity()`` (size, mtime,
+sha256, part size) is what a resume record must match.
+
+ETags: a single-part object's is the md5 of its bytes, a multipart object's the
+md5 of the concatenated binary part md5s, then ``-N`` (:func:`multipart_etag`;
+:func:`local_etag` computes it for a local file). :class:`PartReader` is a
+seekable window of an open file that botocore streams one part from, hashed
+just before it is sent: a part is never held in memory. That one hashing pass
+also feeds the file's sha256 (:class:`SequentialSha256` keeps the parts in
+order), so the bytes sent are the bytes checked against the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+from objathor_release.build.manifest import SUMS as SUMS_NAME
+from objathor_release.errors import InputError, TransferError
+from objathor_release.publish.localfiles import LocalFile
+from objathor_release.settings import UploadConfig
+
+__all__ = ["SHA256_META", "Job", "PartReader", "SequentialSha256", "layout_for", "local_digests",
+           "local_etag", "multipart_etag"]
+
+SHA256_META = "sha256"  # the object metadata key that carries the file's sha256
+HASH_BLOCK = 1024 * 1024
+CONTENT_TYPES = {".tar": "application/x-tar", ".gz": "application/gzip", ".json": "application/json",
+                 ".pkl": "application/octet-stream"}
+
+
+def layout_for(size: int, config: UploadConfig) -> tuple[bool, int]:
+    """(multipart, part size) of a file of ``size`` bytes under ``config``: a single PUT (its part
+    size is then the whole file) below the multipart threshold, else the adjusted part size."""
+    multipart = size >= config.multipart_threshold and size > 0
+    return multipart, config.part_size_for(size) if multipart else max(size, 1)
+
+
+def multipart_etag(md5s: Sequence[bytes]) -> str:
+    """S3's ETag of a multipart object: md5 of the concatenated binary part md5s, then ``-N``."""
+    return hashlib.md5(b"".join(md5s), usedforsecurity=False).hexdigest() + f"-{len(md5s)}"
+
+
+class PartReader:
+    """A seekable read-only window ``[offset, offset + length)`` of an open file.
+
+    botocore streams the request body from it (and seeks back to 0 to retry), so
+    a part is never held in memory. ``md5()`` hashes the window first, for the
+    ``Content-MD5`` header, and feeds the same bytes to ``feed`` (the file's
+    sha256) in that one pass. Reads are ``pread``s: parts of one descriptor can
+    be read by several threads at once.
+    """
+
+    def __init__(self, fh: BinaryIO | LocalFile, offset: int, length: int, name: str = "") -> None:
+        self._file = fh if isinstance(fh, LocalFile) else None
+        self._fd = self._file.fd if self._file is not None else fh.fileno()  # type: ignore[union-attr]
+        self._offset, self._length, self._name = offset, length, name
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _shorter(self) -> InputError:
+        return InputError(f"{self._name}: the file got shorter while uploading: rebuild the release")
+
+    def md5(self, feed: Callable[[memoryview], None] | None = None) -> bytes:
+        digest = hashlib.md5(usedforsecurity=False)
+        buf = memoryview(bytearray(min(HASH_BLOCK, max(self._length, 1))))
+        pos = self._offset
+        left = self._length
+        while left:
+            chunk = buf[: min(len(buf), left)]
+            n = os.preadv(self._fd, [chunk], pos)
+            if not n:
+                raise self._shorter()
+            digest.update(chunk[:n])
+            if feed is not None:
+                feed(chunk[:n])
+            left -= n
+            pos += n
+        self._pos = 0
+        return digest.digest()
+
+    def read(self, amt: int | None = -1) -> bytes:
+        left = self._length - self._pos
+        if amt is None or amt < 0 or amt > left:
+            amt = left
+        if amt <= 0:
+            return b""
+        data = os.pread(self._fd, amt, self._offset + self._pos)
+        if not data:
+            raise self._shorter()
+        self._pos += len(data)
+        return data
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._length}[whence]
+        self._pos = max(0, min(self._length, base + pos))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+
+class SequentialSha256:
+    """The sha256 of a whole file whose parts are read by several threads: each part's bytes are fed
+    in its turn (part 1, then 2, ...), so the digest is that of the file in order.
+
+    ``turn(n)`` waits until parts ``1..n-1`` have been fed; a failure inside a turn breaks the
+    sequence, and every later waiter stops.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._sha = hashlib.sha256()
+        self._next = 1
+        self._broken = False
+        self._cond = threading.Condition()
+        self._name = name
+        self.bytes = 0
+
+    def update(self, data: memoryview) -> None:
+        self._sha.update(data)
+        self.bytes += len(data)
+
+    @contextlib.contextmanager
+    def turn(self, number: int, abort: threading.Event) -> Iterator[None]:
+        with self._cond:
+            while self._next != number:
+                if self._broken or abort.is_set() or self._next > number:
+                    raise TransferError(f"{self._name}: stopped")
+                self._cond.wait(0.2)
+        try:
+            yield
+        except BaseException:
+            with self._cond:
+                self._broken = True
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            self._next += 1
+            self._cond.notify_all()
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def local_etag(path: Path | LocalFile, size: int, part_size: int, multipart: bool) -> str:
+    """The ETag S3 gives ``path`` when uploaded with these settings (reads the file once)."""
+    return local_digests(path, size, part_size, multipart)[0]
+
+
+def local_digests(path: Path | LocalFile, size: int, part_size: int, multipart: bool) -> tuple[str, str]:
+    """(ETag S3 gives the file with these settings, sha256 of its ``size`` bytes), in one read."""
+    with contextlib.ExitStack() as stack:
+        fh: BinaryIO | LocalFile = path if isinstance(path, LocalFile) else stack.enter_context(
+            open(path, "rb", buffering=0))
+        name = str(path.path if isinstance(path, LocalFile) else path)
+        sha = hashlib.sha256()
+        if not multipart:
+            return PartReader(fh, 0, size, name).md5(sha.update).hex(), sha.hexdigest()
+        md5s = [PartReader(fh, off, min(part_size, size - off), name).md5(sha.update)
+                for off in range(0, size, part_size)]
+    return multipart_etag(md5s), sha.hexdigest()
+
+
+# --------------------------------------------------------------------------- one object
+
+
+@dataclass
+class Job:
+    """One file to put at one key, with its part layout."""
+
+    name: str
+    path: Path
+    key: str
+    size: int
+    sha256: str
+    part_size: int
+    multipart: bool
+    mtime_ns: int
+    file: LocalFile | None = None
+
+    @property
+    def parts(self) -> int:
+        return max(1, math.ceil(self.size / self.part_size)) if self.multipart else 1
+
+    def part_range(self, number: int) -> tuple[int, int]:
+        offset = (number - 1) * self.part_size
+        return offset, min(self.part_size, self.size - offset)
+
+    @property
+    def content_type(self) -> str:
+        if self.name.endswith(SUMS_NAME):
+            return "text/plain; charset=utf-8"
+        return CONTENT_TYPES.get(PurePosixPath(self.name).suffix, "application/octet-stream")
+
+    @classmethod
+    def of(cls, name: str, file: LocalFile, key: str, size: int, sha256: str, config: UploadConfig) -> Job:
+        """``file`` (of ``size`` bytes, as the manifest says) to put at ``key``, laid out by ``config``."""
+        multipart, part_size = layout_for(size, config)
+        return cls(name, file.path, key, size, sha256, part_size, multipart, file.mtime_ns, file)
+
+    def identity(self) -> dict[str, Any]:
+        return {"size": self.size, "mtime_ns": self.mtime_ns, "sha256": self.sha256,
+                "part_size": self.part_size}

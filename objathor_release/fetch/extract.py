@@ -29,11 +29,11 @@ put into ``dest``. Open folder descriptors are cached (a few dozen at most) and
 closed by :meth:`close`, which also runs after any error and in ``finish()``.
 
 Headers are decoded by :mod:`objathor_release.build.tarformat` (the one tar
-header codec) and checked strictly here: a numeric field that is not octal or GNU base-256,
-a value out of range (negative or impossible sizes, mtimes beyond what
-``os.utime`` takes), a PAX record with a bad length, no ``=`` or a ``size``/
-``mtime`` that is not a plain decimal number, a name that is not UTF-8, or a bad
-header checksum is an :class:`~.errors.InputError` naming the byte offset. A
+header codec) and checked strictly here: a numeric field that is not octal or
+GNU base-256, a value out of range (negative or impossible sizes, mtimes beyond
+what ``os.utime`` takes), a PAX record with a bad length, no ``=`` or a
+``size``/``mtime`` that is not a plain decimal number, a name that is not UTF-8,
+or a bad header checksum is an :class:`~.errors.InputError` naming the byte offset. A
 filesystem error while writing a member is an InputError naming the member;
 running out of disk space is a :class:`~.errors.DiskFullError`.
 

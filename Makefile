@@ -62,13 +62,13 @@ $(INSTALLED): pyproject.toml requirements-dev.lock scripts/install-system-deps
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-.PHONY: install  ## make .venv and install the package with its test extras and system tools
+.PHONY: install  ## make .venv and install the package with its test and dev extras and system tools
 install: $(INSTALLED)
 
 .PHONY: lock  ## regenerate requirements.lock and requirements-dev.lock (pinned, with hashes)
 lock: $(INSTALLED)
 	$(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.10 --generate-hashes --quiet -o requirements.lock
-	$(VENV)/bin/uv pip compile pyproject.toml --extra test --universal --python-version 3.10 --generate-hashes --quiet -o requirements-dev.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --extra dev --universal --python-version 3.10 --generate-hashes --quiet -o requirements-dev.lock
 
 .PHONY: lint  ## ruff and mypy over the package, tests, benchmarks and tasks
 lint: $(INSTALLED)

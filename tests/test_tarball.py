@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import socket
 import stat
 import tarfile
@@ -18,10 +17,9 @@ from pathlib import Path
 import pytest
 
 from devtools.sample import make_sample_dataset
-from objathor_release.build.excludes import DEFAULT_EXCLUDES, compile_excludes
+from objathor_release.build.excludes import DEFAULT_EXCLUDES
 from objathor_release.build.tarball import build_tar, read_sidecar, sidecar_path
 from objathor_release.build.tarformat import normalize_mode
-from objathor_release.build.tarscan import scan_tar
 from objathor_release.errors import InputError, UsageError
 from tests.support.tarball_helpers import (
     SEED_EXCLUDES,
@@ -223,34 +221,6 @@ def test_the_library_prints_nothing_and_notes_the_excludes(tmp_path: Path, sampl
     assert capsys.readouterr() == ("", "")
 
 
-@pytest.mark.parametrize(("pattern", "path", "hit"), [
-    ("*.lock", "assets/u/a.lock", True),
-    ("*.lock", "assets/u/.lock", True),
-    ("._*", "assets/u/._x", True),
-    ("._*", "assets/u/x._y", False),
-    ("a*z", "assets/ab/cz", True),  # '*' matches '/', as in GNU tar
-    ("b/cz", "assets/ab/cz", False),  # a tail must start after a '/'
-    ("ab/cz", "assets/ab/cz", True),
-    ("k?", "assets/k2", True),
-    ("[!k]eep", "assets/keep", False),
-    ("[a-c]x", "assets/bx", True),
-    ("\\*x", "assets/*x", True),
-    ("\\*x", "assets/ax", False),
-    ("[", "assets/[", True),
-    ("*/cz", "assets/ab/cz", True),
-    ("*/cz", "cz", False),
-    ("ab/c*", "assets/ab/cz", True),
-    ("b/c*", "assets/ab/cz", False),
-    ("uid1", "assets/uid1", True),
-    ("uid1", "assets/xuid1", False),
-    ("uid1", "uid1", True),
-    ("*", "assets/x", True),
-    ("x*y", "assets/x/q/y", True),
-])
-def test_exclude_patterns_match_like_gnu_tar(pattern: str, path: str, hit: bool) -> None:
-    assert compile_excludes([pattern])(path) is hit
-
-
 # --------------------------------------------------------------------------- one-pass figures
 
 
@@ -275,29 +245,6 @@ def test_sidecar_ties_figures_to_the_file(tmp_path: Path, sample_assets: Path) -
     assert (side["sha256"], side["size"], side["members"]) == (result.sha256, result.size, result.members)
     os.utime(result.path, ns=(1, 1))  # touched: no longer trusted
     assert read_sidecar(result.path) is None
-
-
-@needs_gnu_tar
-@pytest.mark.parametrize("fmt", ["gnu", "pax", "ustar"])
-def test_scan_reads_other_tools_tars(tmp_path: Path, fmt: str) -> None:
-    src = tmp_path / "features"
-    write(src / "clip_features.pkl", os.urandom(3000))
-    write(src / ("long" * 30) / "x.pkl", os.urandom(600))  # long name: GNU LongLink / pax path record
-    write(src / "empty.pkl", b"")
-    if fmt == "ustar":
-        shutil.rmtree(src / ("long" * 30))
-    tar = gnu_tar(src, tmp_path / "features.tar", [], extra=(f"--format={fmt}",))
-    scan = scan_tar(tar)
-    assert scan.members == tarfile_members(tar)
-    assert (scan.size, scan.sha256) == (tar.stat().st_size, sha256_of(tar))
-
-
-def test_scan_names_a_file_that_is_not_a_tar(tmp_path: Path) -> None:
-    bad = write(tmp_path / "features.tar", bytes(range(256)) * 8)
-    with pytest.raises(InputError) as info:
-        scan_tar(bad)
-    assert str(info.value) == (f"{bad}: not a valid tar archive (bad header at byte 0: bad checksum): rebuild "
-                               "it with `objathor-release tar`")
 
 
 def test_progress_lines_when_not_on_a_terminal(tmp_path: Path, sample_assets: Path,
@@ -483,11 +430,6 @@ def test_output_that_is_a_directory_is_refused(sample_assets: Path, tmp_path: Pa
     (tmp_path / "rel").mkdir()
     with pytest.raises(UsageError, match="is a directory"):
         build(sample_assets, tmp_path / "rel")
-
-
-def test_scan_names_an_empty_file(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="empty.tar: empty or too short"):
-        scan_tar(write(tmp_path / "empty.tar", b""))
 
 
 def test_buffers_smaller_than_files_and_members_across_buffers(tmp_path: Path,

@@ -134,11 +134,13 @@ def test_a_file_that_changes_mid_download_is_an_error_not_a_mix(web: Nginx) -> N
 
 def test_the_ramp_grows_while_the_rate_grows_and_stops_when_it_does_not() -> None:
     ramp = _Ramp(limit=2, cap=16, adaptive=True)
-    ramp.after(total=10, now=1.0, pieces_done=4)  # 10 B/s: first measure, grows
+    ramp.after(total=5, now=0.5, pieces_done=1)  # fewer pieces than connections: too early to judge
+    assert ramp.limit == 2
+    ramp.after(total=10, now=1.0, pieces_done=2)  # 10 B/s: first measure, grows
     assert ramp.limit == 4
-    ramp.after(total=40, now=2.0, pieces_done=12)  # 30 B/s: grows
+    ramp.after(total=40, now=2.0, pieces_done=6)  # 30 B/s: grows
     assert ramp.limit == 8
-    ramp.after(total=71, now=3.0, pieces_done=28)  # 31 B/s: not a tenth more
+    ramp.after(total=71, now=3.0, pieces_done=14)  # 31 B/s: not a tenth more
     assert (ramp.limit, ramp.frozen) == (8, True)
     ramp.after(total=1000, now=4.0, pieces_done=60)
     assert ramp.limit == 8

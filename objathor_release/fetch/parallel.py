@@ -50,10 +50,11 @@ class _Ramp:
     frozen: bool = False
 
     def after(self, total: int, now: float, pieces_done: int) -> None:
-        """Called as pieces finish: once ``limit`` more pieces are done, compare rates and decide."""
+        """Called as pieces finish: once ``limit`` more are done (about one per connection), compare
+        the rate since the last step with the best so far and decide."""
         if not self.adaptive or self.frozen or self.limit >= self.cap:
             return
-        if pieces_done - self.pieces_at_step < self.limit * 2:
+        if pieces_done - self.pieces_at_step < self.limit:  # about one piece per connection
             return
         elapsed = now - self.started
         if elapsed <= 0:

@@ -552,7 +552,8 @@ def test_bad_credentials_never_leak(auth_s3_server: Any, release: Path) -> None:
     assert proc.returncode == 2
     line = one_line_error(proc)
     assert "refused the request (InvalidAccessKeyId)" in line and "AWS_ACCESS_KEY_ID" in line
-    assert "target: S3Target(" in proc.stderr  # --verbose printed the target...
+    shown = [x for x in proc.stderr.splitlines() if x.startswith("objathor-release: target: S3Target(")]
+    assert len(shown) == 1  # --verbose printed the target...
     assert secret not in proc.stdout + proc.stderr  # ...without the secret
     assert access not in proc.stdout + proc.stderr
     # the R2_* names the release workflow passes work the same way
@@ -589,7 +590,8 @@ def test_dry_run_and_automatic_part_size(s3_env: dict[str, str], s3_server: Any,
         proc = run_upload(proxy.url, bucket, rel, "--dry-run")
         assert proxy.log == []  # the bucket is not contacted
     assert proc.returncode == 0, proc.stderr
-    assert "big.bin: 60.0 GiB would need more than 10,000 parts of 5.0 MiB: using 7.0 MiB parts" in proc.stderr
+    assert proc.stderr.splitlines() == [  # the one note, as every note is shown: prefixed, one line
+        "objathor-release: big.bin: 60.0 GiB would need more than 10,000 parts of 5.0 MiB: using 7.0 MiB parts"]
     row = next(x.split() for x in proc.stdout.splitlines() if x.startswith("big.bin"))
     assert row == ["big.bin", "60.0", "GiB", "7.0", "MiB", "8778", str(8778 + 4)]
     assert "dry run: would upload 4 files" in proc.stdout

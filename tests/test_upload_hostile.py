@@ -354,16 +354,13 @@ class _OneAtATime(S3Proxy):
     """S3Proxy whose matching requests are forwarded one at a time, after both clients sent theirs."""
 
     def __init__(self, upstream: str, gate: _Serialize) -> None:
-        from tests.support import s3proxy
-
         super().__init__(upstream)
-        forward = s3proxy._forward
         lock = threading.Lock()
 
         def before(ex: Exchange) -> Reply | None:
             if gate.hold(ex):
                 with lock:
-                    return forward(self.state, ex)
+                    return self.forward(ex)
             return None
 
         self.set_rules(before=before)

@@ -190,6 +190,10 @@ class S3Proxy(LoopbackServer):
     def ops(self, name: str) -> list[Exchange]:
         return [ex for ex in self.log if ex.op == name]
 
+    def forward(self, ex: Exchange) -> Reply:
+        """Send ``ex`` to the upstream server now and return its answer (for a rule that decides when)."""
+        return _forward(self.state, ex)
+
     def set_rules(self, before: Before | None = None, after: After | None = None) -> None:
         self.state.before = before or (lambda ex: None)
         self.state.after = after or (lambda ex, reply: reply)

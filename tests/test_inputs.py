@@ -40,7 +40,7 @@ def test_the_tar_inputs_are_exactly_the_files_the_tar_archives(assets: Path, tmp
     result = build_tar(assets, tmp_path / "assets.tar", extra_excludes=["*.tmp"], show_progress=False)
     inputs = release_inputs(assets, excludes=["*.tmp"])
     archived = sorted(m["path"].split("/", 1)[1] for m in result.members)
-    assert [i.rel for i in inputs.artifacts["assets.tar"]] == archived
+    assert sorted(i.rel for i in inputs.artifacts["assets.tar"]) == archived
     assert all(i.path == assets / i.rel for i in inputs.artifacts["assets.tar"])
     assert assets / uid / ".Trashes" not in inputs.folders and assets / uid in inputs.folders
 
@@ -54,7 +54,7 @@ def test_the_annotation_inputs_are_what_prepare_annotations_reads(assets: Path) 
     (assets / folders[0] / "deeper" / "annotations.json.gz").write_bytes(b"")
     # a folder the tar leaves out is still an asset for prepare-annotations
     inputs = release_inputs(assets, excludes=[folders[1]])
-    got = [i.rel for i in inputs.artifacts["annotations.json.gz"]]
+    got = sorted(i.rel for i in inputs.artifacts["annotations.json.gz"])
     expected = sorted([f"{UID}.tar"] + [f"{f}/{n}" for f in folders for n in ("annotations.json.gz",
                                                                              "thor_metadata.json")
                                         if (assets / f / n).exists()])
@@ -146,3 +146,22 @@ def test_deps_command_errors_are_one_line(tmp_path: Path) -> None:
                      "--output", str(tmp_path / "d.mk"))
     assert result.returncode == 2 and "make cannot name this path" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_fingerprints_are_those_the_release_state_already_holds(tmp_path: Path) -> None:
+    """On a tree without files inside excluded folders, hashing the inputs gives the fingerprints a
+    release dir's state recorded before (paths filtered one by one), so nothing rebuilds for it."""
+    from objathor_release.build.excludes import DEFAULT_EXCLUDES, compile_excludes
+    from objathor_release.build.inputs import ANNOTATION_FILES, fingerprints
+
+    root, features = tmp_path / "assets", tmp_path / "features"
+    make_sample_dataset(root, 12, seed=5, asset_bytes=1024, features_dir=features)
+    excludes = [*DEFAULT_EXCLUDES, "*.jpg"]
+    excluded = compile_excludes(excludes)
+    before = fingerprints(
+        root, (lambda rel: rel.rsplit("/", 1)[-1] in ANNOTATION_FILES or rel.endswith(".tar"), ()),
+        (lambda rel: not excluded(f"assets/{rel}"), (0, excludes)))
+    inputs = release_inputs(root, features, ["*.jpg"])
+    assert before == [inputs.fingerprint("annotations.json.gz"), inputs.fingerprint("assets.tar", 0, excludes)]
+    inputs_without_jpg_rule = release_inputs(root, features)
+    assert inputs_without_jpg_rule.fingerprint("assets.tar", 0, excludes) != before[1]

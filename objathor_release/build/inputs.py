@@ -136,7 +136,8 @@ class Input:
 
 @dataclass
 class ReleaseInputs:
-    """Each artifact's input files (sorted) and the folders whose listing decides them."""
+    """Each artifact's input files, in the walk's order (which the fingerprints hash), and the
+    folders whose listing decides them."""
 
     artifacts: dict[str, list[Input]] = field(default_factory=dict)
     folders: list[Path] = field(default_factory=list)
@@ -162,7 +163,7 @@ def _walk_tree(root: Path, skip: Callable[[str], bool], out: ReleaseInputs,
         out.folders.append(root / rel)
         return False
 
-    return sorted((Input(rel, root / rel, st) for rel, st in walk(root, prune)), key=lambda i: i.rel)
+    return [Input(rel, root / rel, st) for rel, st in walk(root, prune)]
 
 
 def release_inputs(assets_dir: str | Path, features_dir: str | Path | None = None,
@@ -190,7 +191,7 @@ def release_inputs(assets_dir: str | Path, features_dir: str | Path | None = Non
             except OSError as exc:
                 raise walk_error(assets / rel, exc) from None
             annotations.append(Input(rel, assets / rel, st))
-    out.artifacts["annotations.json.gz"] = sorted(annotations, key=lambda i: i.rel)
+    out.artifacts["annotations.json.gz"] = annotations
     if features_dir:
         features = Path(features_dir)
         fskip = tar_pruner(features, excludes)

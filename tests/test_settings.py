@@ -143,3 +143,15 @@ def test_settings_read_from_the_environment_by_the_parser(monkeypatch: pytest.Mo
         if s.env in ("VERSION", "ASSETS_DIR", "FEATURES_DIR", "RELEASE_DIR", "BUCKET"):
             (action,) = [a for a in release._actions if s.flag in a.option_strings]
             assert action.default == f"from-env-{s.env}"
+
+
+def test_the_schema_bounds_the_epoch_as_the_resolver_does(tmp_path: Path) -> None:
+    from objathor_release.build.epoch import LIMIT
+
+    assert load_schema("release-config")["properties"]["source_date_epoch"]["maximum"] == LIMIT - 1
+    config = tmp_path / "release.toml"
+    config.write_text(f"source_date_epoch = {LIMIT}\n")
+    done = run_cli("config", "--config", str(config))
+    assert done.returncode == 2
+    assert done.stderr == (f"objathor-release: error: {config}: $.source_date_epoch: {LIMIT} is greater than "
+                           f"the maximum of {LIMIT - 1}: fix this setting\n")

@@ -149,7 +149,11 @@ def release(c: Context, version: str, assets_dir: str = "", features_dir: str = 
 @task(help={"workdir": "scratch directory (default demo/)", "assets": "number of sample assets"})
 def demo(c: Context, workdir: str = "demo", assets: int = 50) -> None:
     """Release a generated sample to an embedded local S3 endpoint and download it back."""
-    _run(c, "demo", "--workdir", workdir, "--assets", assets)
+    import os
+
+    argv = ["demo", "--workdir", os.path.abspath(workdir), "--assets", str(assets)]
+    with c.cd(os.path.dirname(os.path.abspath(__file__))):  # devtools is importable from the checkout
+        c.run(f"{shlex.quote(sys.executable)} -m devtools {shlex.join(argv)}", pty=sys.stdout.isatty())
 
 
 # ---------------------------------------------------------------- docker tasks (see Dockerfile)

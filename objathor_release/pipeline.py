@@ -1,21 +1,22 @@
-"""The release pipeline: annotations, tars, manifest, local verify, upload, remote verify, summary.
+"""The release as a library: build (annotations, tars, manifest, local verify), then publish
+(upload, remote verify).
 
-``objathor-release release`` runs every step and skips the ones whose outputs
-are up to date: a hidden state file in the release directory records, per
-step, a fingerprint of its inputs (paths, sizes and mtimes, plus the settings
-that shape the output) and the size and mtime of what it wrote. ``make
-release`` runs the same steps as file targets; its last one is ``publish``.
-``objathor-release demo`` runs it all against an embedded local S3 endpoint
-and downloads the version back.
+``build_local`` runs the local steps and skips the ones whose outputs are up to
+date: a hidden state file in the release directory records, per step, a
+fingerprint of its inputs (paths, sizes and mtimes, plus the settings that
+shape the output) and the size and mtime of what it wrote. ``publish`` uploads
+the built release and checks every object against the manifest. Both take a
+``ReleaseConfig`` and return what they did; they report through ``logging``
+and print nothing (the command line, ``objathor_release.cli.release``, prints
+the summary). ``make release`` runs the same steps as file targets.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
+import logging
 import os
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,32 +33,10 @@ from objathor_release.settings import (
     validate_version,
 )
 
+logger = logging.getLogger(__name__)
+
 STATE_FILE = ".release-state.json"
 ANNOTATION_FILES = ("annotations.json.gz", "thor_metadata.json")
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- settings
-
-
-def settings_from_args(args: argparse.Namespace) -> ReleaseConfig:
-    """The release config: ``--config`` file, overridden by flags; validated before any work."""
-    overrides = {
-        "version": args.version, "assets_dir": args.assets_dir, "features_dir": args.features_dir,
-        "release_dir": args.release_dir, "bucket": args.bucket, "prefix": getattr(args, "prefix", None),
-        "endpoint_url": args.endpoint_url, "profile": args.profile,
-        "chunk_size": getattr(args, "chunk_size", None),
-        "upload_concurrency": getattr(args, "upload_concurrency", None),
-        "transfers": getattr(args, "transfers", None),
-        "public_base_url": getattr(args, "public_base_url", None),
-    }
-    cfg = ReleaseConfig.load(getattr(args, "config", None), overrides)
-    check_settings(cfg, need_assets=getattr(args, "need_assets", True),
-                   need_bucket=not getattr(args, "remote", None))
-    return cfg
 
 
 def check_settings(cfg: ReleaseConfig, *, need_assets: bool = True, need_bucket: bool = True) -> None:
@@ -83,47 +62,6 @@ def upload_config(cfg: ReleaseConfig) -> UploadConfig:
 
 def release_dir_of(cfg: ReleaseConfig) -> Path:
     return Path(cfg.release_dir or Path("release") / str(cfg.version))
-
-
-MAKE_VARIABLES = {
-    "version": "VERSION", "assets_dir": "ASSETS_DIR", "features_dir": "FEATURES_DIR",
-    "release_dir": "RELEASE_DIR", "bucket": "BUCKET", "prefix": "PREFIX", "endpoint_url": "ENDPOINT_URL",
-    "r2_account_id": "R2_ACCOUNT_ID", "profile": "PROFILE", "chunk_size": "CHUNK_SIZE",
-    "upload_concurrency": "UPLOAD_CONCURRENCY", "transfers": "TRANSFERS",
-    "source_date_epoch": "SOURCE_DATE_EPOCH", "excludes": "EXCLUDES", "public_base_url": "PUBLIC_BASE_URL",
-}
-
-
-def config_as_make(path: str) -> str:
-    """The settings of a release.toml as Make assignments (``?=``: the command line and environment win)."""
-    cfg = ReleaseConfig.load(path)
-    defaults = ReleaseConfig()
-    lines = [f"# generated from {path} by objathor-release config --make; do not edit"]
-    for key, var in MAKE_VARIABLES.items():
-        value = getattr(cfg, key)
-        if value is None or value == getattr(defaults, key):
-            continue
-        text = " ".join(value) if isinstance(value, list) else str(value)
-        if any(c in text for c in "$#\n"):
-            raise UsageError(f"{path}: {key}: '$', '#' and newlines cannot be passed to make: "
-                             "change the value")
-        lines.append(f"{var} ?= {text}")
-    return "\n".join(lines) + "\n"
-
-
-def run_config_command(args: argparse.Namespace) -> int:
-    """``objathor-release config --config FILE [--make]``: validate a release config and show it."""
-    if args.make:
-        text = config_as_make(args.config)
-        if args.output:
-            with atomic_write(args.output) as fh:
-                fh.write(text.encode())
-        else:
-            print(text, end="")
-        return 0
-    cfg = ReleaseConfig.load(args.config)
-    print(json.dumps({k: v for k, v in vars(cfg).items() if v not in (None, [])}, indent=2, sort_keys=True))
-    return 0
 
 
 # --------------------------------------------------------------------------- up-to-date checks
@@ -253,11 +191,22 @@ def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool
     def step(name: str, inputs: str, output: Path, run: Callable[[], object]) -> None:
         if state.fresh(name, inputs, output):
             out.skipped.append(name)
-            _say(f"{name}: up to date")
+            logger.info("%s: up to date", name)
             return
         run()
         state.record(name, inputs, output)
         out.built.append(name)
+
+    def annotations() -> None:
+        result = prepare_annotations(assets, rdir / "annotations.json.gz", show_progress=show_progress)
+        logger.info("%s", result.summary())
+
+    def tar(source: Path, name: str) -> Callable[[], None]:
+        def run() -> None:
+            result = build_tar(source, rdir / name, extra_excludes=cfg.excludes, source_date_epoch=epoch,
+                               verbose=verbose, show_progress=show_progress)
+            logger.info("%s", result.summary())
+        return run
 
     top = assets.resolve().name
     annotation_inputs, tar_inputs = fingerprints(
@@ -265,22 +214,14 @@ def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool
         (lambda rel: rel.rsplit("/", 1)[-1] in ANNOTATION_FILES or rel.endswith(".tar"), ()),
         (lambda rel: not excluded(f"{top}/{rel}"), (epoch, excludes)),
     )
-    step("annotations.json.gz", annotation_inputs, rdir / "annotations.json.gz",
-         lambda: _say(prepare_annotations(assets, rdir / "annotations.json.gz",
-                                          show_progress=show_progress).summary()))
-    step("assets.tar", tar_inputs, rdir / "assets.tar",
-         lambda: _say(build_tar(assets, rdir / "assets.tar", extra_excludes=cfg.excludes,
-                                source_date_epoch=epoch, verbose=verbose,
-                                show_progress=show_progress).summary()))
+    step("annotations.json.gz", annotation_inputs, rdir / "annotations.json.gz", annotations)
+    step("assets.tar", tar_inputs, rdir / "assets.tar", tar(assets, "assets.tar"))
     if cfg.features_dir:
         features = Path(cfg.features_dir)
         ftop = features.resolve().name
         step("features.tar",
              fingerprint(features, lambda rel: not excluded(f"{ftop}/{rel}"), epoch, excludes),
-             rdir / "features.tar",
-             lambda: _say(build_tar(features, rdir / "features.tar", extra_excludes=cfg.excludes,
-                                    source_date_epoch=epoch, verbose=verbose,
-                                    show_progress=show_progress).summary()))
+             rdir / "features.tar", tar(features, "features.tar"))
     bookkeeping = (MANIFEST, SUMS, SIGNATURE)
     artifacts = fingerprint(rdir, lambda rel: not rel.startswith(".") and rel not in bookkeeping,
                             cfg.version, epoch)
@@ -348,7 +289,8 @@ def publish(cfg: ReleaseConfig, *, remote: str | None = None, rclone_config: str
     if manifest["version"] != cfg.version:
         raise InputError(f"{rdir}/manifest.json is for version {manifest['version']}, not {cfg.version}: "
                          "rebuild it or check VERSION")
-    _say(sign_release(rdir).message)  # manifest.json.sig (or none), uploaded before manifest.json
+    signed = sign_release(rdir)  # manifest.json.sig (or none), uploaded before manifest.json
+    logger.info("%s", signed.message)
     config = upload_config(cfg)
     env = {**os.environ, **({"R2_ACCOUNT_ID": cfg.r2_account_id} if cfg.r2_account_id else {})}
     target = resolve_target(bucket=cfg.bucket, prefix=cfg.prefix or cfg.version,
@@ -379,40 +321,3 @@ def publish(cfg: ReleaseConfig, *, remote: str | None = None, rclone_config: str
         with atomic_write(stamp) as fh:
             fh.write((json.dumps(summary.to_json(), indent=2) + "\n").encode())
     return summary
-
-
-def _finish(summary: Summary, summary_file: str | None) -> None:
-    print(summary.text())
-    if summary_file:
-        with atomic_write(summary_file) as fh:
-            fh.write((json.dumps(summary.to_json(), indent=2) + "\n").encode())
-
-
-def run_release_command(args: argparse.Namespace) -> int:
-    """``objathor-release release``: every step, skipping what is up to date."""
-    cfg = settings_from_args(args)
-    if getattr(args, "check_only", False):
-        print(f"settings OK: version {cfg.version}, assets {cfg.assets_dir}, "
-              f"release dir {release_dir_of(cfg)}")
-        return 0
-    build = build_local(cfg, show_progress=not args.quiet, verbose=args.verbose)
-    if build.built:
-        _say(f"built: {', '.join(build.built)}")
-    summary = publish(cfg, remote=args.remote, rclone_config=args.rclone_config, force=args.force,
-                      dry_run=args.dry_run, show_progress=not args.quiet, verbose=args.verbose)
-    _finish(summary, args.summary)
-    return 0
-
-
-def run_publish_command(args: argparse.Namespace) -> int:
-    """``objathor-release publish``: upload an already built release dir and verify it remotely."""
-    args.need_assets = False
-    args.assets_dir = args.features_dir = None
-    cfg = settings_from_args(args)
-    summary = publish(cfg, remote=args.remote, rclone_config=args.rclone_config, force=args.force,
-                      dry_run=args.dry_run, show_progress=not args.quiet, verbose=args.verbose)
-    _finish(summary, args.summary)
-    return 0
-
-
-# --------------------------------------------------------------------------- demo

@@ -1,10 +1,13 @@
 """The package's shell: CLI help, config validation, atomic writes, the local S3 fixture, what the CLI
-shows (log lines, progress)."""
+shows (log lines, progress) and the source checkout's ``python -m devtools``."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from devtools.sample import make_sample_dataset
 from objathor_release.errors import UsageError
 from objathor_release.fsutil import atomic_write
 from objathor_release.settings import UploadConfig, adjust_part_size, parse_size, validate_version
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from tests.support.faultproxy import PASS, FaultProxy, status
 
 MiB = 1024 * 1024
@@ -199,3 +202,64 @@ def test_a_bad_progress_interval_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip() == ("objathor-release: error: OBJATHOR_PROGRESS_INTERVAL='soon' is not a "
                                      "number of seconds: set it to e.g. 10, or unset it")
     assert not (tmp_path / "a.tar").exists()
+
+
+# --------------------------------------------------------------------------- devtools: python -m devtools
+
+
+def run_devtools(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "devtools", *args], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["demo"], "demo needs a source checkout: run 'make demo' (or 'python -m devtools demo') there"),
+    (["demo", "--workdir", "x", "--assets", "3"],
+     "demo needs a source checkout: run 'make demo' (or 'python -m devtools demo') there"),
+    (["sample-dataset", "x", "--assets", "3"],
+     "sample-dataset needs a source checkout: run 'python -m devtools sample-dataset DIR' there"),
+])
+def test_the_installed_cli_sends_demo_and_sample_dataset_to_the_checkout(
+        argv: list[str], line: str, tmp_path: Path) -> None:
+    result = run_cli(*argv, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == f"objathor-release: error: {line}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_devtools_sample_dataset_writes_the_generators_tree(tmp_path: Path) -> None:
+    result = run_devtools("sample-dataset", str(tmp_path / "cli"), "--assets", "4", "--seed", "9",
+                          "--asset-size", "8K", "--no-junk")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"wrote 4 sample assets to {tmp_path / 'cli'}\n"
+    uids = make_sample_dataset(tmp_path / "lib", 4, seed=9, asset_bytes=8 * 1024, junk=False)
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == uids
+    for path in (tmp_path / "lib").rglob("*"):
+        twin = tmp_path / "cli" / path.relative_to(tmp_path / "lib")
+        assert twin.is_file() == path.is_file() and (not path.is_file() or twin.read_bytes() == path.read_bytes())
+    bad = run_devtools("sample-dataset", str(tmp_path / "x"), "--asset-size", "lots")
+    assert bad.returncode == 2 and bad.stderr.startswith("devtools: error: ") and "Traceback" not in bad.stderr
+
+
+def test_devtools_open_bucket_makes_a_publicly_readable_bucket(s3_server, s3_client) -> None:  # type: ignore[no-untyped-def]
+    import urllib.request
+    import uuid
+
+    name = f"trial-{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    first = subprocess.run([sys.executable, "-m", "devtools", "open-bucket", name, "--endpoint-url",
+                            s3_server.endpoint_url], capture_output=True, text=True, cwd=REPO, env=env,
+                           timeout=120)  # no credentials in the environment: test/test on 127.0.0.1
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == f"bucket {name} created at {s3_server.endpoint_url}, readable by anyone\n"
+    s3_client.put_object(Bucket=name, Key="2024_02_01/hello.txt", Body=b"hello")
+    with urllib.request.urlopen(f"{s3_server.endpoint_url}/{name}/2024_02_01/hello.txt", timeout=30) as resp:
+        assert resp.read() == b"hello"  # an anonymous GET, as the download makes
+    again = run_devtools("open-bucket", name, env={"AWS_ENDPOINT_URL": s3_server.endpoint_url})
+    assert again.returncode == 0, again.stderr
+    assert f"bucket {name} " in again.stdout and "readable by anyone" in again.stdout
+    nowhere = run_devtools("open-bucket", name, env={"AWS_ENDPOINT_URL": "", "AWS_ENDPOINT_URL_S3": ""})
+    assert nowhere.returncode == 2
+    assert nowhere.stderr.startswith("devtools: error: open-bucket needs the local S3 endpoint: pass "
+                                     "--endpoint-url URL")

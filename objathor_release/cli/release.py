@@ -1,14 +1,24 @@
-"""The CLI's release, publish, config, sample-dataset and demo: the whole pipeline."""
+"""The CLI's release, publish and config: the whole pipeline, its settings and its summary.
+
+``demo`` and ``sample-dataset`` live in the source checkout's devtools (``python -m
+devtools ...``); here they only say so.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 from typing import Any
 
-from objathor_release.cli.common import env
+from objathor_release.cli.common import Runner, env
 from objathor_release.cli.publish import add_s3_options
+from objathor_release.errors import UsageError
+from objathor_release.settings import ReleaseConfig
 
-# --------------------------------------------------------------------------- release / sample
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- release / publish
 
 
 def _add_publish_options(p: argparse.ArgumentParser) -> None:
@@ -51,16 +61,58 @@ def add_publish(sub: Any) -> None:
     p.set_defaults(func=_run_publish)
 
 
-def _run_publish(args: argparse.Namespace) -> int:
-    from objathor_release.pipeline import run_publish_command
+def settings_from_args(args: argparse.Namespace, *, need_assets: bool = True) -> ReleaseConfig:
+    """The release config: ``--config`` file, overridden by flags; validated before any work."""
+    from objathor_release.pipeline import check_settings
 
-    return run_publish_command(args)
+    overrides = {
+        "version": args.version, "release_dir": args.release_dir, "bucket": args.bucket,
+        "prefix": args.prefix, "endpoint_url": args.endpoint_url, "profile": args.profile,
+        "chunk_size": args.chunk_size, "upload_concurrency": args.upload_concurrency,
+        "transfers": args.transfers, "public_base_url": args.public_base_url,
+        "assets_dir": args.assets_dir if need_assets else None,
+        "features_dir": args.features_dir if need_assets else None,
+    }
+    cfg = ReleaseConfig.load(args.config, overrides)
+    check_settings(cfg, need_assets=need_assets, need_bucket=not args.remote)
+    return cfg
 
 
 def _run_release(args: argparse.Namespace) -> int:
-    from objathor_release.pipeline import run_release_command
+    """``objathor-release release``: every step, skipping what is up to date."""
+    from objathor_release.pipeline import build_local, release_dir_of
 
-    return run_release_command(args)
+    cfg = settings_from_args(args)
+    if args.check_only:
+        print(f"settings OK: version {cfg.version}, assets {cfg.assets_dir}, "
+              f"release dir {release_dir_of(cfg)}")
+        return 0
+    build = build_local(cfg, show_progress=not args.quiet, verbose=args.verbose)
+    if build.built:
+        logger.info("built: %s", ", ".join(build.built))
+    return _publish(cfg, args)
+
+
+def _run_publish(args: argparse.Namespace) -> int:
+    """``objathor-release publish``: upload an already built release dir and verify it remotely."""
+    return _publish(settings_from_args(args, need_assets=False), args)
+
+
+def _publish(cfg: ReleaseConfig, args: argparse.Namespace) -> int:
+    """Publish, print the summary, and write it as JSON to ``--summary``."""
+    from objathor_release.fsutil import atomic_write
+    from objathor_release.pipeline import publish
+
+    summary = publish(cfg, remote=args.remote, rclone_config=args.rclone_config, force=args.force,
+                      dry_run=args.dry_run, show_progress=not args.quiet, verbose=args.verbose)
+    print(summary.text())
+    if args.summary:
+        with atomic_write(args.summary) as fh:
+            fh.write((json.dumps(summary.to_json(), indent=2) + "\n").encode())
+    return 0
+
+
+# --------------------------------------------------------------------------- config
 
 
 def add_config(sub: Any) -> None:
@@ -72,47 +124,81 @@ def add_config(sub: Any) -> None:
 
 
 def _run_config(args: argparse.Namespace) -> int:
-    from objathor_release.pipeline import run_config_command
+    """``objathor-release config --config FILE [--make]``: validate a release config and show it."""
+    if args.make:
+        text = config_as_make(args.config)
+        if args.output:
+            from objathor_release.fsutil import atomic_write
 
-    return run_config_command(args)
+            with atomic_write(args.output) as fh:
+                fh.write(text.encode())
+        else:
+            print(text, end="")
+        return 0
+    cfg = ReleaseConfig.load(args.config)
+    print(json.dumps({k: v for k, v in vars(cfg).items() if v not in (None, [])}, indent=2, sort_keys=True))
+    return 0
+
+
+MAKE_VARIABLES = {
+    "version": "VERSION", "assets_dir": "ASSETS_DIR", "features_dir": "FEATURES_DIR",
+    "release_dir": "RELEASE_DIR", "bucket": "BUCKET", "prefix": "PREFIX", "endpoint_url": "ENDPOINT_URL",
+    "r2_account_id": "R2_ACCOUNT_ID", "profile": "PROFILE", "chunk_size": "CHUNK_SIZE",
+    "upload_concurrency": "UPLOAD_CONCURRENCY", "transfers": "TRANSFERS",
+    "source_date_epoch": "SOURCE_DATE_EPOCH", "excludes": "EXCLUDES", "public_base_url": "PUBLIC_BASE_URL",
+}
+
+
+def config_as_make(path: str) -> str:
+    """The settings of a release.toml as Make assignments (``?=``: the command line and environment win)."""
+    cfg = ReleaseConfig.load(path)
+    defaults = ReleaseConfig()
+    lines = [f"# generated from {path} by objathor-release config --make; do not edit"]
+    for key, var in MAKE_VARIABLES.items():
+        value = getattr(cfg, key)
+        if value is None or value == getattr(defaults, key):
+            continue
+        text = " ".join(value) if isinstance(value, list) else str(value)
+        if any(c in text for c in "$#\n"):
+            raise UsageError(f"{path}: {key}: '$', '#' and newlines cannot be passed to make: "
+                             "change the value")
+        lines.append(f"{var} ?= {text}")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- demo / sample-dataset
 
 
 def add_sample_dataset(sub: Any) -> None:
-    p = sub.add_parser("sample-dataset", help="generate a synthetic asset tree for trying things out")
-    p.add_argument("dir", metavar="DIR", help="the assets directory to create")
+    p = sub.add_parser("sample-dataset", help="generate a synthetic asset tree (in a source checkout: "
+                       "python -m devtools sample-dataset)",
+                       description="The sample generator is development tooling: in a source checkout, run "
+                       "'python -m devtools sample-dataset DIR' (same options).")
+    p.add_argument("dir", nargs="?", metavar="DIR", help="the assets directory to create")
     p.add_argument("--assets", type=int, default=20, help="number of assets (default 20)")
     p.add_argument("--asset-size", default="48K", help="average bytes per asset (default 48K)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--features-dir", default=None, metavar="DIR", help="also write features here")
     p.add_argument("--no-junk", action="store_true", help="leave out .DS_Store, ._* and *.lock files")
-    p.set_defaults(func=_run_sample_dataset)
-
-
-def _run_sample_dataset(args: argparse.Namespace) -> int:
-    from devtools.sample import make_sample_dataset
-    from objathor_release.settings import parse_size
-
-    uids = make_sample_dataset(
-        args.dir, args.assets, seed=args.seed, asset_bytes=parse_size(args.asset_size),
-        junk=not args.no_junk, features_dir=args.features_dir,
-    )
-    print(f"wrote {len(uids)} sample assets to {args.dir}")
-    return 0
+    p.set_defaults(func=needs_checkout("sample-dataset", "'python -m devtools sample-dataset DIR'"))
 
 
 def add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="release a generated sample to an embedded local S3 endpoint, "
-                       "download it back and compare")
+                       "download it back and compare (in a source checkout: make demo)",
+                       description="The demo is development tooling: in a source checkout, run 'make demo' "
+                       "(or 'python -m devtools demo', same options).")
     p.add_argument("--workdir", default="demo", metavar="DIR", help="scratch directory (default demo/)")
     p.add_argument("--assets", type=int, default=50, help="number of sample assets (default 50)")
     p.add_argument("--version", default="2024_02_01", help="version to release (default 2024_02_01)")
-    p.set_defaults(func=_run_demo)
+    p.set_defaults(func=needs_checkout("demo", "'make demo' (or 'python -m devtools demo')"))
 
 
-def _run_demo(args: argparse.Namespace) -> int:
-    from devtools.demo import run_demo_command
-
-    return run_demo_command(args)
+def needs_checkout(command: str, instead: str) -> Runner:
+    """A runner for a command that moved to the source checkout's devtools: one line, exit 2."""
+    def run(args: argparse.Namespace) -> int:
+        raise UsageError(f"{command} needs a source checkout: run {instead} there")
+    return run
 
 
 COMMANDS = [add_release, add_publish, add_config, add_sample_dataset, add_demo]

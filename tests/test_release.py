@@ -276,9 +276,28 @@ def test_release_command_is_idempotent_on_its_own(tree, s3_server, s3_env, s3_cl
 def test_make_demo_runs_end_to_end(tmp_path: Path) -> None:
     result = make("demo", f"DEMO_DIR={tmp_path / 'demo'}", env={}, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "-m devtools demo --workdir" in result.stdout  # the checkout's devtools, not the installed CLI
+    assert "release 2024_02_01 -> s3://objathor-demo/2024_02_01/ at http://127.0.0.1:" in result.stdout
+    assert "manifest.json        " in result.stdout and "uploaded, verified" in result.stdout
     assert "demo: OK: released 2024_02_01 to a local S3 endpoint" in result.stdout
     assert "every byte verified and equal to the source" in result.stdout
     assert (tmp_path / "demo" / "download" / "2024_02_01" / "annotations.json.gz").exists()
+    err = result.stderr.splitlines()
+    assert "Traceback" not in result.stderr
+    assert "demo: downloading the version back with 'objathor-release download all'" in err  # the demo's lines
+    assert any(ln.startswith("objathor-release: ") and ln.endswith("manifest.json: not signed "
+                                                                    "($OBJATHOR_SIGNING_KEY is not set)")
+               for ln in err), result.stderr  # the package's log lines, as the CLI shows them
+
+
+def test_invoke_demo_runs_from_anywhere_in_the_checkout(tmp_path: Path) -> None:
+    invoke = Path(sys.executable).parent / "invoke"
+    result = subprocess.run([str(invoke), "demo", "--workdir", str(tmp_path / "demo"), "--assets", "3"],
+                            cwd=REPO / "tests", capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OBJATHOR_PROGRESS": "0"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "demo: OK: released 2024_02_01 to a local S3 endpoint" in result.stdout
+    assert (tmp_path / "demo" / "download" / "2024_02_01" / "assets").is_dir()
 
 
 # --------------------------------------------------------------------------- invoke

@@ -27,7 +27,7 @@ from devtools.nginx import Nginx
 from devtools.sample import make_sample_dataset
 from devtools.served_release import Release, build_release, expected_tree, flip_byte, tree
 from objathor_release.cli import main
-from objathor_release.errors import ChecksumError, TransferError, UsageError
+from objathor_release.errors import ChecksumError, InputError, TransferError, UsageError
 from objathor_release.fetch.download import DownloadResult, download_version, resolve_source
 from objathor_release.fetch.extract import TarStreamExtractor, UnsafeMemberError
 from objathor_release.fetch.http import HttpConfig
@@ -345,6 +345,65 @@ def test_malicious_tar_is_refused_with_nothing_escaping(web: Nginx, tmp_path: Pa
     assert not list(jail.rglob("ESCAPED")) and not Path("/tmp/ESCAPED").exists()
     assert not (dest / V / "assets").exists()
     assert not list((dest / V / ".objathor-release").glob("*staging*"))
+
+
+FLAT_MALICIOUS = {c: v for c, v in MALICIOUS.items() if c not in ("second top-level folder", "file at top level")}
+
+
+def _serve_features(web: Nginx, entries: list[tuple[tarfile.TarInfo, bytes]]) -> str:
+    folder = f"feat-{uuid.uuid4().hex[:8]}"
+    vdir = web.root / folder / V
+    vdir.mkdir(parents=True)
+    (vdir / "features.tar").write_bytes(_tar(entries))
+    (vdir / "annotations.json.gz").write_bytes(gzip.compress(b"{}"))
+    return f"{web.url}/{folder}"
+
+
+@pytest.mark.parametrize("layout", ["flat", "one folder", "several folders, nested"])
+def test_features_tar_of_any_layout_lands_flat(web: Nginx, tmp_path: Path, layout: str) -> None:
+    """objathor globs **/*.pkl in features.tar and flattens them; so do we (other files are left out)."""
+    names = {"flat": ["clip_features.pkl", "sbert_features.pkl", "README.txt"],
+             "one folder": ["features/clip_features.pkl", "features/sbert_features.pkl"],
+             "several folders, nested": ["a/clip_features.pkl", "b/c/sbert_features.pkl", "b/notes.md"]}[layout]
+    dirs = sorted({"/".join(n.split("/")[:i]) for n in names for i in range(1, n.count("/") + 1)})
+    entries = [_entry(d, tarfile.DIRTYPE) for d in dirs] + [_entry(n, data=n.encode() * 100) for n in names]
+    base = _serve_features(web, entries)
+    dest = tmp_path / "dl"
+    result = download_version("features", V, path=dest, base_url=base, show_progress=False, http_config=FAST)
+    assert result.parts[0].status == "downloaded"
+    want = {n.rsplit("/", 1)[-1]: n.encode() * 100 for n in names if n.endswith(".pkl")}
+    assert tree(dest / V / "features") == want
+    assert not list((dest / V / ".objathor-release").glob("*.flat"))
+
+
+def test_features_with_two_pkl_of_one_name_are_refused(web: Nginx, tmp_path: Path) -> None:
+    entries = [_entry("a", tarfile.DIRTYPE), _entry("b", tarfile.DIRTYPE), _entry("a/clip.pkl"), _entry("b/clip.pkl")]
+    with pytest.raises(InputError, match="two files named clip.pkl"):
+        download_version("features", V, path=tmp_path / "dl", base_url=_serve_features(web, entries),
+                         show_progress=False, http_config=FAST)
+    assert not (tmp_path / "dl" / V / "features").exists()
+    assert not list((tmp_path / "dl" / V / ".objathor-release").glob("*.flat"))
+
+
+@pytest.mark.parametrize("case", sorted(FLAT_MALICIOUS))
+def test_a_flat_features_tar_keeps_every_other_refusal(web: Nginx, tmp_path: Path, case: str) -> None:
+    entries, refused = FLAT_MALICIOUS[case]
+    renamed = [(_rename(info, "assets", "feats"), data) for info, data in entries]
+    jail = tmp_path / "jail"
+    dest = jail / "dl"
+    dest.mkdir(parents=True)
+    with pytest.raises(UnsafeMemberError) as err:
+        download_version("features", V, path=dest, base_url=_serve_features(web, renamed), show_progress=False,
+                         http_config=FAST)
+    assert f"refused member {refused.replace('assets', 'feats', 1)!r}" in str(err.value)
+    assert not list(jail.rglob("ESCAPED")) and not Path("/tmp/ESCAPED").exists()
+    assert not (dest / V / "features").exists()
+
+
+def _rename(info: tarfile.TarInfo, old: str, new: str) -> tarfile.TarInfo:
+    out = tarfile.TarInfo(info.name.replace(old, new, 1) if info.name.startswith(old) else info.name)
+    out.type, out.linkname, out.mode = info.type, info.linkname, info.mode
+    return out
 
 
 def test_extractor_handles_long_names_pax_and_any_chunking(tmp_path: Path) -> None:

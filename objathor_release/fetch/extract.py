@@ -177,15 +177,19 @@ class TarStreamExtractor:
     """Push parser: ``feed()`` bytes in order, then ``finish()``; extracts into ``dest``.
 
     ``top`` is the one allowed top-level directory (taken from the first member
-    when None). ``source`` names the archive in error messages.
+    when None). ``one_top=False`` lifts only that rule (features.tar, which
+    objathor reads in any layout): several top-level entries, files among them;
+    every other refusal stays. ``source`` names the archive in error messages.
     """
 
     def __init__(self, dest: str | Path, *, top: str | None = None,
-                 expect: Mapping[str, ExpectedMember] | None = None, source: str = "archive") -> None:
+                 expect: Mapping[str, ExpectedMember] | None = None, source: str = "archive",
+                 one_top: bool = True) -> None:
         self.dest = Path(dest)
         self._dest_str = os.fspath(self.dest)
         self._dest_len = len(os.fsencode(self._dest_str))
         self.top = top
+        self.one_top = one_top
         self.expect = dict(expect) if expect is not None else None
         self.source = source
         self.pos = 0  # bytes of the stream consumed so far
@@ -272,8 +276,10 @@ class TarStreamExtractor:
             if self._state != "end" and not (self._state == "header" and not self._hdr and self._zero_blocks):
                 raise InputError(f"{self.source} ended in the middle of a member at byte {self.pos}: "
                                  "the download was truncated; run the command again")
-            if self.top is None:
+            if self.one_top and self.top is None:
                 raise InputError(f"{self.source} is empty: expected one top-level directory")
+            if not self.one_top and self.files == 0:
+                raise InputError(f"{self.source} holds no files")
             if self.expect:
                 missing = sorted(self.expect)
                 raise ChecksumError(f"{self.source} lacks {len(missing)} member(s) listed in manifest.json, "
@@ -431,12 +437,13 @@ class TarStreamExtractor:
                 raise self._refuse(name, "a file or link cannot be the archive's root")
             self._begin_data(size)
             return
-        if self.top is None:
-            self.top = parts[0]
-        if parts[0] != self.top:
-            raise self._refuse(name, f"outside the one top-level directory {self.top!r}")
-        if len(parts) == 1 and kind != _DIRECTORY:
-            raise self._refuse(name, "the top-level entry must be a directory, not a file or link")
+        if self.one_top:
+            if self.top is None:
+                self.top = parts[0]
+            if parts[0] != self.top:
+                raise self._refuse(name, f"outside the one top-level directory {self.top!r}")
+            if len(parts) == 1 and kind != _DIRECTORY:
+                raise self._refuse(name, "the top-level entry must be a directory, not a file or link")
         if len(parts) > _MAX_DEPTH:
             raise self._refuse(name, f"its path is {len(parts)} levels deep, more than the {_MAX_DEPTH} "
                                      "allowed")

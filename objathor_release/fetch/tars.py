@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import queue
-import shutil
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +47,7 @@ def fetch_tar(job: Job, part: Part) -> PartResult:
 
     def cleanup() -> None:
         remove_path(staging)
+        remove_path(_flat_path(part))
         if kept is not None:
             for p in (kept, *part_paths(kept), part.state / f"{kept.name}.done"):
                 remove_path(p)
@@ -60,7 +60,7 @@ def fetch_tar(job: Job, part: Part) -> PartResult:
         if kept is not None:
             digest, size = _extract_kept(job, part, kept)
         else:
-            digest, size = _extract_stream(job, url, art, staging, name)
+            digest, size = _extract_stream(job, url, art, staging, name, part.flatten)
         top = _place(part)
         write_done(part, url, digest, size, art is not None, top=top)
         remove_path(staging)
@@ -70,6 +70,7 @@ def fetch_tar(job: Job, part: Part) -> PartResult:
         return job.twice(name, attempt, cleanup)
     except Exception:
         remove_path(staging)  # an interrupted run (Ctrl-C, kill) leaves it; the next run restarts cleanly
+        remove_path(_flat_path(part))
         raise
 
 
@@ -87,7 +88,8 @@ def _already_in_place(job: Job, part: Part) -> PartResult | None:
         job.note(f"{part.target} is there but is not this release ({why}): downloading {part.name}; the "
                  "folder is replaced once the new one is verified")
         return None
-    write_done(part, part.url, art["sha256"].lower(), int(art["size"]), True, top=top_folder(art),
+    write_done(part, part.url, art["sha256"].lower(), int(art["size"]), True,
+               top="" if part.flatten else top_folder(art),
                checked_in_place=True)
     return PartResult(part.what, part.target, "already there", True,
                       note="checked file by file against manifest.json")
@@ -105,15 +107,19 @@ def _with_fallback(job: Job, part: Part) -> Part:
     return dataclasses.replace(part, url=part.fallback_url, fallback_url=None)
 
 
-def _extractor(art: Mapping[str, Any] | None, staging: Path, name: str) -> TarStreamExtractor:
+def _extractor(art: Mapping[str, Any] | None, staging: Path, name: str, flatten: bool) -> TarStreamExtractor:
+    """The safe extractor for one tar part; features (``flatten``) may have any layout, as objathor reads
+    every ``*.pkl`` wherever it is, so only they may hold several top-level entries."""
     expect = expected_members(art["members"]) if art is not None and art.get("members") else None
+    if flatten:
+        return TarStreamExtractor(staging, expect=expect, source=name, one_top=False)
     return TarStreamExtractor(staging, top=top_folder(art), expect=expect, source=name)
 
 
 def _extract_stream(job: Job, url: str, art: Mapping[str, Any] | None, staging: Path,
-                    name: str) -> tuple[str, int]:
+                    name: str, flatten: bool) -> tuple[str, int]:
     """Stream ``url`` into the extractor; a reader thread downloads and hashes the whole stream."""
-    extractor = _extractor(art, staging, name)
+    extractor = _extractor(art, staging, name, flatten)
     check = job.check_response(url, "tar", art["size"] if art else None,
                                need=lambda info: info.size or 0)
     chunks: queue.Queue[Any] = queue.Queue(maxsize=8)
@@ -197,7 +203,7 @@ def _extract_kept(job: Job, part: Part, kept: Path) -> tuple[str, int]:
         digest, size = fetch_into(job, part.url, kept, art, "tar")
         with atomic_write(tar_mark) as fh:
             fh.write(json.dumps({"url": part.url, "sha256": digest, "size": size}).encode())
-    extractor = _extractor(art, part.staging, kept.name)
+    extractor = _extractor(art, part.staging, kept.name, part.flatten)
     with open(kept, "rb") as fh:
         while block := fh.read(4 * 1024 * 1024):
             extractor.feed(block)
@@ -206,17 +212,28 @@ def _extract_kept(job: Job, part: Part, kept: Path) -> tuple[str, int]:
 
 
 def _place(part: Part) -> str:
-    """Rename the extracted top-level folder to its objathor name; returns the tar's folder name."""
+    """Rename the extracted top-level folder to its objathor name; returns the tar's folder name.
+
+    Features are objathor's way: every ``*.pkl`` anywhere in the tar, flat in one folder, whatever
+    the tar's layout (one folder, several, or the files at its top level)."""
     staging = part.staging
-    entries = [p for p in staging.iterdir()]
+    entries = sorted(staging.iterdir())
+    part.target.parent.mkdir(parents=True, exist_ok=True)
+    if part.flatten:
+        flat = _flat_path(part)
+        remove_path(flat)
+        _flatten_pkl(staging, flat)
+        replace_dir(flat, part.target, part.trash)
+        return entries[0].name if len(entries) == 1 and entries[0].is_dir() else ""
     if len(entries) != 1 or not entries[0].is_dir():
         raise InputError(f"{part.url} holds {len(entries)} top-level entries: expected one folder")
-    extracted = entries[0]
-    if part.flatten:
-        extracted = _flatten_pkl(extracted, staging / ".features")
-    part.target.parent.mkdir(parents=True, exist_ok=True)
-    replace_dir(extracted, part.target, part.trash)
+    replace_dir(entries[0], part.target, part.trash)
     return entries[0].name
+
+
+def _flat_path(part: Part) -> Path:
+    """Where the flattened features gather before they are renamed into place (beside the staging)."""
+    return part.state / f"{part.key}.flat"
 
 
 def _flatten_pkl(folder: Path, out: Path) -> Path:
@@ -234,5 +251,4 @@ def _flatten_pkl(folder: Path, out: Path) -> Path:
         found += 1
     if not found:
         raise InputError("features.tar holds no *.pkl files: expected CLIP/SBERT feature files")
-    shutil.rmtree(folder)
     return out

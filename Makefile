@@ -81,7 +81,7 @@ test: lint
 
 .PHONY: demo  ## release a generated sample to an embedded local S3 endpoint and download it back
 demo: $(INSTALLED)
-	$(PY) -m devtools demo --workdir '$(DEMO_DIR)'
+	$(CLI) demo --workdir '$(DEMO_DIR)'
 
 .PHONY: bench  ## run every benchmark; writes benchmarks/RESULTS.md and a PNG chart each
 bench: $(INSTALLED)
@@ -114,13 +114,14 @@ CHECK_SETTINGS = $(CLI) release --check-only $(PUBLISH_FLAGS) --assets-dir '$(AS
 
 # The artifacts' input files come from the package, the one place that knows them (the list
 # `objathor-release release` fingerprints): `objathor-release deps` writes them to INPUTS_MK as rules
-# (RELEASE_DIR/assets.tar: its files ...), which is included here, the gcc -MMD way. Make remakes it
-# when a folder it lists changed or it was made with other EXCLUDES or SOURCE_DATE_EPOCH, and
-# restarts; it is only written once the settings are good (release-settings then says what is wrong).
+# (RELEASE_DIR/assets.tar: its files ...), which is included here, the gcc -MMD way. Make remakes it,
+# and restarts, when a folder it lists changed or it was made with other ASSETS_DIR, FEATURES_DIR,
+# EXCLUDES or SOURCE_DATE_EPOCH; it is only written once the settings are good (release-settings then
+# says what is wrong).
 INPUTS_MK = $(RELEASE_DIR)/.inputs.mk
 ifneq ($(filter release release-dry-run prepare-annotations tar manifest $(RELEASE_DIR)/%,$(MAKECMDGOALS)),)
 -include $(INPUTS_MK)
-ifneq ($(strip $(EXCLUDES) $(or $(SOURCE_DATE_EPOCH),0)),$(INPUTS_SETTINGS))
+ifneq ($(strip $(ASSETS_DIR) $(FEATURES_DIR) $(EXCLUDES) $(or $(SOURCE_DATE_EPOCH),0)),$(INPUTS_SETTINGS))
 $(INPUTS_MK): FORCE
 endif
 endif

@@ -239,7 +239,7 @@ def test_make_n_on_a_fresh_tree_plans_every_step_and_builds_nothing(tree, s3_ser
     assert not (tree["release"] / "assets.tar").exists()
 
 
-def test_make_rebuilds_the_tars_when_the_excludes_change(tree, s3_server, bucket) -> None:
+def test_make_rebuilds_the_tars_when_the_excludes_change_and_sees_a_features_dir_added_later(tree) -> None:
     base = [f"VERSION={VERSION}", f"ASSETS_DIR={tree['assets']}", f"RELEASE_DIR={tree['release']}",
             "BUCKET=unused-bucket"]
     assert make("manifest", *base, env={}).returncode == 0
@@ -247,6 +247,12 @@ def test_make_rebuilds_the_tars_when_the_excludes_change(tree, s3_server, bucket
     assert result.returncode == 0, result.stderr
     assert steps_run(result.stdout) == ["tar", "manifest", "verify"]
     assert steps_run(make("manifest", *base, "EXCLUDES=*.jpg", env={}).stdout) == []
+    with_features = [*base, "EXCLUDES=*.jpg", f"FEATURES_DIR={tree['features']}"]
+    assert steps_run(make("manifest", *with_features, env={}).stdout) == ["tar", "manifest", "verify"]
+    feature = next(p for p in tree["features"].rglob("*") if p.is_file())
+    touch(feature, tree)
+    assert steps_run(make("manifest", *with_features, env={}).stdout) == ["tar", "manifest", "verify"]
+    assert (tree["release"] / "features.tar").exists()
 
 
 # --------------------------------------------------------------------------- the package command

@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-#: The variable the dependency file sets to the settings it was made with: the extra excludes and
-#: the epoch, space-separated; the Makefile remakes the file when its own settings differ.
+#: The variable the dependency file sets to the settings it was made with (the folders, the extra
+#: excludes and the epoch, as make's $(strip) would join them); the Makefile remakes the file when
+#: its own differ.
 SETTINGS_VARIABLE = "INPUTS_SETTINGS"
 
 
@@ -54,7 +55,8 @@ def _run_deps(args: argparse.Namespace) -> int:
     result = write_make_deps(
         inputs, args.release_dir, args.output,
         settings={"assets.tar": tar_settings, "features.tar": tar_settings},
-        variables={SETTINGS_VARIABLE: " ".join([*args.exclude, str(epoch)])},
+        variables={SETTINGS_VARIABLE: " ".join(" ".join(
+            [args.assets_dir, args.features_dir or "", *args.exclude, str(epoch)]).split())},
     )
     for path in result.unnameable:
         print(f"{path}: make cannot name this file: its artifact is rebuilt on every make run; "

@@ -81,7 +81,7 @@ test: lint
 
 .PHONY: demo  ## release a generated sample to an embedded local S3 endpoint and download it back
 demo: $(INSTALLED)
-	$(CLI) demo --workdir '$(DEMO_DIR)'
+	$(PY) -m devtools demo --workdir '$(DEMO_DIR)'
 
 .PHONY: bench  ## run every benchmark; writes benchmarks/RESULTS.md and a PNG chart each
 bench: $(INSTALLED)

@@ -13,15 +13,15 @@ the summary). ``make release`` runs the same steps as file targets.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from objathor_release.build.inputs import fingerprint, release_inputs
 from objathor_release.errors import InputError, UsageError
 from objathor_release.fsutil import atomic_write, open_regular, prepare_output
 from objathor_release.settings import (
@@ -36,7 +36,6 @@ from objathor_release.settings import (
 logger = logging.getLogger(__name__)
 
 STATE_FILE = ".release-state.json"
-ANNOTATION_FILES = ("annotations.json.gz", "thor_metadata.json")
 
 
 def check_settings(cfg: ReleaseConfig, *, need_assets: bool = True, need_bucket: bool = True) -> None:
@@ -65,62 +64,6 @@ def release_dir_of(cfg: ReleaseConfig) -> Path:
 
 
 # --------------------------------------------------------------------------- up-to-date checks
-
-
-def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Every entry below ``root`` but folders as (relative path, lstat), in sorted order.
-
-    Nothing is opened (a FIFO cannot block it) and no symlink is followed; a
-    folder that cannot be read, or vanishes or changes during the walk, raises
-    InputError naming it.
-    """
-    stack = [""]
-    while stack:
-        rel_dir = stack.pop()
-        folder = root / rel_dir if rel_dir else root
-        try:
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name, reverse=True)
-        except OSError as exc:
-            raise _walk_error(folder, exc) from None
-        for entry in entries:
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            try:
-                is_dir = entry.is_dir(follow_symlinks=False)
-                st = None if is_dir else entry.stat(follow_symlinks=False)
-            except OSError as exc:
-                raise _walk_error(Path(entry.path), exc) from None
-            if st is None:
-                stack.append(rel)
-            else:
-                yield rel, st
-
-
-def _walk_error(path: Path, exc: OSError) -> InputError:
-    if isinstance(exc, FileNotFoundError):
-        how = "vanished while it was being read"
-    elif isinstance(exc, NotADirectoryError):
-        how = "was replaced by a file while it was being read"
-    else:
-        how = f"cannot be read ({exc.strerror})"
-    return InputError(f"{path}: {how}: fix its permissions, or stop whatever changes the tree, and run again")
-
-
-def fingerprints(root: Path, *selections: tuple[Callable[[str], bool], tuple[object, ...]]) -> list[str]:
-    """For each (keep, settings): a hash of the settings and of the paths, sizes and mtimes of the
-    files under ``root`` that ``keep`` accepts. One walk of the tree serves every selection."""
-    hashes = [hashlib.sha256(json.dumps([str(s) for s in settings]).encode()) for _, settings in selections]
-    for rel, st in _walk(root):
-        line = f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode()
-        for (keep, _), h in zip(selections, hashes, strict=True):
-            if keep(rel):
-                h.update(line)
-    return [h.hexdigest() for h in hashes]
-
-
-def fingerprint(root: Path, keep: Callable[[str], bool], *settings: object) -> str:
-    """``fingerprints`` for one selection."""
-    return fingerprints(root, (keep, settings))[0]
 
 
 class State:
@@ -174,7 +117,7 @@ def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool
     """Prepare annotations, build the tars, write the manifest and verify, skipping what is up to date."""
     from objathor_release.build.annotations import prepare_annotations
     from objathor_release.build.epoch import source_date_epoch as resolve_epoch
-    from objathor_release.build.excludes import DEFAULT_EXCLUDES, compile_excludes
+    from objathor_release.build.excludes import DEFAULT_EXCLUDES
     from objathor_release.build.manifest import MANIFEST, SIGNATURE, SUMS, verify_release, write_manifest
     from objathor_release.build.tarball import build_tar
 
@@ -186,7 +129,6 @@ def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool
     out = LocalBuild(rdir)
     epoch = resolve_epoch(cfg.source_date_epoch)
     excludes = [*DEFAULT_EXCLUDES, *cfg.excludes]
-    excluded = compile_excludes(excludes)
 
     def step(name: str, inputs: str, output: Path, run: Callable[[], object]) -> None:
         if state.fresh(name, inputs, output):
@@ -208,20 +150,15 @@ def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool
             logger.info("%s", result.summary())
         return run
 
-    top = assets.resolve().name
-    annotation_inputs, tar_inputs = fingerprints(
-        assets,
-        (lambda rel: rel.rsplit("/", 1)[-1] in ANNOTATION_FILES or rel.endswith(".tar"), ()),
-        (lambda rel: not excluded(f"{top}/{rel}"), (epoch, excludes)),
-    )
-    step("annotations.json.gz", annotation_inputs, rdir / "annotations.json.gz", annotations)
-    step("assets.tar", tar_inputs, rdir / "assets.tar", tar(assets, "assets.tar"))
+    # the files each builder reads, as `objathor-release deps` lists them for make
+    inputs = release_inputs(assets, cfg.features_dir, cfg.excludes)
+    step("annotations.json.gz", inputs.fingerprint("annotations.json.gz"), rdir / "annotations.json.gz",
+         annotations)
+    step("assets.tar", inputs.fingerprint("assets.tar", epoch, excludes), rdir / "assets.tar",
+         tar(assets, "assets.tar"))
     if cfg.features_dir:
-        features = Path(cfg.features_dir)
-        ftop = features.resolve().name
-        step("features.tar",
-             fingerprint(features, lambda rel: not excluded(f"{ftop}/{rel}"), epoch, excludes),
-             rdir / "features.tar", tar(features, "features.tar"))
+        step("features.tar", inputs.fingerprint("features.tar", epoch, excludes), rdir / "features.tar",
+             tar(Path(cfg.features_dir), "features.tar"))
     bookkeeping = (MANIFEST, SUMS, SIGNATURE)
     artifacts = fingerprint(rdir, lambda rel: not rel.startswith(".") and rel not in bookkeeping,
                             cfg.version, epoch)

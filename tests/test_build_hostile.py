@@ -25,13 +25,13 @@ import pytest
 
 from devtools.sample import make_annotation, make_sample_dataset
 from objathor_release.build.asset_reader import ANNOTATION, load_one, scan_assets
+from objathor_release.build.inputs import fingerprints
 from objathor_release.build.manifest import write_manifest
 from objathor_release.build.tarball import build_tar
 from objathor_release.build.tarscan import scan_tar
 from objathor_release.cli import main
 from objathor_release.errors import InputError, UsageError
 from objathor_release.fsutil import NotRegularFileError, open_regular, prepare_output
-from objathor_release.pipeline import fingerprints
 from tests.support.tarball_helpers import leftovers, run_cli_unprivileged
 
 VERSION = "2024_02_01"

@@ -310,6 +310,20 @@ def test_manifest_records_the_exclude_list_in_force(tmp_path: Path, sample_asset
     assert write_manifest(rel, VERSION, show_progress=False, excludes=["x"])["excludes"] == ["x"]
 
 
+@needs_gnu_tar
+def test_the_holodeck_base_is_listed_but_its_empty_exclude_list_is_not_the_releases(
+        tmp_path: Path, sample_assets: Path) -> None:
+    rel = tmp_path / "rel"
+    base = write(tmp_path / "2023_09_23" / "thor_object_data" / "annotations.json.gz", b"\x1f\x8b").parent.parent
+    build_tar(base, rel / "holodeck.tar", default_excludes=False, show_progress=False)
+    gnu_tar(sample_assets, rel / "assets.tar")  # no sidecar: the list is not known from it
+    m = write_manifest(rel, VERSION, show_progress=False)
+    assert m["excludes"] == SEED_EXCLUDES
+    holodeck = next(a for a in m["artifacts"] if a["name"] == "holodeck.tar")
+    assert holodeck == independent(rel, "holodeck.tar")
+    assert [p["path"] for p in holodeck["members"]] == ["2023_09_23/thor_object_data/annotations.json.gz"]
+
+
 def test_rendering_parses_back_to_the_same_manifest() -> None:
     from objathor_release.build.manifest import render_manifest
 

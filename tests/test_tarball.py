@@ -103,6 +103,53 @@ def test_features_tar_from_a_features_directory(tmp_path: Path, cli) -> None:  #
         assert tf.getnames() == ["features", "features/clip_features.pkl", "features/sbert_features.pkl"]
 
 
+def _holodeck_base(root: Path) -> Path:
+    """A Holodeck base folder: its annotation and THOR metadata files are data, not junk."""
+    write(root / "thor_object_data" / "annotations.json.gz", b"\x1f\x8b" + bytes(30))
+    write(root / "thor_object_data" / "thor_metadata.json", '{"assetMetadata": {}}')
+    write(root / "objaverse_holodeck" / "09_23_combine_scale" / "thor_metadata.json", "{}")
+    write(root / "objaverse_holodeck" / "README.txt", "holodeck base data\n")
+    write(root / "objaverse_holodeck" / "build.lock", "")
+    return root
+
+
+@needs_gnu_tar
+def test_holodeck_base_keeps_every_file_and_matches_gnu_tar_without_excludes(
+        tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    src = _holodeck_base(tmp_path / "2023_09_23")
+    out = tmp_path / "rel" / "holodeck" / "2023_09_23.tar"
+    r = cli("tar", "--holodeck-base", "--assets-dir", str(src), "--output", str(out), "-q", "--verbose")
+    assert r.returncode == 0, r.stderr
+    assert "exclude:" not in r.stderr  # no list in force at all
+    assert out.read_bytes() == gnu_tar(src, tmp_path / "gnu.tar", []).read_bytes()
+    with tarfile.open(out) as tf:
+        names = [m.name for m in tf.getmembers() if m.isfile()]
+    assert names == [
+        "2023_09_23/objaverse_holodeck/09_23_combine_scale/thor_metadata.json",
+        "2023_09_23/objaverse_holodeck/README.txt", "2023_09_23/objaverse_holodeck/build.lock",
+        "2023_09_23/thor_object_data/annotations.json.gz", "2023_09_23/thor_object_data/thor_metadata.json"]
+    side = json.loads(sidecar_path(out).read_text())
+    assert side["excludes"] == []
+    assert [m["path"] for m in side["members"]] == names
+    # the same folder as an assets tar loses its annotation files: the flag is what keeps them
+    plain = build(src, tmp_path / "plain.tar")
+    assert [m["path"] for m in plain.members] == ["2023_09_23/objaverse_holodeck/README.txt"]
+
+
+@needs_gnu_tar
+def test_holodeck_base_leaves_out_only_the_given_patterns(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    src = _holodeck_base(tmp_path / "2023_09_23")
+    out = tmp_path / "rel" / "h.tar"
+    r = cli("tar", "--holodeck-base", "--dir", str(src), "--output", str(out), "--exclude", "*.lock",
+            "--verbose", "-q")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines()[:1] == ["exclude: *.lock"]
+    assert out.read_bytes() == gnu_tar(src, tmp_path / "gnu.tar", ["*.lock"]).read_bytes()
+    assert json.loads(sidecar_path(out).read_text())["excludes"] == ["*.lock"]
+    again = build(src, tmp_path / "again.tar", extra_excludes=["*.lock"], default_excludes=False)
+    assert again.path.read_bytes() == out.read_bytes() and again.excludes == ["*.lock"]
+
+
 def test_one_top_level_folder_and_name_order(tmp_path: Path) -> None:
     src = make_messy_tree(tmp_path / "assets")
     result = build(src, tmp_path / "a.tar")

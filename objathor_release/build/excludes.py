@@ -21,9 +21,11 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
 )
 
 
-def exclude_list(extra: Iterable[str] = ()) -> list[str]:
-    """The patterns in force: DEFAULT_EXCLUDES, then each of ``extra`` not already among them."""
-    return list(DEFAULT_EXCLUDES) + [p for p in extra if p not in DEFAULT_EXCLUDES]
+def exclude_list(extra: Iterable[str] = (), *, defaults: bool = True) -> list[str]:
+    """The patterns in force: DEFAULT_EXCLUDES (unless ``defaults`` is false, as for a Holodeck
+    base folder, whose annotation files are data), then each of ``extra`` not already among them."""
+    base = list(DEFAULT_EXCLUDES) if defaults else []
+    return base + [p for p in extra if p not in base]
 
 
 def _translate(pattern: str) -> str:

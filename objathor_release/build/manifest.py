@@ -223,8 +223,8 @@ def write_manifest(release_dir: str | Path, version: str, *, show_progress: bool
             if side is not None:
                 art = {"name": name, "size": side["size"], "sha256": side["sha256"],
                        "members": side["members"]}
-                if isinstance(side.get("excludes"), list):
-                    known[name] = side["excludes"]
+                if isinstance(side.get("excludes"), list) and not name.startswith("holodeck"):
+                    known[name] = side["excludes"]  # the Holodeck base keeps every file: not the list
             elif name.endswith(".tar"):
                 scan = scan_tar(path, on_bytes=bar.update)
                 art = {"name": name, "size": scan.size, "sha256": scan.sha256, "members": scan.members}

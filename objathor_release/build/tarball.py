@@ -100,6 +100,7 @@ def build_tar(
     output: str | Path,
     *,
     extra_excludes: Iterable[str] = (),
+    default_excludes: bool = True,
     source_date_epoch: int | None = None,
     verbose: bool = False,
     show_progress: bool = True,
@@ -116,6 +117,10 @@ def build_tar(
     only when complete; ``fsync`` also waits for it to reach the disk first
     (that costs as long again as GNU tar takes, so it is off by default: the
     manifest and ``verify`` catch an archive a crash damaged).
+
+    ``default_excludes=False`` leaves out only ``extra_excludes``: a Holodeck
+    base folder keeps its ``annotations.json.gz`` and ``thor_metadata.json``
+    files, which are its data, not per-asset annotations.
 
     The exclude list in force is logged (INFO with ``verbose``, else DEBUG);
     with ``verbose`` and ``on_note`` each ``exclude: PATTERN`` line goes to
@@ -134,7 +139,7 @@ def build_tar(
         raise UsageError(f"--output {output} is a directory: name the archive file, e.g. {output}/assets.tar")
     prepare_output(out_path, "--output")
     epoch = source_date_epoch_of(source_date_epoch)
-    excludes = exclude_list(extra_excludes)
+    excludes = exclude_list(extra_excludes, defaults=default_excludes)
     for pattern in excludes:
         if verbose and on_note is not None:
             on_note(f"exclude: {pattern}")

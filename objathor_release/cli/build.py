@@ -59,7 +59,8 @@ def add_tar(sub: Any) -> None:
     p = sub.add_parser(
         "tar",
         help="build a byte-for-byte reproducible tar (assets.tar or features.tar)",
-        description="Archive DIR as one top-level folder, leaving out the exclude list, "
+        description="Archive DIR as one top-level folder, leaving out the exclude list (with "
+        "--holodeck-base only the --exclude patterns), "
         "identical to GNU tar with the reproducible-builds flags, hashing every member on the way.",
     )
     p.add_argument("--assets-dir", "--dir", dest="assets_dir", required=True, metavar="DIR",
@@ -67,6 +68,10 @@ def add_tar(sub: Any) -> None:
     p.add_argument("--output", required=True, metavar="FILE", help="the .tar to write")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="another name pattern to leave out (repeatable)")
+    p.add_argument("--holodeck-base", action="store_true",
+                   help="DIR is Holodeck's base data (holodeck/VERSION.tar): keep every file, "
+                   "annotations.json.gz and thor_metadata.json included; leave out only the --exclude "
+                   "patterns")
     p.add_argument("--source-date-epoch", type=int, default=None, metavar="SECONDS",
                    help="mtime of every member (default: $SOURCE_DATE_EPOCH, else 0)")
     p.add_argument("--fsync", action="store_true",
@@ -78,7 +83,7 @@ def _run_tar(args: argparse.Namespace) -> int:
     from objathor_release.build.tarball import build_tar
 
     result = build_tar(
-        args.assets_dir, args.output, extra_excludes=args.exclude,
+        args.assets_dir, args.output, extra_excludes=args.exclude, default_excludes=not args.holodeck_base,
         source_date_epoch=args.source_date_epoch, verbose=args.verbose, show_progress=not args.quiet,
         fsync=args.fsync, on_note=_stderr,
     )

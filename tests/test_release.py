@@ -206,6 +206,8 @@ def test_make_and_the_release_command_rebuild_on_the_same_changes(tree) -> None:
     junk = assets / uids[0] / ".DS_Store"
     junk.write_bytes(b"junk")  # an excluded file, new in its folder
     touch(junk, tree)
+    (assets / uids[0] / ".Trashes").mkdir()
+    (assets / uids[0] / ".Trashes" / "deleted.glb").write_bytes(b"inside an excluded folder")
     assert rebuilt_by_make(tree) == rebuilt_by_the_release_command(tree) == []
     texture = assets / uids[1] / "albedo.jpg"
     texture.write_bytes(texture.read_bytes() + b"changed")

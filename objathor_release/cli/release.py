@@ -140,13 +140,7 @@ def _run_config(args: argparse.Namespace) -> int:
     return 0
 
 
-MAKE_VARIABLES = {
-    "version": "VERSION", "assets_dir": "ASSETS_DIR", "features_dir": "FEATURES_DIR",
-    "release_dir": "RELEASE_DIR", "bucket": "BUCKET", "prefix": "PREFIX", "endpoint_url": "ENDPOINT_URL",
-    "r2_account_id": "R2_ACCOUNT_ID", "profile": "PROFILE", "chunk_size": "CHUNK_SIZE",
-    "upload_concurrency": "UPLOAD_CONCURRENCY", "transfers": "TRANSFERS",
-    "source_date_epoch": "SOURCE_DATE_EPOCH", "excludes": "EXCLUDES", "public_base_url": "PUBLIC_BASE_URL",
-}
+MAKE_VARIABLES = ReleaseConfig.make_variables()  # field name -> Make variable, from the settings
 
 
 def config_as_make(path: str) -> str:

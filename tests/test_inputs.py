@@ -45,6 +45,23 @@ def test_the_tar_inputs_are_exactly_the_files_the_tar_archives(assets: Path, tmp
     assert assets / uid / ".Trashes" not in inputs.folders and assets / uid in inputs.folders
 
 
+def test_the_holodeck_inputs_are_every_file_its_tar_archives(assets: Path, tmp_path: Path) -> None:
+    base = tmp_path / "2023_09_23"
+    for rel in ("thor_object_data/annotations.json.gz", "thor_object_data/thor_metadata.json",
+                ".DS_Store", "objaverse_holodeck/x.lock", "objaverse_holodeck/notes.tmp"):
+        (base / rel).parent.mkdir(parents=True, exist_ok=True)
+        (base / rel).write_bytes(b"x")
+    result = build_tar(base, tmp_path / "holodeck.tar", extra_excludes=["*.tmp"], default_excludes=False,
+                       show_progress=False)
+    inputs = release_inputs(assets, excludes=["*.tmp"], holodeck_dir=base)
+    got = [i.rel for i in inputs.artifacts["holodeck.tar"]]
+    assert sorted(got) == sorted(m["path"].split("/", 1)[1] for m in result.members) == [
+        ".DS_Store", "objaverse_holodeck/x.lock", "thor_object_data/annotations.json.gz",
+        "thor_object_data/thor_metadata.json"]
+    assert base / "thor_object_data" in inputs.folders
+    assert "holodeck.tar" not in release_inputs(assets).artifacts
+
+
 def test_the_annotation_inputs_are_what_prepare_annotations_reads(assets: Path) -> None:
     (assets / f"{UID}.tar").write_bytes(b"")
     (assets / "._junk").mkdir()

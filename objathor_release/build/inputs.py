@@ -9,6 +9,8 @@ release``, so both rebuild on the same changes: an excluded file such as
 - ``assets.tar`` / ``features.tar``: every non-folder entry ``build_tar``
   visits, i.e. below the root with the exclude list applied the way the tar
   applies it (an excluded folder is not entered).
+- ``holodeck.tar``: the same for the Holodeck base folder, with only the extra
+  patterns (it is built with no default excludes: its annotation files are data).
 - ``annotations.json.gz``: what ``prepare_annotations`` reads: each asset
   folder's ``annotations.json.gz`` and ``thor_metadata.json`` and each
   ``<uid>.tar`` at the top level (hidden and ``*.lock`` entries are junk there).
@@ -114,13 +116,14 @@ def is_annotation_input(rel: str) -> bool:
     return rest in ANNOTATION_FILES
 
 
-def tar_pruner(root: Path, excludes: Iterable[str] = ()) -> Callable[[str], bool]:
-    """Whether ``build_tar(root, extra_excludes=excludes)`` leaves out the entry at ``rel``.
+def tar_pruner(root: Path, excludes: Iterable[str] = (), *, defaults: bool = True) -> Callable[[str], bool]:
+    """Whether ``build_tar(root, extra_excludes=excludes, default_excludes=defaults)`` leaves out the
+    entry at ``rel``.
 
     The tar names every member after the root folder's name, so the patterns
     are matched against ``NAME/rel`` as there.
     """
-    excluded = compile_excludes(exclude_list(excludes))
+    excluded = compile_excludes(exclude_list(excludes, defaults=defaults))
     top = Path(os.path.abspath(root)).name
     return lambda rel: excluded(f"{top}/{rel}")
 
@@ -167,9 +170,10 @@ def _walk_tree(root: Path, skip: Callable[[str], bool], out: ReleaseInputs,
 
 
 def release_inputs(assets_dir: str | Path, features_dir: str | Path | None = None,
-                   excludes: Iterable[str] = ()) -> ReleaseInputs:
-    """The inputs of annotations.json.gz and assets.tar (from ``assets_dir``) and, with
-    ``features_dir``, of features.tar, with ``excludes`` added to the default exclude list."""
+                   excludes: Iterable[str] = (), holodeck_dir: str | Path | None = None) -> ReleaseInputs:
+    """The inputs of annotations.json.gz and assets.tar (from ``assets_dir``), with
+    ``features_dir`` of features.tar, with ``excludes`` added to the default exclude list, and with
+    ``holodeck_dir`` of holodeck.tar (``excludes`` only)."""
     excludes = list(excludes)
     assets = Path(assets_dir)
     out = ReleaseInputs()
@@ -196,6 +200,10 @@ def release_inputs(assets_dir: str | Path, features_dir: str | Path | None = Non
         features = Path(features_dir)
         fskip = tar_pruner(features, excludes)
         out.artifacts["features.tar"] = [i for i in _walk_tree(features, fskip, out, []) if not fskip(i.rel)]
+    if holodeck_dir:
+        holodeck = Path(holodeck_dir)
+        hskip = tar_pruner(holodeck, excludes, defaults=False)
+        out.artifacts["holodeck.tar"] = [i for i in _walk_tree(holodeck, hskip, out, []) if not hskip(i.rel)]
     out.folders.sort()
     return out
 

@@ -16,7 +16,6 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "objathor_release"
 MAX_LINES = 600
-# Rules the restructure is still bringing the package to; removed as each one holds.
 
 
 @dataclass(frozen=True)

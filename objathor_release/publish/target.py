@@ -20,6 +20,7 @@ This module knows the target, not the bucket: nothing here sends a request.
 from __future__ import annotations
 
 import configparser
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -30,7 +31,10 @@ from urllib.parse import urlsplit
 
 from objathor_release.errors import UsageError
 
-__all__ = ["CREDENTIALS_HINT", "Keys", "R2_HOST_SUFFIX", "S3Target", "boto_session", "normalize_prefix",
+logger = logging.getLogger(__name__)
+
+__all__ = ["CREDENTIALS_HINT", "Keys", "R2_HOST_SUFFIX", "S3Target", "boto_session", "half_pair",
+           "normalize_prefix",
            "parse_remote", "rclone_config_path", "read_rclone_remote", "redact", "resolve_target"]
 
 R2_HOST_SUFFIX = ".r2.cloudflarestorage.com"
@@ -197,6 +201,42 @@ def boto_session(profile: str | None = None, keys: Keys | None = None) -> Any:
         ) from None
 
 
+_PAIRS = (("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), ("R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY"))
+
+
+def half_pair(env: Mapping[str, str]) -> str | None:
+    """One line naming the missing half of a key pair set by half (``AWS_ACCESS_KEY_ID`` without
+    ``AWS_SECRET_ACCESS_KEY``, and so on), else None."""
+    for key_id, secret in _PAIRS:
+        has_id, has_secret = bool(_env(env, key_id)), bool(_env(env, secret))
+        if has_id != has_secret:
+            present, missing = (key_id, secret) if has_id else (secret, key_id)
+            return (f"{present} is set but {missing} is not: set {missing} too "
+                    f"(or unset {present} to take the credentials from elsewhere)")
+    if _env(env, "AWS_SESSION_TOKEN") and not _env(env, "AWS_ACCESS_KEY_ID"):
+        return ("AWS_SESSION_TOKEN is set but AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not: "
+                "set them too (or unset AWS_SESSION_TOKEN)")
+    return None
+
+
+def _chain_credentials(session: Any, profile: str | None) -> Any:
+    """The session's credentials (None when it has none); a broken source is one clear UsageError."""
+    import botocore.exceptions as bx
+
+    where = f"profile {profile!r}" if profile else "the AWS credential chain"
+    try:
+        return session.get_credentials()
+    except bx.PartialCredentialsError as exc:
+        missing = getattr(exc, "kwargs", {}).get("cred_var", "a key")
+        provider = getattr(exc, "kwargs", {}).get("provider", "the configuration")
+        raise UsageError(f"{where} has partial credentials in {provider} (missing {missing}): "
+                         f"add it, or {CREDENTIALS_HINT}") from None
+    except bx.BotoCoreError as exc:
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise UsageError(f"{where} cannot give credentials ({type(exc).__name__}: {first}): "
+                         f"{CREDENTIALS_HINT}") from None
+
+
 def resolve_target(
     *,
     bucket: str | None,
@@ -249,6 +289,7 @@ def resolve_target(
     source = "boto3 default chain"
     use_profile: str | None = None
     env_auth = remote_cfg.get("env_auth", "false").lower() == "true"
+    half = half_pair(env)
     if remote_cfg.get("access_key_id") and remote_cfg.get("secret_access_key") and not env_auth:
         keys = Keys(remote_cfg["access_key_id"], remote_cfg["secret_access_key"],
                     remote_cfg.get("session_token") or None)
@@ -262,12 +303,17 @@ def resolve_target(
     elif _env(env, "R2_ACCESS_KEY_ID") and _env(env, "R2_SECRET_ACCESS_KEY"):
         keys = Keys(env["R2_ACCESS_KEY_ID"].strip(), env["R2_SECRET_ACCESS_KEY"].strip())
         source = "R2_ACCESS_KEY_ID"
+        if half:
+            logger.warning("%s; using R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY", half.split(":")[0])
+    elif half:
+        # botocore would stop with a traceback (or quietly look elsewhere): name what is missing
+        raise UsageError(half)
 
     region = remote_cfg.get("region") or ""
     hidden: tuple[str, ...] = ()
     if keys is None and (require_credentials or use_profile):
         session = boto_session(use_profile)
-        creds = session.get_credentials()
+        creds = _chain_credentials(session, use_profile)
         if creds is None and require_credentials:
             where = f"profile {use_profile!r} has no credentials" if use_profile else "no S3 credentials"
             raise UsageError(f"{where}: {CREDENTIALS_HINT}")

@@ -8,12 +8,13 @@ run can resume it; :func:`cleanup_uploads` is for the runs that never come back.
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from objathor_release.errors import ReleaseError, UsageError
-from objathor_release.publish.client import client_error, error_code
+from objathor_release.publish.client import client_error, error_code, http_status
 
 __all__ = ["PendingUpload", "cleanup_uploads", "format_age", "parse_duration"]
 
@@ -47,6 +48,28 @@ class PendingUpload:
     aborted: bool = False
 
 
+_UNSUPPORTED_CODES = {"NotImplemented", "MethodNotAllowed", "501", "405"}
+
+
+def _listing(client: Any, bucket: str, kwargs: dict[str, Any]) -> Any:
+    """The ListMultipartUploads pages; an endpoint without that call is one UsageError, not "run again"."""
+    import botocore.exceptions as bx
+
+    pages = iter(client.get_paginator("list_multipart_uploads").paginate(**kwargs))
+    try:
+        first = next(pages)
+    except StopIteration:
+        return []
+    except bx.ClientError as exc:
+        code, status = error_code(exc), http_status(exc)
+        if code in _UNSUPPORTED_CODES or status in (405, 501):
+            raise UsageError(f"cleanup is not supported by this endpoint (it has no ListMultipartUploads): "
+                             f"{client.meta.endpoint_url} answered {code or status} for bucket "
+                             f"{bucket!r}") from None
+        raise
+    return itertools.chain([first], pages)
+
+
 def cleanup_uploads(client: Any, bucket: str, prefix: str | None = None, *, older_than: float = 86400,
                     dry_run: bool = False) -> list[PendingUpload]:
     """Find (and unless ``dry_run`` abort) multipart uploads started at least ``older_than`` seconds ago."""
@@ -58,7 +81,8 @@ def cleanup_uploads(client: Any, bucket: str, prefix: str | None = None, *, olde
     if prefix:
         kwargs["Prefix"] = prefix
     try:
-        for page in client.get_paginator("list_multipart_uploads").paginate(**kwargs):
+        pages = _listing(client, bucket, kwargs)
+        for page in pages:
             for u in page.get("Uploads", []):
                 initiated = u["Initiated"]
                 if initiated.tzinfo is None:

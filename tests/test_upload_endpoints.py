@@ -1,0 +1,144 @@
+"""What an endpoint can and cannot do: the preflight a release sends before any build step, and a
+cleanup against a server that has no ListMultipartUploads. The real moto server, behind the
+rewriting proxy where an answer has to change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from objathor_release.cli import main
+from objathor_release.errors import ReleaseError, TransferError, UsageError
+from objathor_release.publish.client import make_client
+from objathor_release.publish.preflight import preflight
+from objathor_release.publish.target import resolve_target
+from tests.support.s3proxy import Exchange, Reply, S3Proxy, xml_error
+
+FAST = {"AWS_MAX_ATTEMPTS": "1", "AWS_EC2_METADATA_DISABLED": "true", "OBJATHOR_PROGRESS": "0"}
+
+
+def target_for(endpoint: str, bucket: str, prefix: str | None = "2024_02_01") -> Any:
+    return resolve_target(bucket=bucket, prefix=prefix, endpoint_url=endpoint, profile=None, remote=None,
+                          rclone_config=None)
+
+
+def run_preflight(endpoint: str, bucket: str) -> str:
+    target = target_for(endpoint, bucket)
+    return preflight(make_client(target), target)
+
+
+# --------------------------------------------------------------------------- preflight
+
+
+def test_preflight_lists_one_key_under_the_prefix(s3_env: dict[str, str], s3_server: Any, bucket: str) -> None:
+    with S3Proxy(s3_server.endpoint_url) as proxy:
+        line = run_preflight(proxy.url, bucket)
+    assert line == (f"{proxy.url}: bucket {bucket!r} answered ListObjectsV2 (MaxKeys=1) under "
+                    f"s3://{bucket}/2024_02_01")
+    (ex,) = proxy.log  # one request, read-only
+    assert (ex.method, ex.op, ex.query["list-type"], ex.query["max-keys"], ex.query["prefix"]) == (
+        "GET", "ListObjects", "2", "1", "2024_02_01/")
+
+
+def test_preflight_names_a_missing_bucket(s3_env: dict[str, str], s3_server: Any) -> None:
+    with pytest.raises(UsageError) as err:
+        run_preflight(s3_server.endpoint_url, "no-such-bucket-here")
+    assert str(err.value) == (f"bucket 'no-such-bucket-here' does not exist at {s3_server.endpoint_url}: "
+                              "create it, or check --bucket and --endpoint-url")
+
+
+@pytest.mark.parametrize(("reply", "code"), [
+    (xml_error("AccessDenied", "Access Denied", 403), "AccessDenied"),
+    (xml_error("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist", 403),
+     "InvalidAccessKeyId"),
+    (xml_error("SignatureDoesNotMatch", "bad signature", 403), "SignatureDoesNotMatch"),
+    (Reply(403), "403"),
+])
+def test_preflight_names_access_denied(reply: Reply, code: str, s3_env: dict[str, str], s3_server: Any,
+                                       bucket: str) -> None:
+    with S3Proxy(s3_server.endpoint_url, before=lambda ex: reply) as proxy, \
+            pytest.raises(UsageError) as err:
+        run_preflight(proxy.url, bucket)
+    assert str(err.value) == (
+        f"access denied to bucket {bucket!r} at {proxy.url} ({code}): check the credentials and their "
+        f"access to s3://{bucket}/2024_02_01: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+        "R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY), or pass --profile or --remote")
+    assert s3_env["AWS_SECRET_ACCESS_KEY"] not in str(err.value)
+
+
+def test_preflight_with_unknown_keys_against_a_checking_server(auth_s3_server: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    for var, value in {**FAST, "AWS_ACCESS_KEY_ID": "AKIDUNKNOWN00001",
+                       "AWS_SECRET_ACCESS_KEY": "unknown-secret-value-0001"}.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(UsageError, match=r"^access denied to bucket 'any-bucket' at .* \(InvalidAccessKeyId\)"
+                       ) as err:
+        run_preflight(auth_s3_server.endpoint_url, "any-bucket")
+    assert "unknown-secret-value-0001" not in str(err.value) and "AKIDUNKNOWN00001" not in str(err.value)
+
+
+@pytest.mark.parametrize(("endpoint", "what"), [
+    ("http://127.0.0.1:1", "connection refused for 127.0.0.1"),
+    ("http://no-such-host.invalid:9000", "host not found (DNS) for no-such-host.invalid"),
+])
+def test_preflight_says_why_it_cannot_connect(endpoint: str, what: str, s3_env: dict[str, str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with pytest.raises(TransferError) as err:
+        run_preflight(endpoint, "b1")
+    assert str(err.value) == (f"cannot connect to the S3 endpoint {endpoint} ({what}): check --endpoint-url "
+                              "(or AWS_ENDPOINT_URL, R2_ACCOUNT_ID) and the network")
+
+
+def test_preflight_passes_other_failures_on_as_one_line(s3_env: dict[str, str], s3_server: Any,
+                                                        bucket: str) -> None:
+    with S3Proxy(s3_server.endpoint_url, before=lambda ex: xml_error("InternalError", "boom\nagain", 500)
+                 ) as proxy, pytest.raises(ReleaseError) as err:
+        run_preflight(proxy.url, bucket)
+    assert "\n" not in str(err.value) and "InternalError" in str(err.value), str(err.value)
+
+
+# --------------------------------------------------------------------------- cleanup
+
+
+def unsupported(reply: Reply) -> Any:
+    def rule(ex: Exchange) -> Reply | None:
+        return reply if ex.op == "ListMultipartUploads" else None
+    return rule
+
+
+@pytest.mark.parametrize(("reply", "code"), [
+    (xml_error("NotImplemented", "A header you provided implies functionality that is not implemented", 501),
+     "NotImplemented"),
+    (Reply(501), "501"),
+    (xml_error("MethodNotAllowed", "The specified method is not allowed against this resource", 405),
+     "MethodNotAllowed"),
+])
+def test_cleanup_on_an_endpoint_without_list_multipart_uploads(
+        reply: Reply, code: str, s3_env: dict[str, str], s3_server: Any, bucket: str,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    for var, value in FAST.items():
+        monkeypatch.setenv(var, value)
+    with S3Proxy(s3_server.endpoint_url, before=unsupported(reply)) as proxy:
+        exit_code = main(["cleanup", "--bucket", bucket, "--endpoint-url", proxy.url, "--dry-run"])
+    out, err = capsys.readouterr()
+    assert exit_code == 2
+    assert out == ""
+    assert err == (f"objathor-release: error: cleanup is not supported by this endpoint (it has no "
+                   f"ListMultipartUploads): {proxy.url} answered {code} for bucket {bucket!r}\n")
+    assert "run" not in err and [ex.op for ex in proxy.log] == ["ListMultipartUploads"]
+
+
+def test_cleanup_still_retries_what_is_worth_retrying(s3_env: dict[str, str], s3_server: Any, bucket: str,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A 500 is not "unsupported": it stays the transient failure it was (run the same command again)."""
+    for var, value in FAST.items():
+        monkeypatch.setenv(var, value)
+    with S3Proxy(s3_server.endpoint_url, before=unsupported(xml_error("InternalError", "x", 500))) as proxy:
+        exit_code = main(["cleanup", "--bucket", bucket, "--endpoint-url", proxy.url])
+    err = capsys.readouterr().err
+    assert exit_code == 1
+    assert err.startswith("objathor-release: error: listing multipart uploads in bucket") and \
+        err.rstrip().endswith("run the same command again"), err

@@ -20,6 +20,7 @@ endif
 VERSION ?=
 ASSETS_DIR ?= assets
 FEATURES_DIR ?=
+HOLODECK_DIR ?=
 RELEASE_DIR ?= release/$(VERSION)
 BUCKET ?=
 PREFIX ?=
@@ -46,7 +47,7 @@ help:
 	@echo
 	@echo "settings (current value):"
 	@echo "  VERSION=$(VERSION)  (required, YYYY_MM_DD)"
-	@echo "  ASSETS_DIR=$(ASSETS_DIR)  FEATURES_DIR=$(FEATURES_DIR)  RELEASE_DIR=$(RELEASE_DIR)"
+	@echo "  ASSETS_DIR=$(ASSETS_DIR)  FEATURES_DIR=$(FEATURES_DIR)  HOLODECK_DIR=$(HOLODECK_DIR)  RELEASE_DIR=$(RELEASE_DIR)"
 	@echo "  BUCKET=$(BUCKET)  PREFIX=$(PREFIX)  ENDPOINT_URL=$(ENDPOINT_URL)  R2_ACCOUNT_ID=$(if $(R2_ACCOUNT_ID),(set),)  PROFILE=$(PROFILE)"
 	@echo "  CHUNK_SIZE=$(CHUNK_SIZE)  UPLOAD_CONCURRENCY=$(UPLOAD_CONCURRENCY)  TRANSFERS=$(TRANSFERS)"
 	@echo "  EXCLUDES=$(EXCLUDES)  SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH)  PUBLIC_BASE_URL=$(PUBLIC_BASE_URL)  SUMMARY=$(SUMMARY)"
@@ -93,7 +94,8 @@ bench: $(INSTALLED)
 
 .DELETE_ON_ERROR:
 
-ARTIFACTS = $(RELEASE_DIR)/annotations.json.gz $(RELEASE_DIR)/assets.tar $(if $(FEATURES_DIR),$(RELEASE_DIR)/features.tar)
+ARTIFACTS = $(RELEASE_DIR)/annotations.json.gz $(RELEASE_DIR)/assets.tar $(if $(FEATURES_DIR),$(RELEASE_DIR)/features.tar) \
+	$(if $(HOLODECK_DIR),$(RELEASE_DIR)/holodeck.tar)
 TAR_FLAGS = $(foreach p,$(EXCLUDES),--exclude '$(p)') $(if $(SOURCE_DATE_EPOCH),--source-date-epoch $(SOURCE_DATE_EPOCH))
 PUBLISH_FLAGS = --version '$(VERSION)' --release-dir '$(RELEASE_DIR)' --bucket '$(BUCKET)' \
 	$(if $(PREFIX),--prefix '$(PREFIX)') $(if $(ENDPOINT_URL),--endpoint-url '$(ENDPOINT_URL)') \
@@ -110,18 +112,18 @@ endif
 release: release-settings $(if $(DRY_RUN),release-dry-run,$(RELEASE_DIR)/.published-$(BUCKET))
 
 CHECK_SETTINGS = $(CLI) release --check-only $(PUBLISH_FLAGS) --assets-dir '$(ASSETS_DIR)' \
-	$(if $(FEATURES_DIR),--features-dir '$(FEATURES_DIR)')
+	$(if $(FEATURES_DIR),--features-dir '$(FEATURES_DIR)') $(if $(HOLODECK_DIR),--holodeck-dir '$(HOLODECK_DIR)')
 
 # The artifacts' input files come from the package, the one place that knows them (the list
 # `objathor-release release` fingerprints): `objathor-release deps` writes them to INPUTS_MK as rules
 # (RELEASE_DIR/assets.tar: its files ...), which is included here, the gcc -MMD way. Make remakes it,
 # and restarts, when a folder it lists changed or it was made with other ASSETS_DIR, FEATURES_DIR,
-# EXCLUDES or SOURCE_DATE_EPOCH; it is only written once the settings are good (release-settings then
-# says what is wrong).
+# HOLODECK_DIR, EXCLUDES or SOURCE_DATE_EPOCH; it is only written once the settings are good
+# (release-settings then says what is wrong).
 INPUTS_MK = $(RELEASE_DIR)/.inputs.mk
 ifneq ($(filter release release-dry-run prepare-annotations tar manifest $(RELEASE_DIR)/%,$(MAKECMDGOALS)),)
 -include $(INPUTS_MK)
-ifneq ($(strip $(ASSETS_DIR) $(FEATURES_DIR) $(EXCLUDES) $(or $(SOURCE_DATE_EPOCH),0)),$(INPUTS_SETTINGS))
+ifneq ($(strip $(ASSETS_DIR) $(FEATURES_DIR) $(HOLODECK_DIR) $(EXCLUDES) $(or $(SOURCE_DATE_EPOCH),0)),$(INPUTS_SETTINGS))
 $(INPUTS_MK): FORCE
 endif
 endif
@@ -129,7 +131,7 @@ endif
 $(INPUTS_MK): | $(INSTALLED)
 	@if $(CHECK_SETTINGS) >/dev/null 2>&1; then \
 		$(CLI) deps --quiet --assets-dir '$(ASSETS_DIR)' $(if $(FEATURES_DIR),--features-dir '$(FEATURES_DIR)') \
-			--release-dir '$(RELEASE_DIR)' $(TAR_FLAGS) --output '$@'; fi
+			$(if $(HOLODECK_DIR),--holodeck-dir '$(HOLODECK_DIR)') --release-dir '$(RELEASE_DIR)' $(TAR_FLAGS) --output '$@'; fi
 
 .PHONY: FORCE
 FORCE:
@@ -145,8 +147,8 @@ release-dry-run: $(RELEASE_DIR)/manifest.json | release-settings
 .PHONY: prepare-annotations  ## validate and merge the annotations into RELEASE_DIR/annotations.json.gz
 prepare-annotations: $(RELEASE_DIR)/annotations.json.gz
 
-.PHONY: tar  ## build RELEASE_DIR/assets.tar (and features.tar when FEATURES_DIR is set)
-tar: $(RELEASE_DIR)/assets.tar $(if $(FEATURES_DIR),$(RELEASE_DIR)/features.tar)
+.PHONY: tar  ## build RELEASE_DIR/assets.tar (and features.tar, holodeck.tar when FEATURES_DIR, HOLODECK_DIR are set)
+tar: $(RELEASE_DIR)/assets.tar $(if $(FEATURES_DIR),$(RELEASE_DIR)/features.tar) $(if $(HOLODECK_DIR),$(RELEASE_DIR)/holodeck.tar)
 
 .PHONY: manifest  ## write RELEASE_DIR/manifest.json and SHA256SUMS and verify them
 manifest: $(RELEASE_DIR)/manifest.json
@@ -163,6 +165,10 @@ $(RELEASE_DIR)/assets.tar: | release-settings
 
 $(RELEASE_DIR)/features.tar: | release-settings
 	$(CLI) tar --assets-dir '$(FEATURES_DIR)' --output '$@' $(TAR_FLAGS)
+
+# Holodeck's base data keeps every file (its thor_object_data/annotations.json.gz is data); only EXCLUDES apply.
+$(RELEASE_DIR)/holodeck.tar: | release-settings
+	$(CLI) tar --holodeck-base --assets-dir '$(HOLODECK_DIR)' --output '$@' $(TAR_FLAGS)
 
 $(RELEASE_DIR)/manifest.json: $(ARTIFACTS)
 	$(CLI) manifest --release-dir '$(RELEASE_DIR)' --version '$(VERSION)'

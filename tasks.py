@@ -131,16 +131,16 @@ def _release_help() -> dict[str, str]:
 
 
 @task(help=_release_help())
-def release(c: Context, version: str, assets_dir: str = "", features_dir: str = "",
+def release(c: Context, version: str, assets_dir: str = "", features_dir: str = "", holodeck_dir: str = "",
             release_dir: str = "", config: str = "", bucket: str = "", prefix: str = "",
             endpoint_url: str = "", profile: str = "", remote: str = "", chunk_size: str = "",
             upload_concurrency: int = 0, transfers: int = 0, public_base_url: str = "",
             force: bool = False, dry_run: bool = False) -> None:
     """Release a version: annotations, tar, manifest, verify, upload, remote verify."""
-    options = {"--assets-dir": assets_dir, "--features-dir": features_dir, "--release-dir": release_dir,
-               "--config": config, "--prefix": prefix, "--chunk-size": chunk_size,
-               "--upload-concurrency": upload_concurrency, "--transfers": transfers,
-               "--public-base-url": public_base_url}
+    options = {"--assets-dir": assets_dir, "--features-dir": features_dir, "--holodeck-dir": holodeck_dir,
+               "--release-dir": release_dir, "--config": config, "--prefix": prefix,
+               "--chunk-size": chunk_size, "--upload-concurrency": upload_concurrency,
+               "--transfers": transfers, "--public-base-url": public_base_url}
     _run(c, "release", "--version", version, *_s3_words(bucket, endpoint_url, profile, remote),
          *[w for flag, value in options.items() if value for w in (flag, value)],
          "--force" if force else None, "--dry-run" if dry_run else None)

@@ -48,6 +48,9 @@ def check_settings(cfg: ReleaseConfig, *, need_assets: bool = True, need_bucket:
             raise UsageError(f"{cfg.assets_dir}: assets directory not found: check ASSETS_DIR / --assets-dir")
         if cfg.features_dir and not Path(cfg.features_dir).is_dir():
             raise UsageError(f"{cfg.features_dir}: features directory not found: check FEATURES_DIR")
+        if cfg.holodeck_dir and not Path(cfg.holodeck_dir).is_dir():
+            raise UsageError(f"{cfg.holodeck_dir}: Holodeck base folder not found: check HOLODECK_DIR / "
+                             "--holodeck-dir")
     if need_bucket and not cfg.bucket:
         raise UsageError("BUCKET is not set: pass --bucket (make: BUCKET=...) or set $BUCKET")
     upload_config(cfg)  # validates the tunables
@@ -117,7 +120,7 @@ def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool
     """Prepare annotations, build the tars, write the manifest and verify, skipping what is up to date."""
     from objathor_release.build.annotations import prepare_annotations
     from objathor_release.build.epoch import source_date_epoch as resolve_epoch
-    from objathor_release.build.excludes import DEFAULT_EXCLUDES
+    from objathor_release.build.excludes import DEFAULT_EXCLUDES, exclude_list
     from objathor_release.build.manifest import MANIFEST, SIGNATURE, SUMS, verify_release, write_manifest
     from objathor_release.build.tarball import build_tar
 
@@ -143,15 +146,16 @@ def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool
         result = prepare_annotations(assets, rdir / "annotations.json.gz", show_progress=show_progress)
         logger.info("%s", result.summary())
 
-    def tar(source: Path, name: str) -> Callable[[], None]:
+    def tar(source: Path, name: str, default_excludes: bool = True) -> Callable[[], None]:
         def run() -> None:
-            result = build_tar(source, rdir / name, extra_excludes=cfg.excludes, source_date_epoch=epoch,
+            result = build_tar(source, rdir / name, extra_excludes=cfg.excludes,
+                               default_excludes=default_excludes, source_date_epoch=epoch,
                                verbose=verbose, show_progress=show_progress)
             logger.info("%s", result.summary())
         return run
 
     # the files each builder reads, as `objathor-release deps` lists them for make
-    inputs = release_inputs(assets, cfg.features_dir, cfg.excludes)
+    inputs = release_inputs(assets, cfg.features_dir, cfg.excludes, cfg.holodeck_dir)
     step("annotations.json.gz", inputs.fingerprint("annotations.json.gz"), rdir / "annotations.json.gz",
          annotations)
     step("assets.tar", inputs.fingerprint("assets.tar", epoch, excludes), rdir / "assets.tar",
@@ -159,6 +163,10 @@ def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool
     if cfg.features_dir:
         step("features.tar", inputs.fingerprint("features.tar", epoch, excludes), rdir / "features.tar",
              tar(Path(cfg.features_dir), "features.tar"))
+    if cfg.holodeck_dir:  # Holodeck's base data: its annotation files are data, so no default excludes
+        holodeck_excludes = exclude_list(cfg.excludes, defaults=False)
+        step("holodeck.tar", inputs.fingerprint("holodeck.tar", epoch, holodeck_excludes),
+             rdir / "holodeck.tar", tar(Path(cfg.holodeck_dir), "holodeck.tar", default_excludes=False))
     bookkeeping = (MANIFEST, SUMS, SIGNATURE)
     artifacts = fingerprint(rdir, lambda rel: not rel.startswith(".") and rel not in bookkeeping,
                             cfg.version, epoch)

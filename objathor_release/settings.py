@@ -201,6 +201,9 @@ class ReleaseConfig:
                                       make_default="assets")
     features_dir: str | None = _setting(help="features directory (optional)", flag="--features-dir",
                                         make="FEATURES_DIR", env="FEATURES_DIR", build_only=True)
+    holodeck_dir: str | None = _setting(
+        help="Holodeck base data folder (optional): every file kept, published as holodeck/VERSION.tar",
+        flag="--holodeck-dir", make="HOLODECK_DIR", env="HOLODECK_DIR", build_only=True)
     release_dir: str | None = _setting(help="where artifacts are built (default release/VERSION)",
                                        flag="--release-dir", make="RELEASE_DIR", env="RELEASE_DIR",
                                        make_default="release/$(VERSION)")

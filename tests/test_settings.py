@@ -79,7 +79,8 @@ def test_make_help_shows_every_setting_with_its_default() -> None:
 def test_make_passes_each_setting_on_as_its_flag(tmp_path: Path) -> None:
     (tmp_path / "assets").mkdir()
     values = {"version": "2024_02_01", "assets_dir": str(tmp_path / "assets"),
-              "features_dir": str(tmp_path / "assets"), "release_dir": str(tmp_path / "release"),
+              "features_dir": str(tmp_path / "assets"), "holodeck_dir": str(tmp_path / "assets"),
+              "release_dir": str(tmp_path / "release"),
               "bucket": "some-bucket", "prefix": "some/prefix", "endpoint_url": "http://127.0.0.1:9",
               "profile": "someone", "chunk_size": "8M", "upload_concurrency": "3", "transfers": "2",
               "public_base_url": "https://pub.example"}
@@ -111,7 +112,8 @@ def test_the_invoke_release_task_has_the_flags() -> None:
 
 
 def test_a_config_becomes_make_assignments_under_each_settings_variable(tmp_path: Path) -> None:
-    every = {"version": "2024_02_01", "assets_dir": "/a", "features_dir": "/f", "release_dir": "/r",
+    every = {"version": "2024_02_01", "assets_dir": "/a", "features_dir": "/f", "holodeck_dir": "/h",
+             "release_dir": "/r",
              "bucket": "some-bucket", "prefix": "p", "endpoint_url": "http://127.0.0.1:9",
              "r2_account_id": "0" * 32, "profile": "someone", "chunk_size": "8M", "upload_concurrency": 3,
              "transfers": 2, "source_date_epoch": 5, "excludes": ["*.tmp", "*.bak"],

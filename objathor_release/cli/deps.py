@@ -22,12 +22,15 @@ SETTINGS_VARIABLE = "INPUTS_SETTINGS"
 def add_deps(sub: Any) -> None:
     p = sub.add_parser(
         "deps", help="write each artifact's input files as a Make dependency file (make release reads it)",
-        description="List the files annotations.json.gz, assets.tar and features.tar are built from, "
+        description="List the files annotations.json.gz, assets.tar, features.tar and holodeck.tar are "
+        "built from, "
         "with the exclude list applied as the builders apply it, as Make rules: RELEASE_DIR/NAME "
         "depends on its inputs, and the output depends on the folders walked.",
     )
     p.add_argument("--assets-dir", required=True, metavar="DIR", help="optimized assets")
     p.add_argument("--features-dir", default=None, metavar="DIR", help="features directory, optional")
+    p.add_argument("--holodeck-dir", default=None, metavar="DIR",
+                   help="Holodeck base data folder, optional (its tar keeps every file)")
     p.add_argument("--release-dir", required=True, metavar="DIR",
                    help="where the artifacts are built (the rules' targets)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
@@ -49,14 +52,21 @@ def _run_deps(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.assets_dir}: assets directory not found: check ASSETS_DIR / --assets-dir")
     if args.features_dir and not Path(args.features_dir).is_dir():
         raise UsageError(f"{args.features_dir}: features directory not found: check FEATURES_DIR")
+    if args.holodeck_dir and not Path(args.holodeck_dir).is_dir():
+        raise UsageError(f"{args.holodeck_dir}: Holodeck base folder not found: check HOLODECK_DIR / "
+                         "--holodeck-dir")
     epoch = source_date_epoch(args.source_date_epoch)
     tar_settings = {"excludes": " ".join(exclude_list(args.exclude)), "source_date_epoch": str(epoch)}
-    inputs = release_inputs(args.assets_dir, args.features_dir, args.exclude)
+    holodeck_settings = {"excludes": " ".join(exclude_list(args.exclude, defaults=False)),
+                         "source_date_epoch": str(epoch)}
+    inputs = release_inputs(args.assets_dir, args.features_dir, args.exclude, args.holodeck_dir)
     result = write_make_deps(
         inputs, args.release_dir, args.output,
-        settings={"assets.tar": tar_settings, "features.tar": tar_settings},
+        settings={"assets.tar": tar_settings, "features.tar": tar_settings,
+                  "holodeck.tar": holodeck_settings},
         variables={SETTINGS_VARIABLE: " ".join(" ".join(
-            [args.assets_dir, args.features_dir or "", *args.exclude, str(epoch)]).split())},
+            [args.assets_dir, args.features_dir or "", args.holodeck_dir or "", *args.exclude,
+             str(epoch)]).split())},
     )
     for path in result.unnameable:
         print(f"{path}: make cannot name this file: its artifact is rebuilt on every make run; "

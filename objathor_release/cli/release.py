@@ -47,6 +47,9 @@ def add_release(sub: Any) -> None:
                    help="optimized assets (default: $ASSETS_DIR)")
     p.add_argument("--features-dir", default=env("FEATURES_DIR"), metavar="DIR",
                    help="features directory, optional (default: $FEATURES_DIR)")
+    p.add_argument("--holodeck-dir", default=env("HOLODECK_DIR"), metavar="DIR",
+                   help="Holodeck base data folder, optional: built as holodeck.tar with every file kept "
+                   "and published as holodeck/VERSION.tar beside the version (default: $HOLODECK_DIR)")
     p.add_argument("--dry-run", action="store_true",
                    help="do everything local and print what the upload would do")
     p.add_argument("--check-only", action="store_true",
@@ -72,6 +75,7 @@ def settings_from_args(args: argparse.Namespace, *, need_assets: bool = True) ->
         "transfers": args.transfers, "public_base_url": args.public_base_url,
         "assets_dir": args.assets_dir if need_assets else None,
         "features_dir": args.features_dir if need_assets else None,
+        "holodeck_dir": args.holodeck_dir if need_assets else None,
     }
     cfg = ReleaseConfig.load(args.config, overrides)
     check_settings(cfg, need_assets=need_assets, need_bucket=not args.remote)

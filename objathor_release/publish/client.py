@@ -3,8 +3,8 @@
 :func:`make_client` builds the S3 client for an :class:`~objathor_release.publish.target.S3Target`,
 configured for R2. :func:`describe_error` (and :func:`client_error`, for a client) turns any
 botocore failure into one clean line with every secret redacted; :func:`is_transient` says
-which failures are worth another attempt. :func:`head_or_none` and :func:`object_key` are the
-shared pieces of the upload, the remote check and the cleanup.
+which failures are worth another attempt. :func:`head_or_none`, :func:`object_key` and
+:func:`artifact_key` are the shared pieces of the upload, the remote check and the cleanup.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 from objathor_release.errors import ReleaseError, TransferError, UsageError
 from objathor_release.publish.target import CREDENTIALS_HINT, S3Target, redact
 
-__all__ = ["RETRY_CODES", "RETRY_STATUS", "clean_etag", "client_error", "client_secrets", "describe_error",
-           "error_code", "head_or_none", "http_status", "is_transient", "make_client", "object_key",
-           "one_line"]
+__all__ = ["HOLODECK_ARTIFACT", "RETRY_CODES", "RETRY_STATUS", "artifact_key", "clean_etag", "client_error",
+           "client_secrets", "describe_error", "error_code", "head_or_none", "http_status", "is_transient",
+           "make_client", "object_key", "one_line"]
 
 _CREDENTIAL_CODES = {
     "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken",
@@ -28,6 +28,28 @@ _CREDENTIAL_CODES = {
 def object_key(prefix: str, name: str) -> str:
     """The key of artifact ``name`` under ``prefix`` (``""`` means the bucket root)."""
     return f"{prefix}/{name}" if prefix else name
+
+
+#: The release dir's Holodeck base data, which is published beside the version, not in it.
+HOLODECK_ARTIFACT = "holodeck.tar"
+
+
+def artifact_key(prefix: str, name: str, version: str) -> str:
+    """The key artifact ``name`` of ``version`` is published at under ``prefix``.
+
+    Every artifact goes under the prefix but ``holodeck.tar``, which becomes ``holodeck/VERSION.tar``
+    beside the version's folder, where objathor and ``download holodeck-base`` read it
+    (``BASE/holodeck/VERSION.tar``, BASE being the URL up to ``/VERSION``): with prefix
+    ``data/2024_02_01`` it is ``data/holodeck/2024_02_01.tar``. A prefix without a ``VERSION``
+    folder holds the version at its root (``download --layout root``), and the Holodeck base
+    then goes inside it: ``PREFIX/holodeck/VERSION.tar``.
+    """
+    if name != HOLODECK_ARTIFACT:
+        return object_key(prefix, name)
+    parts = prefix.split("/") if prefix else []
+    if version in parts:
+        parts = parts[:len(parts) - 1 - parts[::-1].index(version)]
+    return "/".join([*parts, "holodeck", f"{version}.tar"])
 
 
 def clean_etag(etag: str | None) -> str:

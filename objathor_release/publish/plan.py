@@ -20,7 +20,7 @@ from objathor_release.build.manifest import MANIFEST as MANIFEST_NAME
 from objathor_release.build.manifest import SIGNATURE as SIGNATURE_NAME
 from objathor_release.build.manifest import SUMS as SUMS_NAME
 from objathor_release.errors import InputError
-from objathor_release.publish.client import object_key
+from objathor_release.publish.client import artifact_key
 from objathor_release.publish.localfiles import STATE_DIR, LocalFile, ReleaseDir
 from objathor_release.publish.parts import Job
 from objathor_release.publish.remote import SMALL_FILE_LIMIT
@@ -125,9 +125,10 @@ def plan_jobs(rd: ReleaseDir, manifest: dict[str, Any], manifest_file: LocalFile
     :func:`close_jobs`; they are closed here when planning fails). Nothing is logged: the caller says
     which part sizes had to grow (:func:`part_size_note`)."""
     jobs: list[Job] = []
+    version = str(manifest["version"])
 
     def add(name: str, file: LocalFile, size: int, sha: str) -> None:
-        jobs.append(Job.of(name, file, object_key(prefix, name), size, sha, config))
+        jobs.append(Job.of(name, file, artifact_key(prefix, name, version), size, sha, config))
 
     try:
         for art in manifest["artifacts"]:

@@ -24,7 +24,14 @@ from objathor_release.build.manifest import MANIFEST as MANIFEST_NAME
 from objathor_release.build.manifest import SIGNATURE as SIGNATURE_NAME
 from objathor_release.build.manifest import SUMS as SUMS_NAME
 from objathor_release.errors import ChecksumError
-from objathor_release.publish.client import clean_etag, client_error, error_code, head_or_none, object_key
+from objathor_release.publish.client import (
+    artifact_key,
+    clean_etag,
+    client_error,
+    error_code,
+    head_or_none,
+    object_key,
+)
 from objathor_release.publish.localfiles import ReleaseDir, StateDir
 from objathor_release.publish.parts import SHA256_META, Job, layout_for, local_digests
 from objathor_release.publish.target import normalize_prefix
@@ -211,7 +218,7 @@ def _verify(client: Any, bucket: str, prefix: str, manifest: dict[str, Any], loc
 
     def check(artifact: dict[str, Any]) -> tuple[RemoteCheck | None, list[str]]:
         name, size, sha = artifact["name"], int(artifact["size"]), str(artifact["sha256"])
-        key = object_key(prefix, name)
+        key = artifact_key(prefix, name, str(manifest["version"]))
         head = head_or_none(client, bucket, key)
         if head is None:
             return None, [f"{key} (missing)"]

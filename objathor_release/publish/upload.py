@@ -1,7 +1,8 @@
 """Resumable, verified multipart upload of a release directory to R2 or any S3 API endpoint.
 
 ``upload_release`` sends every artifact named in ``RELEASE_DIR/manifest.json`` to
-``BUCKET/PREFIX/NAME``, then ``SHA256SUMS``, ``manifest.json.sig`` (when the
+``BUCKET/PREFIX/NAME`` (``holodeck.tar`` to ``holodeck/VERSION.tar`` beside the version folder:
+:func:`~.client.artifact_key`), then ``SHA256SUMS``, ``manifest.json.sig`` (when the
 release is signed) and ``manifest.json`` last: the manifest's presence marks a
 version as published, so nobody sees half a release as complete.
 

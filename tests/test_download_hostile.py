@@ -92,13 +92,15 @@ def error_line(err: str) -> str:
 def assert_clean(dest: Path, *finals: str, resumable: bool = False) -> None:
     """Nothing under a final name, no staging or temporary files, every lock free.
 
-    ``resumable``: a single file's ``.part`` (and its ``.part.json``) may stay for the next run to
-    continue; otherwise they must be gone too.
+    ``resumable``: a single file's ``.part`` (and its ``.part.json``), or a tar's staging folder in
+    the hidden bookkeeping folder, may stay for the next run to continue; otherwise they must be
+    gone too.
     """
     for name in finals:
         assert not (dest / V / name).exists(), name
     kept = (".part", ".part.json") if resumable else ()
-    leftovers = [p.name for p in dest.rglob("*") if "staging" in p.name or ".tmp" in p.name
+    leftovers = [p.name for p in dest.rglob("*") if ("staging" in p.name and not (resumable and p.name.endswith(
+                     ".staging") and p.parent.name == ".objathor-release")) or ".tmp" in p.name
                  or (p.name.endswith((".part", ".part.json")) and not p.name.endswith(kept))]
     assert leftovers == []
     for lock in dest.rglob("*.lock"):
@@ -409,7 +411,10 @@ def test_access_denied_is_said_so(server: HostileServer, tmp_path: Path, status:
                           "--base-url", base(server))
     line = error_line(err)
     assert code == 2
-    assert f"access denied (HTTP {status}) for {server.url}/{V}/{name}: the bucket may be private" in line
+    assert line == (f"objathor-release: error: access denied: the bucket is private (HTTP {status} for "
+                    f"{server.url}/{V}/{name}): download over the S3 API with credentials: pass --base-url "
+                    "s3://BUCKET/PREFIX and --endpoint-url URL (or set AWS_ENDPOINT_URL or R2_ACCOUNT_ID), "
+                    "with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY set (or --profile)")
     assert "not found" not in line and "2023_09_23" not in line and "unverified" not in err
     assert_clean(dest, "assets")
 
@@ -422,7 +427,8 @@ def test_access_denied_without_manifest_is_not_an_unknown_version(
     code, _, err, _ = run(monkeypatch, capsys, "all", "--version", V, "--path", str(tmp_path / "dl"),
                           "--base-url", base(server))
     line = error_line(err)
-    assert code == 2 and "access denied (HTTP 403)" in line and "annotations.json.gz" in line
+    assert code == 2 and "access denied: the bucket is private (HTTP 403 for " in line
+    assert "annotations.json.gz" in line and "--base-url s3://BUCKET/PREFIX" in line
     assert "was not found" not in line and "known public versions" not in line
     assert_clean(tmp_path / "dl", "annotations.json.gz")
 

@@ -27,7 +27,14 @@ def add_download(sub: Any) -> None:
                    help="where versions live (default ~/.objathor-assets)")
     p.add_argument("--base-url", default=None, metavar="URL",
                    help="serve files from {URL}/{VERSION}/... (default: $OBJATHOR_BASE_URL, else "
-                   "objathor's table of public versions)")
+                   "objathor's table of public versions); s3://BUCKET/PREFIX reads a private bucket over "
+                   "the S3 API with credentials")
+    p.add_argument("--endpoint-url", default=None, metavar="URL",
+                   help="with --base-url s3://BUCKET/PREFIX: the S3 API endpoint (default: "
+                   "$AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else R2 from $R2_ACCOUNT_ID)")
+    p.add_argument("--profile", default=None,
+                   help="with --base-url s3://BUCKET/PREFIX: the credentials profile (default: "
+                   "$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY, or R2_..., or boto3's chain)")
     p.add_argument("--layout", choices=["versioned", "root"], default="versioned",
                    help="versioned (default): files at {URL}/{VERSION}/NAME; root: the version sits at the "
                    "root of its own bucket, files at {URL}/NAME (as 2024_08_16 and 2025_06_10 do). A "
@@ -61,7 +68,7 @@ def _run_download(args: argparse.Namespace) -> int:
         args.what, args.version, path=args.path, base_url=args.base_url, layout=args.layout, uids=uids,
         require_checksums=args.require_checksums, show_progress=not args.quiet,
         keep_tar=args.keep_tar, connections=args.connections, trusted_keys=args.trusted_key or (),
-        require_signature=args.require_signature,
+        require_signature=args.require_signature, endpoint_url=args.endpoint_url, profile=args.profile,
     )
     print(result.summary())
     return 0

@@ -37,6 +37,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,8 @@ from objathor_release.fetch.ranges import disk_full
 from objathor_release.fetch.tars import fetch_tar
 from objathor_release.fetch.uids import fetch_uids
 from objathor_release.fsutil import is_disk_full
+from objathor_release.s3.presign import Presigner
+from objathor_release.s3.target import redact
 from objathor_release.settings import format_size, validate_version
 from objathor_release.trust.origin import OriginResult, TrustPolicy
 
@@ -111,6 +114,8 @@ def download_version(
     trusted_keys: Sequence[str] = (),
     require_signature: bool = False,
     on_note: Note | None = None,
+    endpoint_url: str | None = None,
+    profile: str | None = None,
 ) -> DownloadResult:
     """Download ``what`` (annotations, assets, features, holodeck-base or all) of ``version``.
 
@@ -125,6 +130,11 @@ def download_version(
     while the download runs is logged as a warning, or given to ``on_note``
     instead when a caller passes one. Raises the errors of
     :mod:`objathor_release.errors`.
+
+    A ``base_url`` of ``s3://BUCKET/PREFIX`` reads a private bucket over the S3 API: the endpoint
+    is ``endpoint_url`` (else ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL`` or ``R2_ACCOUNT_ID``), the
+    credentials those of ``profile`` or the environment, as the upload finds them; every request is
+    presigned just before it is sent, and everything shown or recorded keeps the ``s3://`` form.
     """
     started = time.monotonic()
     if what not in WHATS:
@@ -140,32 +150,59 @@ def download_version(
     source = resolve_source(version, base_url, layout)
     trust = TrustPolicy.load(trusted_keys, require_signature)
     config = http_config or HttpConfig.from_env(connections=connections, adaptive=connections is None)
-    http = Http(config)
+    signer = _signer(source.version_url, endpoint_url, profile)
+    http = Http(config, signer=signer)
     job = Job(http, root, source, require_checksums=require_checksums, show_progress=show_progress,
               keep_tar=keep_tar, on_note=on_note)
     result = DownloadResult(version, root)
     try:
-        job.manifest, result.origin = load_manifest(http, source.url("manifest.json"), version, trust)
-        result.manifest = job.manifest is not None
-        parts = {p: Part.of(p, root, source, job.manifest) for p in PARTS}
-        chosen = _choose_parts(job, parts, what)
-        if job.manifest is None:
-            if require_checksums:
-                raise ChecksumError(f"version {version} has no manifest.json at "
-                                    f"{source.url('manifest.json')}, so it cannot be verified, and "
-                                    "--require-checksums was given")
-            job.note(f"note: version {version} has no manifest.json, so this download is unverified "
-                     "(pass --require-checksums to refuse unverified versions)")
-        for name, part in parts.items():
-            if name not in chosen:
-                if what == "all":
-                    result.parts.append(PartResult(name, part.target, "not in this version", True))
-                continue
-            result.parts.append(_run_part(job, part, uid_list if name == "assets" else None))
+        _run(job, result, what, uid_list, require_checksums, trust)
+    except ReleaseError as exc:
+        if signer is not None:  # messages name s3:// URLs only; this makes sure no key slips through
+            exc.args = tuple(redact(str(a), signer.secrets()) for a in exc.args)
+        raise
     finally:
         http.close()
         result.seconds = time.monotonic() - started
     return result
+
+
+def _signer(version_url: str, endpoint_url: str | None, profile: str | None) -> Presigner | None:
+    """The request signer an ``s3://`` source needs (None for http(s) sources)."""
+    if not version_url.startswith("s3://"):
+        if endpoint_url or profile:
+            raise UsageError("--endpoint-url and --profile are for downloading over the S3 API: pass "
+                             "--base-url s3://BUCKET/PREFIX too")
+        return None
+    from objathor_release.s3.target import resolve_target
+
+    bucket = urllib.parse.urlsplit(version_url).netloc
+    target = resolve_target(bucket=bucket, prefix=None, endpoint_url=endpoint_url, profile=profile,
+                            remote=None, rclone_config=None, require_credentials=True)
+    return Presigner(target)
+
+
+def _run(job: Job, result: DownloadResult, what: str, uid_list: list[str] | None, require_checksums: bool,
+         trust: TrustPolicy) -> None:
+    """Load the manifest, choose the parts and fetch each (``download_version`` closes up)."""
+    version, source, root = job.version, job.source, job.root
+    job.manifest, result.origin = load_manifest(job.http, source.url("manifest.json"), version, trust)
+    result.manifest = job.manifest is not None
+    parts = {p: Part.of(p, root, source, job.manifest) for p in PARTS}
+    chosen = _choose_parts(job, parts, what)
+    if job.manifest is None:
+        if require_checksums:
+            raise ChecksumError(f"version {version} has no manifest.json at "
+                                f"{source.url('manifest.json')}, so it cannot be verified, and "
+                                "--require-checksums was given")
+        job.note(f"note: version {version} has no manifest.json, so this download is unverified "
+                 "(pass --require-checksums to refuse unverified versions)")
+    for name, part in parts.items():
+        if name not in chosen:
+            if what == "all":
+                result.parts.append(PartResult(name, part.target, "not in this version", True))
+            continue
+        result.parts.append(_run_part(job, part, uid_list if name == "assets" else None))
 
 
 def _run_part(job: Job, part: Part, uids: Sequence[str] | None) -> PartResult:

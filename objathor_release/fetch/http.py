@@ -67,8 +67,16 @@ class AccessDenied(UsageError):
     """The server answered 401 or 403: the file may exist, but we may not read it."""
 
     def __init__(self, url: str, status: int) -> None:
-        super().__init__(f"access denied (HTTP {status}) for {url}: the bucket may be private; check "
-                         "--base-url and --version, or ask the publisher to allow public reads")
+        if url.startswith("s3://"):  # a signed request: the credentials are the problem
+            text = (f"access denied (HTTP {status}) for {url}: the credentials may not read it; check "
+                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or R2_ACCESS_KEY_ID and "
+                    "R2_SECRET_ACCESS_KEY, or --profile), their access to the bucket, and --endpoint-url")
+        else:
+            text = (f"access denied: the bucket is private (HTTP {status} for {url}): download over the "
+                    "S3 API with credentials: pass --base-url s3://BUCKET/PREFIX and --endpoint-url URL "
+                    "(or set AWS_ENDPOINT_URL or R2_ACCOUNT_ID), with AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY set (or --profile)")
+        super().__init__(text)
         self.url, self.status = url, status
 
 
@@ -124,9 +132,22 @@ def redirect_target(url: str, where: str, location: str) -> str:
 class Http:
     """A pooled urllib3 client with the retry policy; safe to share between threads."""
 
-    def __init__(self, config: HttpConfig | None = None, pool: urllib3.PoolManager | None = None) -> None:
+    def __init__(self, config: HttpConfig | None = None, pool: urllib3.PoolManager | None = None,
+                 signer: Callable[[str], str] | None = None) -> None:
         self.config = config or HttpConfig()
         self.pool = pool or pool_manager(self.config)
+        #: turns an ``s3://BUCKET/KEY`` URL into the signed URL to send, just before each request
+        #: (:class:`objathor_release.s3.presign.Presigner`); the caller only ever sees the s3:// form
+        self.signer = signer
+
+    def _address(self, url: str) -> str:
+        """The URL to send for ``url``: signed afresh for an ``s3://`` one, else itself."""
+        if not url.startswith("s3://"):
+            return url
+        if self.signer is None:
+            raise UsageError(f"{url}: an s3:// URL needs S3 credentials and an endpoint: pass --base-url "
+                             "s3://BUCKET/PREFIX to download with them")
+        return self.signer(url)
 
     # ------------------------------------------------------------------ single requests
 
@@ -138,7 +159,8 @@ class Http:
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
             if validator:
                 headers["If-Range"] = validator
-        where = url
+        where = self._address(url)
+        signed = where != url
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 resp = self.pool.request(method, where, headers=headers, preload_content=False,
@@ -150,7 +172,8 @@ class Http:
             except RETRYABLE:
                 raise
             except urllib3.exceptions.LocationValueError as exc:
-                raise InputError(f"{url}: cannot request {_shown(where)!r} ({exc}): check "
+                shown = url if signed else _shown(where)  # a signed URL holds the key id and signature
+                raise InputError(f"{url}: cannot request {shown!r} ({exc}): check "
                                  "--base-url") from None
             except urllib3.exceptions.HTTPError as exc:
                 raise TransferError(f"{url}: {_describe(exc)}: check --base-url and the network") from None
@@ -159,6 +182,7 @@ class Http:
                 break
             discard(resp)
             where = redirect_target(url, where, location)
+            signed = False
         else:
             raise TransferError(f"{url}: more than {MAX_REDIRECTS} redirects: check --base-url")
         if resp.status in (200, 206):

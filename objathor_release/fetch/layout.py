@@ -73,7 +73,8 @@ def resolve_source(version: str, base_url: str | None = None, layout: str = "ver
 
     ``base_url`` serves ``{base}/{VERSION}/NAME`` (``layout="versioned"``, the
     default) or ``{base}/NAME`` (``layout="root"``: a version at the root of its
-    own bucket, as 2024_08_16 and 2025_06_10 are). A ``{version}`` in the URL is
+    own bucket, as 2024_08_16 and 2025_06_10 are); ``s3://BUCKET/PREFIX`` is read over the S3 API
+    (every request signed, see :mod:`objathor_release.s3.presign`). A ``{version}`` in the URL is
     replaced by the version and nothing is appended, wherever it stands. The
     Holodeck base data is ``BASE/holodeck/VERSION.tar`` in every layout, BASE
     being the URL up to the placeholder.
@@ -82,8 +83,12 @@ def resolve_source(version: str, base_url: str | None = None, layout: str = "ver
         raise UsageError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     if base_url:
         base = base_url.strip().rstrip("/")
-        if not base.startswith(("http://", "https://")):
-            raise UsageError(f"--base-url {base_url!r} is not an http:// or https:// URL")
+        if not base.startswith(("http://", "https://", "s3://")):
+            raise UsageError(f"--base-url {base_url!r} is not an http://, https:// or s3://BUCKET/PREFIX URL")
+        if base.startswith("s3://"):
+            parts = urllib.parse.urlsplit(base)
+            if not parts.netloc or parts.query or parts.fragment or "@" in parts.netloc:
+                raise UsageError(f"--base-url {base_url!r} is not of the form s3://BUCKET/PREFIX")
         if "@" in urllib.parse.urlsplit(base).netloc:
             raise UsageError("--base-url holds a user name or password: they are not sent, and would be "
                              "printed in messages and saved in state files; give the URL without them")

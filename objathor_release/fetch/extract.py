@@ -53,7 +53,7 @@ import os
 import re
 import stat
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,11 +180,14 @@ class TarStreamExtractor:
     when None). ``one_top=False`` lifts only that rule (features.tar, which
     objathor reads in any layout): several top-level entries, files among them;
     every other refusal stays. ``source`` names the archive in error messages.
+    ``start`` and ``done`` resume an extraction: the bytes fed begin at stream
+    offset ``start`` (a header boundary) and ``done`` are the archive paths of
+    members already in ``dest``, checked by the caller (see :mod:`.resume`).
     """
 
     def __init__(self, dest: str | Path, *, top: str | None = None,
                  expect: Mapping[str, ExpectedMember] | None = None, source: str = "archive",
-                 one_top: bool = True) -> None:
+                 one_top: bool = True, start: int = 0, done: Iterable[str] = ()) -> None:
         self.dest = Path(dest)
         self._dest_str = os.fspath(self.dest)
         self._dest_len = len(os.fsencode(self._dest_str))
@@ -192,7 +195,7 @@ class TarStreamExtractor:
         self.one_top = one_top
         self.expect = dict(expect) if expect is not None else None
         self.source = source
-        self.pos = 0  # bytes of the stream consumed so far
+        self.pos = start  # bytes of the stream consumed so far (``start``: where a resumed stream begins)
         self.files = 0
         self.finished = False
         self._state = "header"
@@ -215,6 +218,11 @@ class TarStreamExtractor:
         self._root_fd = -1
         self._dirs: OrderedDict[str, int] = OrderedDict()  # archive path -> open folder descriptor
         self._files: set[str] = set()  # regular files this extractor wrote, by archive path
+        for path in done:  # a resumed extraction: members an earlier run wrote and a check re-hashed
+            if self.expect is not None:
+                self.expect.pop(path, None)
+            self._files.add(path)
+            self.files += 1
 
     # ------------------------------------------------------------------ feeding
 

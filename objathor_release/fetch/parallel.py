@@ -74,38 +74,40 @@ class _Ramp:
 def parallel_stream(http: Http, url: str, *, on_open: Callable[[Info], None] | None = None,
                     stop: threading.Event | None = None, connections: int | None = None,
                     adaptive: bool = True, piece: int = PIECE, buffer: int = BUFFER,
-                    size_hint: int | None = None) -> Iterator[bytes]:
+                    size_hint: int | None = None, start: int = 0) -> Iterator[bytes]:
     """Yield the bytes of ``url`` in order, fetched by up to ``connections`` Range requests at once.
 
     ``on_open`` sees the file's Info once, before any byte is handed on. Errors
     of a piece (after ``Http.stream``'s own retries) are raised here, in the
     consumer's thread; closing the iterator stops every worker. ``size_hint``
-    (the manifest's size) lets a small file skip the probe request.
+    (the manifest's size) lets a small file skip the probe request; ``start``
+    begins at that byte (a resumed extraction).
     """
     cap = connections or http.config.connections
     window = max(2, min(buffer // piece, 4 * cap))
-    if cap <= 1 or (size_hint is not None and size_hint < 2 * piece):
-        yield from http.stream(url, on_open=on_open, stop=stop)
+    known = size_hint if start else None  # a resumed stream checks the total it continues
+    if cap <= 1 or (size_hint is not None and size_hint - start < 2 * piece):
+        yield from http.stream(url, start=start, on_open=on_open, stop=stop, size=known)
         return
     info = http.info(url)
-    if cap <= 1 or not info.ranges or info.size is None or info.size < 2 * piece or not info.validator:
-        yield from http.stream(url, on_open=on_open, stop=stop)
+    if not info.ranges or info.size is None or info.size - start < 2 * piece or not info.validator:
+        yield from http.stream(url, start=start, on_open=on_open, stop=stop, size=known)
         return
     if on_open is not None:
         on_open(info)
-    yield from _Pieces(http, url, info, piece, window, _Ramp(min(START, cap) if adaptive else cap, cap,
-                                                             adaptive), stop).run()
+    ramp = _Ramp(min(START, cap) if adaptive else cap, cap, adaptive)
+    yield from _Pieces(http, url, info, piece, window, ramp, stop, start).run()
 
 
 class _Pieces:
     """The workers and the in-order hand-over of one parallel stream."""
 
     def __init__(self, http: Http, url: str, info: Info, piece: int, window: int, ramp: _Ramp,
-                 stop: threading.Event | None) -> None:
+                 stop: threading.Event | None, start: int = 0) -> None:
         assert info.size is not None
         self.http, self.url, self.size, self.validator = http, url, info.size, info.validator
-        self.piece, self.window, self.ramp = piece, window, ramp
-        self.count = -(-self.size // piece)
+        self.piece, self.window, self.ramp, self.start = piece, window, ramp, start
+        self.count = -(-(self.size - start) // piece)
         self.cond = threading.Condition()
         self.ready: dict[int, bytes] = {}
         self.next_out = 0  # the piece the consumer waits for
@@ -135,7 +137,7 @@ class _Pieces:
 
     def _worker(self) -> None:
         while (index := self._take()) is not None:
-            start = index * self.piece
+            start = self.start + index * self.piece
             end = min(self.size, start + self.piece) - 1
             try:
                 data = b"".join(self.http.stream(self.url, start=start, end=end, validator=self.validator,

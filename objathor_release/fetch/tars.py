@@ -5,8 +5,9 @@ server straight into :class:`~.extract.TarStreamExtractor` while a reader
 thread downloads and hashes the whole stream (no copy of the tar on disk); the
 folder is extracted into the part's staging directory, checked, and renamed to
 its objathor name only then. ``--keep-tar`` fetches the tar as a single file
-(:mod:`.files`) and extracts it from disk instead. An interrupted extraction is
-restarted from scratch.
+(:mod:`.files`) and extracts it from disk instead. An interrupted extraction
+(a network failure, Ctrl-C, a kill) continues after the last member still good
+in staging (:mod:`.resume`); refused or corrupt bytes leave nothing behind.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from objathor_release.errors import ChecksumError, InputError
+from objathor_release.errors import ChecksumError, DiskFullError, InputError, TransferError
 from objathor_release.fetch.extract import TarStreamExtractor, expected_members
 from objathor_release.fetch.files import fetch_into
 from objathor_release.fetch.inplace import difference, expected_in_place
@@ -32,6 +33,7 @@ from objathor_release.fetch.markers import write_done
 from objathor_release.fetch.pages import is_html_type, sniff_page
 from objathor_release.fetch.parallel import parallel_stream
 from objathor_release.fetch.ranges import part_paths
+from objathor_release.fetch.resume import ResumePoint, resume_point
 from objathor_release.fsutil import atomic_write, remove_path, replace_dir
 from objathor_release.progress import progress
 
@@ -53,25 +55,49 @@ def fetch_tar(job: Job, part: Part) -> PartResult:
                 remove_path(p)
 
     def attempt() -> PartResult:
+        resume = None
         if staging.exists():
-            job.note(f"restarting the interrupted extraction of {name} (removing {staging})")
-            remove_path(staging)
-        staging.mkdir(parents=True)
+            resume = resume_point(staging, art, show_progress=job.show_progress) if kept is None else None
+            if resume is None:
+                job.note(f"restarting the interrupted extraction of {name} (removing {staging})")
+                remove_path(staging)
+            else:
+                job.note(f"resuming the interrupted extraction of {name} after {len(resume.done)} of "
+                         f"{resume.members} members (each checked again), at byte {resume.offset}")
+        staging.mkdir(parents=True, exist_ok=True)
         if kept is not None:
             digest, size = _extract_kept(job, part, kept)
         else:
-            digest, size = _extract_stream(job, url, art, staging, name, part.flatten)
+            digest, size = _extract_stream(job, url, art, staging, name, part.flatten, resume)
         top = _place(part)
-        write_done(part, url, digest, size, art is not None, top=top)
+        extra = {"resumed_at": resume.offset} if resume is not None else {}
+        write_done(part, url, digest, size, art is not None, top=top, **extra)
         remove_path(staging)
-        return PartResult(part.what, part.target, "downloaded", art is not None, size)
+        fetched = size - (resume.offset if resume is not None else 0)
+        return PartResult(part.what, part.target, "downloaded", art is not None, fetched)
 
     try:
         return job.twice(name, attempt, cleanup)
-    except Exception:
-        remove_path(staging)  # an interrupted run (Ctrl-C, kill) leaves it; the next run restarts cleanly
+    except DiskFullError:
+        remove_path(staging)  # give the space back: a full disk is no place to keep a partial extraction
         remove_path(_flat_path(part))
         raise
+    except TransferError:
+        remove_path(_flat_path(part))  # the network failed: keep what was extracted for the next run
+        if art is None or not _holds_a_file(staging):  # without a manifest there is nothing to resume by
+            remove_path(staging)
+        raise
+    except Exception:
+        remove_path(staging)  # refused or corrupt: nothing of it is kept (Ctrl-C and kill keep it, to resume)
+        remove_path(_flat_path(part))
+        raise
+
+
+def _holds_a_file(folder: Path) -> bool:
+    """Whether an interrupted extraction left anything a next run could keep."""
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    return any(files for _, _, files in os.walk(folder))
 
 
 def _already_in_place(job: Job, part: Part) -> PartResult | None:
@@ -107,19 +133,28 @@ def _with_fallback(job: Job, part: Part) -> Part:
     return dataclasses.replace(part, url=part.fallback_url, fallback_url=None)
 
 
-def _extractor(art: Mapping[str, Any] | None, staging: Path, name: str, flatten: bool) -> TarStreamExtractor:
+def _extractor(art: Mapping[str, Any] | None, staging: Path, name: str, flatten: bool,
+               resume: ResumePoint | None = None) -> TarStreamExtractor:
     """The safe extractor for one tar part; features (``flatten``) may have any layout, as objathor reads
     every ``*.pkl`` wherever it is, so only they may hold several top-level entries."""
     expect = expected_members(art["members"]) if art is not None and art.get("members") else None
+    start, done = (resume.offset, resume.done) if resume is not None else (0, frozenset())
     if flatten:
-        return TarStreamExtractor(staging, expect=expect, source=name, one_top=False)
-    return TarStreamExtractor(staging, top=top_folder(art), expect=expect, source=name)
+        return TarStreamExtractor(staging, expect=expect, source=name, one_top=False, start=start, done=done)
+    return TarStreamExtractor(staging, top=top_folder(art), expect=expect, source=name, start=start,
+                              done=done)
 
 
 def _extract_stream(job: Job, url: str, art: Mapping[str, Any] | None, staging: Path,
-                    name: str, flatten: bool) -> tuple[str, int]:
-    """Stream ``url`` into the extractor; a reader thread downloads and hashes the whole stream."""
-    extractor = _extractor(art, staging, name, flatten)
+                    name: str, flatten: bool, resume: ResumePoint | None = None) -> tuple[str, int]:
+    """Stream ``url`` into the extractor; a reader thread downloads and hashes the whole stream.
+
+    ``resume`` continues an interrupted extraction at its offset: the whole stream's sha256 cannot
+    be taken then, so the check is every member's own sha256, size and offset against the manifest
+    (the members already in staging were hashed again by :func:`.resume.resume_point`), and every
+    member listed being present. Returns (the manifest's sha256 when resumed, the tar's size)."""
+    start = resume.offset if resume is not None else 0
+    extractor = _extractor(art, staging, name, flatten, resume)
     check = job.check_response(url, "tar", art["size"] if art else None,
                                need=lambda info: info.size or 0)
     chunks: queue.Queue[Any] = queue.Queue(maxsize=8)
@@ -143,7 +178,7 @@ def _extract_stream(job: Job, url: str, art: Mapping[str, Any] | None, staging: 
             config = job.http.config
             for data in parallel_stream(job.http, url, on_open=check, stop=stop, adaptive=config.adaptive,
                                         piece=config.stream_piece, buffer=config.stream_buffer,
-                                        size_hint=art["size"] if art else None):
+                                        size_hint=art["size"] if art else None, start=start):
                 digest.update(data)
                 total += len(data)
                 if head is not None:
@@ -162,6 +197,7 @@ def _extract_stream(job: Job, url: str, art: Mapping[str, Any] | None, staging: 
 
     thread = threading.Thread(target=reader, name="download-reader", daemon=True)
     with progress(job.size_of(url, art), f"download {name}", enabled=job.show_progress) as bar:
+        bar.update(start)
         thread.start()
         try:
             while True:
@@ -177,6 +213,12 @@ def _extract_stream(job: Job, url: str, art: Mapping[str, Any] | None, staging: 
             stop.set()
             extractor.close()
             thread.join(timeout=5)  # it stops at its next read; do not wait out a read timeout
+    if resume is not None:
+        assert art is not None  # a resume point needs the manifest's members
+        if start + total != art["size"]:
+            raise ChecksumError(f"{url}: the stream ended at byte {start + total}, manifest.json says "
+                                f"{art['size']} bytes")
+        return art["sha256"].lower(), start + total
     sha = digest.hexdigest()
     if art is not None and (total != art["size"] or sha != art["sha256"].lower()):
         raise ChecksumError(f"{url}: the stream was {total} bytes with sha256:{sha}, manifest.json says "

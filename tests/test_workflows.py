@@ -175,8 +175,13 @@ def run_job(job: dict[str, Any], workspace: Path, context: dict[str, str],
 def checkout(tmp_path: Path) -> Path:
     """A copy of this checkout (what actions/checkout gives) sharing the installed .venv."""
     workspace = tmp_path / "workspace"
-    skip = shutil.ignore_patterns(".git", ".venv", "release", "demo", "build", ".docker-context", "assets",
-                                  "__pycache__", ".*_cache", "*.egg-info", "work", "results")
+    anywhere = shutil.ignore_patterns(".git", ".venv", "release", "demo", ".docker-context", "assets",
+                                      "__pycache__", ".*_cache", "*.egg-info", "work", "results")
+
+    def skip(folder: str, names: list[str]) -> set[str]:
+        # build output is ./build only: objathor_release/build is the package's
+        return anywhere(folder, names) | ({"build"} if Path(folder) == REPO else set())
+
     shutil.copytree(REPO, workspace, ignore=skip, symlinks=True)
     (workspace / ".venv").symlink_to(REPO / ".venv")
     return workspace

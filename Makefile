@@ -129,16 +129,18 @@ endif
 endif
 
 $(INPUTS_MK): | $(INSTALLED)
-	@if $(CHECK_SETTINGS) >/dev/null 2>&1; then \
+	@if $(CHECK_SETTINGS) --dry-run >/dev/null 2>&1; then \
 		$(CLI) deps --quiet --assets-dir '$(ASSETS_DIR)' $(if $(FEATURES_DIR),--features-dir '$(FEATURES_DIR)') \
 			$(if $(HOLODECK_DIR),--holodeck-dir '$(HOLODECK_DIR)') --release-dir '$(RELEASE_DIR)' $(TAR_FLAGS) --output '$@'; fi
 
 .PHONY: FORCE
 FORCE:
 
-.PHONY: release-settings  ## check the release settings and stop (make release runs it first)
+.PHONY: release-settings  ## check the release settings and that the bucket answers, and stop (make release runs it first)
+# For make release (and make release-settings) it also asks the bucket (one ListObjectsV2), before any
+# build step; DRY_RUN=1 and the local targets (tar, manifest...) send no request.
 release-settings: $(INSTALLED)
-	@$(CHECK_SETTINGS)
+	@$(CHECK_SETTINGS) $(if $(and $(filter release release-settings,$(MAKECMDGOALS)),$(if $(DRY_RUN),,1)),,--dry-run)
 
 .PHONY: release-dry-run  ## everything local, then print what the upload would do (make release DRY_RUN=1)
 release-dry-run: $(RELEASE_DIR)/manifest.json | release-settings

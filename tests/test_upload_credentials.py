@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.sample import make_sample_dataset
 from objathor_release.cli import main
 from tests.support.fixtures_upload import VERSION, make_release, random_bytes
 
@@ -54,11 +55,21 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 def commands(release: Path) -> dict[str, list[str]]:
     s3 = ["--bucket", "b1", "--endpoint-url", DEAD]
+    assets = release.parent / "assets"
+    if not assets.exists():
+        make_sample_dataset(assets, 2, seed=1, asset_bytes=1024)
+    build = ["--version", VERSION, "--assets-dir", str(assets), "--release-dir", str(release.parent / "built"),
+             "--chunk-size", "5M",
+             *s3]
     return {
+        "release": ["release", *build],
+        "release --check-only": ["release", "--check-only", *build],
+        "release --dry-run": ["release", "--dry-run", *build],
         "upload": ["upload", "--release-dir", str(release), *s3],
         "upload --dry-run": ["upload", "--release-dir", str(release), *s3, "--dry-run"],
-        "publish": ["publish", "--version", VERSION, "--release-dir", str(release), *s3],
-        "publish --dry-run": ["publish", "--version", VERSION, "--release-dir", str(release), *s3, "--dry-run"],
+        "publish": ["publish", "--version", VERSION, "--release-dir", str(release), *s3, "--chunk-size", "5M"],
+        "publish --dry-run": ["publish", "--version", VERSION, "--release-dir", str(release), *s3, "--dry-run",
+                              "--chunk-size", "5M"],
         "cleanup": ["cleanup", *s3],
     }
 
@@ -85,6 +96,7 @@ def test_partial_credentials_are_one_line_naming_the_missing_variable(
         assert (code, line) == (2, message), name
         for value in partial.values():  # a half-set key is still a secret
             assert value not in line
+    assert not (clean_env.parent / "built").exists()  # the release stopped before any build step
 
 
 def test_a_complete_pair_wins_over_a_half_pair(clean_env: Path, monkeypatch: pytest.MonkeyPatch,

@@ -4,17 +4,23 @@ rewriting proxy where an answer has to change."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from devtools.sample import make_sample_dataset
 from objathor_release.cli import main
 from objathor_release.errors import ReleaseError, TransferError, UsageError
 from objathor_release.publish.client import make_client
 from objathor_release.publish.preflight import preflight
 from objathor_release.publish.target import resolve_target
+from tests.conftest import REPO
 from tests.support.s3proxy import Exchange, Reply, S3Proxy, xml_error
 
+VERSION = "2024_02_01"
 FAST = {"AWS_MAX_ATTEMPTS": "1", "AWS_EC2_METADATA_DISABLED": "true", "OBJATHOR_PROGRESS": "0"}
 
 
@@ -142,3 +148,74 @@ def test_cleanup_still_retries_what_is_worth_retrying(s3_env: dict[str, str], s3
     assert exit_code == 1
     assert err.startswith("objathor-release: error: listing multipart uploads in bucket") and \
         err.rstrip().endswith("run the same command again"), err
+
+
+# --------------------------------------------------------------------------- the release asks first
+
+
+@pytest.fixture
+def assets(tmp_path: Path) -> Path:
+    root = tmp_path / "assets"
+    make_sample_dataset(root, 3, seed=2, asset_bytes=2048)
+    return root
+
+
+def release_args(assets: Path, bucket: str, endpoint: str, *extra: str) -> list[str]:
+    return ["release", "--version", VERSION, "--assets-dir", str(assets), "--release-dir",
+            str(assets.parent / "release"), "--bucket", bucket, "--endpoint-url", endpoint, "--chunk-size", "5M",
+            *extra]
+
+
+def test_check_only_asks_the_bucket(s3_env: dict[str, str], s3_server: Any, bucket: str, assets: Path,
+                                    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    for var, value in FAST.items():
+        monkeypatch.setenv(var, value)
+    with S3Proxy(s3_server.endpoint_url) as proxy:
+        code = main(release_args(assets, bucket, proxy.url, "--check-only"))
+        out, err = capsys.readouterr()
+        assert (code, err) == (0, "")
+        assert out == (f"settings OK: version {VERSION}, assets {assets}, release dir {assets.parent / 'release'}, "
+                       f"bucket s3://{bucket}/{VERSION} at {proxy.url} (answered ListObjectsV2 (MaxKeys=1))\n")
+        assert [ex.op for ex in proxy.log] == ["ListObjects"]
+        # --dry-run (make's DRY_RUN=1): the settings only, no request
+        proxy.log.clear()
+        assert main(release_args(assets, bucket, proxy.url, "--check-only", "--dry-run")) == 0
+        assert capsys.readouterr().out.startswith("settings OK: ") and proxy.log == []
+    assert not (assets.parent / "release").exists()
+
+
+@pytest.mark.parametrize("args", [["--check-only"], []])
+def test_a_missing_bucket_stops_the_release_before_any_build_step(
+        args: list[str], s3_env: dict[str, str], s3_server: Any, assets: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for var, value in FAST.items():
+        monkeypatch.setenv(var, value)
+    code = main(release_args(assets, "no-such-bucket-here", s3_server.endpoint_url, *args))
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert err == (f"objathor-release: error: bucket 'no-such-bucket-here' does not exist at "
+                   f"{s3_server.endpoint_url}: create it, or check --bucket and --endpoint-url\n")
+    assert not (assets.parent / "release").exists()
+
+
+def test_make_release_asks_the_bucket_first_and_dry_run_does_not(s3_env: dict[str, str], s3_server: Any,
+                                                                 assets: Path) -> None:
+    settings = [f"VERSION={VERSION}", f"ASSETS_DIR={assets}", f"RELEASE_DIR={assets.parent / 'release'}",
+                "BUCKET=no-such-bucket-here", f"ENDPOINT_URL={s3_server.endpoint_url}", "CHUNK_SIZE=5M"]
+    env = {**os.environ, **FAST}
+    env.pop("MAKEFLAGS", None)
+
+    def make(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["make", "--no-print-directory", "-C", str(REPO), *args], capture_output=True,
+                              text=True, env=env, timeout=300)
+
+    stopped = make("release", *settings)
+    assert stopped.returncode != 0
+    errors = [x for x in stopped.stderr.splitlines() if x.startswith("objathor-release: error:")]
+    assert errors == [f"objathor-release: error: bucket 'no-such-bucket-here' does not exist at "
+                      f"{s3_server.endpoint_url}: create it, or check --bucket and --endpoint-url"], stopped.stderr
+    assert "objathor_release tar" not in stopped.stdout and not (assets.parent / "release" / "assets.tar").exists()
+    # the local targets and a dry run send no request, so they do not need the bucket
+    local = make("tar", *settings)
+    assert local.returncode == 0, local.stderr
+    assert (assets.parent / "release" / "assets.tar").exists()

@@ -53,7 +53,8 @@ def add_release(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="do everything local and print what the upload would do")
     p.add_argument("--check-only", action="store_true",
-                   help="validate the settings and stop (what `make release` runs first)")
+                   help="validate the settings, check that the bucket answers (one ListObjectsV2; "
+                   "not with --dry-run), and stop (what `make release` runs first)")
     p.set_defaults(func=_run_release)
 
 
@@ -85,11 +86,19 @@ def settings_from_args(args: argparse.Namespace, *, need_assets: bool = True) ->
 def _run_release(args: argparse.Namespace) -> int:
     """``objathor-release release``: every step, skipping what is up to date."""
     from objathor_release.pipeline import build_local, release_dir_of
+    from objathor_release.publish.preflight import check_release_target
 
     cfg = settings_from_args(args)
-    if args.check_only:
+    if args.check_only and args.dry_run:  # the local steps' check: no bucket, no request
         print(f"settings OK: version {cfg.version}, assets {cfg.assets_dir}, "
               f"release dir {release_dir_of(cfg)}")
+        return 0
+    # the endpoint, bucket and credentials before any build step (a dry run sends no request)
+    checked = check_release_target(cfg, remote=args.remote, rclone_config=args.rclone_config,
+                                   dry_run=args.dry_run)
+    if args.check_only:
+        print(f"settings OK: version {cfg.version}, assets {cfg.assets_dir}, "
+              f"release dir {release_dir_of(cfg)}, bucket {checked}")
         return 0
     build = build_local(cfg, show_progress=not args.quiet, verbose=args.verbose)
     if build.built:
@@ -99,7 +108,12 @@ def _run_release(args: argparse.Namespace) -> int:
 
 def _run_publish(args: argparse.Namespace) -> int:
     """``objathor-release publish``: upload an already built release dir and verify it remotely."""
-    return _publish(settings_from_args(args, need_assets=False), args)
+    from objathor_release.publish.preflight import release_target
+
+    cfg = settings_from_args(args, need_assets=False)
+    release_target(cfg, remote=args.remote, rclone_config=args.rclone_config,
+                   require_credentials=not args.dry_run)  # settings and credentials first: one line each
+    return _publish(cfg, args)
 
 
 def _publish(cfg: ReleaseConfig, args: argparse.Namespace) -> int:

@@ -503,6 +503,27 @@ def _own_for_container(path: Path, uid: int) -> None:
             os.chown(os.path.join(dirpath, name), uid, uid, follow_symlinks=False)
 
 
+def loopback_network(endpoint_url: str | None, environ: Mapping[str, str] | None,
+                     stderr: TextIO) -> str | None:
+    """``host`` when the endpoint the release will use is this machine's loopback (a container's own
+    127.0.0.1 is not the host's), else None (Docker's default network)."""
+    import ipaddress
+    import urllib.parse
+
+    env = os.environ if environ is None else environ
+    url = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or ""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        return None
+    print(f"objathor-release: the endpoint {url} is on this machine's loopback: the container runs on the "
+          "host network to reach it (DOCKER_NETWORK=NAME or --network chooses another)", file=stderr)
+    return "host"
+
+
 def release_in_container(*, version: str, assets_dir: str | Path, release_dir: str | Path,
                          features_dir: str | Path | None = None, image: str = f"{IMAGE_REPOSITORY}:latest",
                          bucket: str | None = None, endpoint_url: str | None = None,
@@ -515,7 +536,9 @@ def release_in_container(*, version: str, assets_dir: str | Path, release_dir: s
     the release directory read-write at /data/release; the credentials and settings in
     :data:`FORWARDED_ENV` come from ``environ`` (default: this process's environment). The
     container runs as the caller's uid:gid so its files belong to the caller; a root caller keeps
-    the image's own non-root user and the release directory is handed to it.
+    the image's own non-root user and the release directory is handed to it. An endpoint on this
+    machine's loopback (127.0.0.1, ::1, localhost) runs the container on the host network unless
+    ``network`` says otherwise.
     """
     from objathor_release.settings import validate_version
 
@@ -534,6 +557,7 @@ def release_in_container(*, version: str, assets_dir: str | Path, release_dir: s
         args += ["--features-dir", "/data/features"]
     args += [*(["--bucket", bucket] if bucket else []),
              *(["--endpoint-url", endpoint_url] if endpoint_url else [])]
+    network = network or loopback_network(endpoint_url, environ, stderr)
     user = None
     if os.geteuid() == 0:
         _own_for_container(release, CONTAINER_UID)

@@ -295,3 +295,18 @@ def test_docker_release_returns_the_container_exit_code(release_image: str, s3_e
                           text=True, timeout=300)
     assert done.returncode == expected, done.stdout + done.stderr
     assert "no-such-bucket-here" in done.stderr
+
+
+def test_a_loopback_endpoint_runs_the_release_container_on_the_host_network() -> None:
+    """A container's 127.0.0.1 is its own: an endpoint on the host's loopback needs the host network,
+    chosen without the user having to know (DOCKER_NETWORK still wins, in release_in_container)."""
+    for url in ("http://127.0.0.1:9000", "http://localhost:9000/", "http://[::1]:9000", "http://127.8.0.1"):
+        err = io.StringIO()
+        assert dockerimage.loopback_network(url, {}, err) == "host", url
+        assert "host network" in err.getvalue() and url in err.getvalue()
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:4566"}
+    assert dockerimage.loopback_network(None, env, io.StringIO()) == "host"
+    for url in ("https://acct.r2.cloudflarestorage.com", "http://10.0.0.5:9000", "http://not-a-host.example", ""):
+        err = io.StringIO()
+        assert dockerimage.loopback_network(url, {}, err) is None, url
+        assert err.getvalue() == ""

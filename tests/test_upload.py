@@ -382,7 +382,10 @@ def test_ctrl_c_stops_cleanly_and_resumes(s3_env: dict[str, str], s3_server: Any
         proc = subprocess.Popen(
             [sys.executable, "-m", "objathor_release", "upload", "--release-dir", str(release), "--bucket",
              bucket, "--endpoint-url", proxy.url, "--chunk-size", "5M", "--upload-concurrency", "2"],
-            env={**os.environ, **FAST}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            env={**os.environ, **FAST}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # a shell's background job starts with SIGINT ignored, and a child inherits that: Python then
+            # installs no KeyboardInterrupt handler. Ctrl-C is what is tested, so give it its default.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             assert held.wait(60), "no part reached the proxy"
             time.sleep(0.3)

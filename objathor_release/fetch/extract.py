@@ -16,7 +16,8 @@ Refused, naming the member (:class:`UnsafeMemberError`, exit 2):
   disk to somewhere else. Only the tree on disk says where a link leads, and a
   tree without links is trivially safe;
 - hard links, except to a regular file this extractor itself wrote earlier from
-  the same archive (tracked by archive path);
+  the same archive (tracked by archive path), and all of them in a resumed
+  extraction checked against a manifest (its members are regular files only);
 - devices, FIFOs, sparse files and unknown member types;
 - a member that changes the type of a path: a file or hard link where a folder
   is, a folder where a file is;
@@ -218,6 +219,7 @@ class TarStreamExtractor:
         self._root_fd = -1
         self._dirs: OrderedDict[str, int] = OrderedDict()  # archive path -> open folder descriptor
         self._files: set[str] = set()  # regular files this extractor wrote, by archive path
+        self._resumed = bool(start)  # the stream's whole sha256 is not taken: only members are checked
         for path in done:  # a resumed extraction: members an earlier run wrote and a check re-hashed
             if self.expect is not None:
                 self.expect.pop(path, None)
@@ -543,6 +545,11 @@ class TarStreamExtractor:
         except ValueError as exc:
             raise self._refuse(member, f"hard link to {link!r}: {exc}") from None
         source_path = "/".join(source)
+        if self._resumed and self.expect is not None:
+            raise self._refuse(member, f"hard link to {link!r} after the point an interrupted extraction "
+                                       "resumed at: manifest.json lists no hard links, and the rest of the "
+                                       "archive cannot be checked as a whole then; run the command again "
+                                       "to extract it from the start")
         if source_path not in self._files:
             raise self._refuse(member, f"hard link to {link!r}, which is not a file extracted earlier from "
                                        "this archive")

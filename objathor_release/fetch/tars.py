@@ -33,7 +33,7 @@ from objathor_release.fetch.markers import write_done
 from objathor_release.fetch.pages import is_html_type, sniff_page
 from objathor_release.fetch.parallel import parallel_stream
 from objathor_release.fetch.ranges import part_paths
-from objathor_release.fetch.resume import ResumePoint, resume_point
+from objathor_release.fetch.resume import ResumePoint, prune, resume_point
 from objathor_release.fsutil import atomic_write, remove_path, replace_dir
 from objathor_release.progress import progress
 
@@ -58,6 +58,11 @@ def fetch_tar(job: Job, part: Part) -> PartResult:
         resume = None
         if staging.exists():
             resume = resume_point(staging, art, show_progress=job.show_progress) if kept is None else None
+            if resume is not None and art is not None:
+                try:  # keep only the checked members: nothing else of the earlier run reaches the folder
+                    prune(staging, resume.done, expected_members(art["members"]))
+                except (OSError, RecursionError):
+                    resume = None
             if resume is None:
                 job.note(f"restarting the interrupted extraction of {name} (removing {staging})")
                 remove_path(staging)

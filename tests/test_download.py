@@ -664,7 +664,8 @@ def test_a_folder_objathor_downloaded_is_checked_in_place_not_fetched_again(web:
     assert "checked file by file" in result.summary()
 
 
-@pytest.mark.parametrize("damage", ["changed byte", "extra file", "missing file", "link to a member"])
+@pytest.mark.parametrize("damage", ["changed byte", "extra file", "missing file", "link to a member",
+                                    "hard link from outside", "FIFO", "linked parent folder", "deep tree"])
 def test_a_folder_that_differs_from_the_release_is_downloaded_again(web: Nginx, tmp_path: Path,
                                                                     damage: str) -> None:
     base, release, src = publish(web, tmp_path, holodeck=False, features=False)
@@ -684,9 +685,20 @@ def test_a_folder_that_differs_from_the_release_is_downloaded_again(web: Nginx, 
         (victim.parent / "extra.txt").write_text("not in the release")
     elif damage == "missing file":
         victim.unlink()
-    else:
+    elif damage == "link to a member":
         victim.unlink()
         victim.symlink_to(outside)
+    elif damage == "hard link from outside":
+        outside.unlink()
+        os.link(victim, outside)
+    elif damage == "FIFO":
+        os.mkfifo(victim.parent / "extra.fifo")
+    elif damage == "linked parent folder":
+        moved = tmp_path / "moved"
+        victim.parent.rename(moved)
+        victim.parent.symlink_to(moved)
+    else:
+        _deep_folders(victim.parent, 200)
     before = len(web.access_log())
     result = download_version("assets", V, path=dest, base_url=base, show_progress=False, http_config=FAST)
     assert (result.parts[0].status, result.parts[0].verified) == ("downloaded", True)
@@ -695,6 +707,38 @@ def test_a_folder_that_differs_from_the_release_is_downloaded_again(web: Nginx, 
     placed = dest / V / "assets" / victim.relative_to(assets)
     assert not placed.is_symlink() and placed.read_bytes() == original
     assert outside.read_bytes() == original  # a link's target is never written through
+    assert os.stat(placed).st_ino != os.stat(outside).st_ino
+
+
+def _deep_folders(parent: Path, levels: int) -> None:
+    """``parent/d/d/d/...``, ``levels`` deep (made by descriptor: the path is longer than PATH_MAX allows)."""
+    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(levels):
+            os.mkdir("d", dir_fd=fd)
+            sub = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+    finally:
+        os.close(fd)
+
+
+def test_a_folder_in_place_that_is_a_link_is_not_checked_through_it(web: Nginx, tmp_path: Path) -> None:
+    """``V/assets`` as a link to a copy of the release elsewhere: never taken as the release, and the
+    copy it points to is left alone."""
+    base, release, src = publish(web, tmp_path, holodeck=False, features=False)
+    dest = tmp_path / "dl"
+    elsewhere = tmp_path / "elsewhere"
+    with tarfile.open(release.vdir / "assets.tar") as tf:
+        tf.extractall(elsewhere, filter="data")
+    (top,) = list(elsewhere.iterdir())
+    (dest / V).mkdir(parents=True)
+    (dest / V / "assets").symlink_to(top)
+    before = tree(top)
+    result = download_version("assets", V, path=dest, base_url=base, show_progress=False, http_config=FAST)
+    assert (result.parts[0].status, result.parts[0].verified) == ("downloaded", True)
+    assert not (dest / V / "assets").is_symlink() and tree(dest / V / "assets") == expected_tree(src)
+    assert tree(top) == before
 
 
 def test_result_summary_mentions_every_part(web: Nginx, tmp_path: Path) -> None:

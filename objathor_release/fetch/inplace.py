@@ -11,10 +11,14 @@ the new one is verified.
 
 Files are opened with ``O_NOFOLLOW`` and walked without following links: a
 link where a member should be is a difference, never a way to read elsewhere.
+So is a file with a second name (a hard link: whoever holds the other name
+could change the bytes later), a file that vanishes or changes type while it
+is checked, and a folder nested deeper than any member (the walk stops there).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -53,13 +57,21 @@ def expected_in_place(artifact: Mapping[str, Any], flatten: bool) -> dict[str, E
 def difference(folder: Path, expected: Mapping[str, ExpectedMember], *, show_progress: bool = False) -> str:
     """How ``folder`` differs from ``expected`` ("" when it holds exactly those files with those bytes)."""
     found: dict[str, int] = {}
+    depth = max((k.count("/") for k in expected), default=0)
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         rel_dir = os.path.relpath(dirpath, folder)
+        if rel_dir != "." and rel_dir.count("/") >= depth:  # before os.walk goes deeper than any member
+            return f"{rel_dir} is a folder deeper than any file of the release"
         for name in [*filenames, *(d for d in dirnames if os.path.islink(os.path.join(dirpath, d)))]:
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            st = os.lstat(os.path.join(dirpath, name))
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError as exc:  # removed or replaced while we look
+                return f"{rel} cannot be read ({exc.strerror or exc})"
             if not stat.S_ISREG(st.st_mode):
                 return f"{rel} is not a regular file"
+            if st.st_nlink != 1:
+                return f"{rel} has another name (a hard link), so other paths can change it"
             if rel not in expected:
                 return f"{rel} is not in the release"
             found[rel] = st.st_size
@@ -82,9 +94,14 @@ def difference(folder: Path, expected: Mapping[str, ExpectedMember], *, show_pro
 
 
 def _sha256(path: Path, on_bytes: Any) -> str:
+    """The file's sha256; OSError when it is no longer a plain file (a link, a FIFO put there since)."""
     h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    # O_NONBLOCK: a FIFO put there since the walk must not block the open
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise OSError(errno.EINVAL, "no longer a plain file")
         while block := fh.read(CHUNK):
             h.update(block)
             on_bytes(len(block))

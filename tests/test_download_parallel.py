@@ -179,3 +179,108 @@ def test_a_flipped_byte_in_one_piece_is_caught(web: Nginx, tmp_path: Path) -> No
         download_version("assets", V, path=tmp_path / "dl", base_url=base, show_progress=False,
                          http_config=CONFIG)
     assert not (tmp_path / "dl" / V / "assets").exists()
+
+
+# ---------------------------------------------------------------------- servers that misbehave mid-way
+
+
+def test_a_server_that_stops_serving_ranges_mid_way_gets_the_rest_in_one_stream(web: Nginx) -> None:
+    """From piece 4 on, every Range is answered with the whole file (HTTP 200): the pieces must not each
+    read the file up to themselves; the rest comes by one stream from piece 4, exact."""
+    count = 24
+    url, data = served_file(web, count * PIECE)
+    name = url.rsplit("/", 1)[1]
+    with HostileServer(web.root, max_seconds=6) as srv:
+        for k in range(4, count):
+            srv.script(name, Script(ranges=False, range_prefix=f"bytes={k * PIECE}-"))
+        got = b"".join(parallel_stream(Http(CONFIG), f"{srv.url}/{name}", piece=PIECE, buffer=8 * PIECE,
+                                       adaptive=False))
+        ranges = [r.headers.get("Range", "") for r in srv.requests_for(name) if r.method == "GET"]
+    assert got == data
+    rest = [int(r[6:-1]) for r in ranges if re.fullmatch(r"bytes=\d+-", r)]
+    assert len(rest) == 1 and rest[0] <= 4 * PIECE, "the rest is one open-ended stream"
+    starts = [int(m.group(1)) // PIECE for r in ranges if (m := re.fullmatch(r"bytes=(\d+)-\d+", r))]
+    assert max(starts) < 4 + 8 + 4, "no piece is asked for once the server stopped serving ranges"
+
+
+@pytest.mark.parametrize("lie, error", [
+    ("another start", "does not serve byte ranges correctly"),
+    ("another total", "changed on the server"),
+    ("an end past the total", "does not serve byte ranges correctly"),
+])
+def test_a_piece_answered_with_another_range_is_an_error(web: Nginx, lie: str, error: str) -> None:
+    url, data = served_file(web, 12 * PIECE)
+    name = url.rsplit("/", 1)[1]
+    size, first, last = len(data), 5 * PIECE, 6 * PIECE - 1
+    content_range = {"another start": f"bytes {first + 512}-{last}/{size}",
+                     "another total": f"bytes {first}-{last}/{size + PIECE}",
+                     "an end past the total": f"bytes {first}-{size}/{size}"}[lie]
+    with HostileServer(web.root, max_seconds=6) as srv:
+        srv.script(name, Script(content_range=content_range, range_prefix=f"bytes={first}-"))
+        with pytest.raises(TransferError, match=error):
+            b"".join(parallel_stream(Http(CONFIG), f"{srv.url}/{name}", piece=PIECE, buffer=8 * PIECE,
+                                     adaptive=False))
+    _no_worker_left()
+
+
+def _no_worker_left() -> None:
+    """Every piece worker has ended (each stops at its next read; the wait is bounded, not timed)."""
+    for _ in range(200):
+        if not [t for t in threading.enumerate() if t.name.startswith("download-piece-")]:
+            return
+        time.sleep(0.05)
+    raise AssertionError("piece workers are still running")
+
+
+@pytest.mark.parametrize("how", ["stall", "drip"])
+def test_closing_the_stream_early_stops_every_worker(web: Nginx, how: str) -> None:
+    """The consumer stops after the first piece while others stall or drip: no worker is left behind."""
+    url, _ = served_file(web, 16 * PIECE)
+    name = url.rsplit("/", 1)[1]
+    config = HttpConfig(attempts=1, backoff=0.01, connections=4, adaptive=False, stream_piece=PIECE,
+                        stream_buffer=8 * PIECE, read_size=64 * KiB, read_timeout=2, rate_window=2)
+    with HostileServer(web.root, max_seconds=8) as srv:
+        for k in range(1, 16):
+            script = Script(stall_after=100) if how == "stall" else Script(drip=(64, 0.05))
+            script.range_prefix = f"bytes={k * PIECE}-"
+            srv.script(name, script)
+        stream = parallel_stream(Http(config), f"{srv.url}/{name}", piece=PIECE, buffer=8 * PIECE,
+                                 adaptive=False)
+        assert len(next(stream)) == PIECE
+        stream.close()
+        _no_worker_left()
+
+
+def test_a_storm_of_429_and_503_is_ridden_out(web: Nginx) -> None:
+    """Every piece is refused twice (429, then 503) before it is served: all retried, the bytes exact."""
+    url, data = served_file(web, 12 * PIECE)
+    refused: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def rule(req: Request) -> Any:
+        r = req.headers.get("Range", "")
+        if not re.fullmatch(r"bytes=\d+-\d+", r) or r == "bytes=0-0":
+            return PASS
+        with lock:
+            n = refused[r] = refused.get(r, 0) + 1
+        return status(429) if n == 1 else status(503) if n == 2 else PASS
+
+    with FaultProxy(web.url, rule) as proxy:
+        got = b"".join(parallel_stream(Http(CONFIG), proxy.url + url[len(web.url):], piece=PIECE,
+                                       buffer=8 * PIECE, adaptive=False))
+    assert got == data
+    assert len(refused) == 12 and set(refused.values()) == {3}
+
+
+@pytest.mark.parametrize("change", ["longer", "shorter"])
+def test_a_tar_of_another_size_than_the_manifest_says_is_refused_before_use(web: Nginx, tmp_path: Path,
+                                                                            change: str) -> None:
+    base, _, vdir = publish(web, tmp_path)
+    tar = vdir / "assets.tar"
+    data = tar.read_bytes()
+    tar.write_bytes(data + bytes(1024) if change == "longer" else data[:-1024])
+    with pytest.raises(ChecksumError, match="on the server but manifest.json says"):
+        download_version("assets", V, path=tmp_path / "dl", base_url=base, show_progress=False,
+                         http_config=CONFIG)
+    assert not (tmp_path / "dl" / V / "assets").exists()
+    assert not (tmp_path / "dl" / V / ".objathor-release" / "assets.staging").exists()

@@ -47,7 +47,7 @@ from objathor_release.retry import RetriesExhausted
 from objathor_release.settings import MiB, format_size
 
 __all__ = ["RETRY_STATUS", "AccessDenied", "Http", "HttpConfig", "Info", "NotFound", "RangeRefused",
-           "ResourceChanged", "check_range", "redirect_target", "response_info"]
+           "RangesIgnored", "ResourceChanged", "check_range", "redirect_target", "response_info"]
 
 T = TypeVar("T")
 MAX_REDIRECTS = 5
@@ -82,6 +82,10 @@ class AccessDenied(UsageError):
 
 class ResourceChanged(TransferError):
     """The file changed on the server between two requests (If-Range failed)."""
+
+
+class RangesIgnored(TransferError):
+    """A Range request answered with the whole file (HTTP 200) where a part was asked for."""
 
 
 class RangeRefused(TransferError):
@@ -278,7 +282,7 @@ class Http:
 
     def stream(self, url: str, *, start: int = 0, end: int | None = None, validator: str | None = None,
                on_open: Callable[[Info], None] | None = None, stop: threading.Event | None = None,
-               size: int | None = None) -> Iterator[bytes]:
+               size: int | None = None, ranged: bool = False) -> Iterator[bytes]:
         """Yield the bytes of ``url`` from ``start`` to ``end`` (inclusive) in ``read_size`` pieces.
 
         A cut connection, a too slow transfer or a retryable status reopens at
@@ -287,6 +291,8 @@ class Http:
         sees the first response's Info (to check its type and size before any
         byte is used). Never yields a byte past ``end``. ``size``, when known, is
         the file's full size: a 206 announcing another total means it changed.
+        ``ranged``: a 200 answering a Range is :class:`RangesIgnored` instead of
+        read and dropped up to ``start`` (one piece of many must not cost the file).
         """
         pos = start
         failures = 0
@@ -304,6 +310,9 @@ class Http:
                         resp = self.request(url, start=pos, end=end, validator=validator)
                         meter.reset()
                         skip = check_range(url, resp, pos, validator, info.size if info else size)
+                        if skip and ranged:
+                            raise RangesIgnored(f"{url}: the server answered a byte range with the whole "
+                                                "file (HTTP 200)")
                         if info is None:
                             info = response_info(url, resp)
                             validator = validator or info.validator

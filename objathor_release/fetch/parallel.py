@@ -14,7 +14,8 @@ buffered (256 MiB by default). The number of pieces fetched at once adapts:
 it starts at a few and doubles while the total rate keeps growing by a tenth
 or more, up to ``connections``; ``adaptive=False`` uses ``connections`` from
 the start. A server that does not serve ranges, a file of unknown size or one
-smaller than two pieces gets the plain single stream.
+smaller than two pieces gets the plain single stream, and so does the rest of
+a file whose server stops serving ranges mid-way (a piece answered by HTTP 200).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from objathor_release.fetch.http import Http, Info
+from objathor_release.fetch.http import Http, Info, RangesIgnored
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ PIECE = 8 * MiB
 BUFFER = 256 * MiB
 START = 4  # pieces in flight at first, when adapting
 GROWTH = 1.10  # the total rate must grow by this much for more connections to be added
+JOIN = 5.0  # seconds a closed stream waits, in all, for its workers (each stops at its next read)
 
 
 @dataclass
@@ -141,7 +143,7 @@ class _Pieces:
             end = min(self.size, start + self.piece) - 1
             try:
                 data = b"".join(self.http.stream(self.url, start=start, end=end, validator=self.validator,
-                                                 size=self.size, stop=self.stop))
+                                                 size=self.size, stop=self.stop, ranged=True))
                 if len(data) != end + 1 - start and not self._stopped():
                     raise ConnectionError(f"piece {index} ended after {len(data)} bytes")
             except BaseException as exc:  # handed to the consumer, which raises it
@@ -171,15 +173,40 @@ class _Pieces:
                         if self.outer_stop is not None and self.outer_stop.is_set():
                             return
                         self.cond.wait(0.5)
-                    if self.error is not None:
+                    if self.next_out not in self.ready:  # an error, after the pieces before it
+                        if isinstance(self.error, RangesIgnored):
+                            break
+                        assert self.error is not None
                         raise self.error
                     data = self.ready.pop(self.next_out)
                     self.next_out += 1
                     self.cond.notify_all()
                 yield data
+            else:
+                return
+            yield from self._rest_as_one_stream()
         finally:
-            self.stop.set()
-            with self.cond:
-                self.cond.notify_all()
-            for t in threads:
-                t.join(timeout=5)
+            self._close(threads)
+
+    def _rest_as_one_stream(self) -> Iterator[bytes]:
+        """The server stopped serving ranges mid-way: stop the workers and read the rest in one stream
+        (its start read and dropped once), instead of every piece reading the file up to itself."""
+        log.info("%s: the server answered a byte range with the whole file: reading the rest in one "
+                 "stream", self.url)
+        self.stop.set()
+        with self.cond:
+            self.ready.clear()
+            self.cond.notify_all()
+        yield from self.http.stream(self.url, start=self.start + self.next_out * self.piece,
+                                    validator=self.validator, size=self.size, stop=self.outer_stop)
+
+    def _close(self, threads: list[threading.Thread]) -> None:
+        """Stop every worker; wait for them ``JOIN`` seconds in all (one stuck in a read ends at its
+        read timeout and then does nothing more: it only ever hands bytes to this object)."""
+        self.stop.set()
+        with self.cond:
+            self.ready.clear()
+            self.cond.notify_all()
+        deadline = time.monotonic() + JOIN
+        for t in threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))

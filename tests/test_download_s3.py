@@ -9,6 +9,7 @@ shown and recorded: only ever ``s3://...``, never a signature, a key id or a que
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,15 +126,16 @@ def test_a_cut_stream_resumes_signed_again(private: tuple[S3Proxy, Release, Path
 def test_wrong_credentials_are_access_denied_and_stay_hidden(
         s3_env: dict[str, str], s3_server: Any, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OBJATHOR_PROGRESS", "0")
     with S3Proxy(s3_server.endpoint_url, before=lambda ex: xml_error("InvalidAccessKeyId", "no", 403)) as proxy:
         code = main(["download", "assets", "--version", V, "--path", str(tmp_path / "dl"),
                      "--base-url", f"s3://{bucket}/{PREFIX}", "--endpoint-url", proxy.url])
     err = capsys.readouterr().err
-    assert code == 2
-    assert err.splitlines()[-1] == (
+    assert code == 2, err
+    assert [x for x in err.splitlines() if "error:" in x] == [(
         f"objathor-release: error: access denied (HTTP 403) for s3://{bucket}/{PREFIX}/{V}/manifest.json: the "
         "credentials may not read it; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or R2_ACCESS_KEY_ID "
-        "and R2_SECRET_ACCESS_KEY, or --profile), their access to the bucket, and --endpoint-url")
+        "and R2_SECRET_ACCESS_KEY, or --profile), their access to the bucket, and --endpoint-url")], err
     assert_nothing_leaks(err, tmp_path)
 
 
@@ -159,3 +161,36 @@ def test_s3_settings_are_one_line_before_any_request(argv: list[str], env: dict[
     err = capsys.readouterr().err
     assert (code, err) == (2, f"objathor-release: error: {message}\n")
     assert not (tmp_path / "dl").exists()
+
+
+# ---------------------------------------------------------------------- a hostile endpoint
+
+
+def _echoing_redirect(location: str) -> Any:
+    """The endpoint answers a signed GET of manifest.json with a redirect whose Location carries the
+    request's own signed query string (as S3's 307 to a regional endpoint does) under ``location``."""
+    def before(ex: Exchange) -> Reply | None:
+        if ex.method == "GET" and ex.key.endswith("manifest.json") and "X-Amz-Signature" in ex.query:
+            query = urllib.parse.urlsplit(ex.path).query
+            return Reply(307, {"Location": f"{location}{urllib.parse.urlsplit(ex.path).path}?{query}"})
+        return signed_gets_only(ex)
+    return before
+
+
+@pytest.mark.xfail(strict=True, reason="a refused redirect of a signed request is shown with its target, and "
+                   "the target echoes the signed query string: redact() removes the key id and secret but "
+                   "not X-Amz-Signature, X-Amz-Credential's scope or X-Amz-Security-Token, so the message "
+                   "holds a bearer URL usable for EXPIRES seconds (redirect_target/_shown in fetch/http.py; "
+                   "a target derived from a signed request should be shown as the s3:// URL, or without "
+                   "its query)")
+@pytest.mark.parametrize("location", ["ftp://elsewhere.invalid", "http://elsewhere.invalid:99999999"])
+def test_a_refused_redirect_of_a_signed_request_shows_no_signature(
+        location: str, s3_env: dict[str, str], s3_server: Any, bucket: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OBJATHOR_PROGRESS", "0")
+    with S3Proxy(s3_server.endpoint_url, before=_echoing_redirect(location)) as proxy:
+        code = main(["download", "assets", "--version", V, "--path", str(tmp_path / "dl"),
+                     "--base-url", f"s3://{bucket}/{PREFIX}", "--endpoint-url", proxy.url])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert_nothing_leaks(err, tmp_path)

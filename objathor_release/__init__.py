@@ -25,7 +25,7 @@ _EXPORTS = {
     "write_manifest": "build.manifest",
     "load_manifest": "build.manifest",
     "verify_release": "build.manifest",
-    "resolve_target": "publish.target",
+    "resolve_target": "s3.target",
     "make_client": "publish.client",
     "upload_release": "publish.upload",
     "published_manifest": "publish.remote",
@@ -72,8 +72,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
     from .pipeline import build_local, publish
     from .publish.client import make_client
     from .publish.remote import published_manifest, verify_remote
-    from .publish.target import resolve_target
     from .publish.upload import upload_release
+    from .s3.target import resolve_target
     from .settings import ReleaseConfig, UploadConfig, parse_size, validate_version
     from .trust.origin import TrustPolicy, sign_release
     from .trust.registry import load_registry

@@ -16,7 +16,7 @@ from objathor_release.cli import main
 from objathor_release.errors import ReleaseError, TransferError, UsageError
 from objathor_release.publish.client import make_client
 from objathor_release.publish.preflight import preflight
-from objathor_release.publish.target import resolve_target
+from objathor_release.s3.target import resolve_target
 from tests.conftest import REPO
 from tests.support.s3proxy import Exchange, Reply, S3Proxy, xml_error
 

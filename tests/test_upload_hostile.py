@@ -24,8 +24,8 @@ from objathor_release.cli import main
 from objathor_release.errors import ChecksumError, InputError, PublishedError, ReleaseError, TransferError
 from objathor_release.publish import remote, upload
 from objathor_release.publish.client import make_client
-from objathor_release.publish.target import resolve_target
 from objathor_release.publish.upload_state import UploadState
+from objathor_release.s3.target import resolve_target
 from objathor_release.settings import UploadConfig
 from tests.support.fixtures_upload import PART, VERSION, expected_etag, make_release, random_bytes, tar_bytes
 from tests.support.s3proxy import Exchange, Reply, S3Proxy, set_xml, xml_error

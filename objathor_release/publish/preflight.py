@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from objathor_release.errors import ReleaseError, TransferError, UsageError
 from objathor_release.publish.client import client_error, client_secrets, error_code, http_status, one_line
-from objathor_release.publish.target import CREDENTIALS_HINT, S3Target, resolve_target
+from objathor_release.s3.target import CREDENTIALS_HINT, S3Target, resolve_target
 from objathor_release.settings import ReleaseConfig
 
 logger = logging.getLogger(__name__)

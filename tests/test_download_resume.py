@@ -20,13 +20,14 @@ import pytest
 from devtools.nginx import Nginx
 from devtools.sample import make_sample_dataset
 from devtools.served_release import Release, build_release, expected_tree, flip_byte, tree
-from objathor_release.errors import ChecksumError, TransferError
+from objathor_release.errors import ChecksumError, TransferError, UsageError
 from objathor_release.fetch.download import download_version
 from objathor_release.fetch.extract import ExpectedMember, TarStreamExtractor, UnsafeMemberError
 from objathor_release.fetch.http import HttpConfig
 from objathor_release.fetch.resume import resume_point
 from tests.support import hostile_tars
 from tests.support.faultproxy import PASS, FaultProxy, Request, cut, status
+from tests.support.tmpfs import mounted_tmpfs
 
 V = "2024_02_01"
 CONFIG = HttpConfig(attempts=2, backoff=0.01, connections=1, adaptive=False)
@@ -326,3 +327,44 @@ def test_a_hard_link_after_the_resume_point_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsafeMemberError, match="hard link .* after the point"):
         extractor.feed(hostile_tars.hardlink("assets/u1/b.jpg", "assets/u1/a.jpg") + hostile_tars.end())
     assert not (dest / "assets" / "u1" / "b.jpg").exists()
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    filler = disk / "filler.bin"
+    with open(filler, "wb") as fh:
+        fh.write(bytes(max(0, shutil.disk_usage(disk).free - leave)))
+    return filler
+
+
+def test_a_resume_needs_space_for_the_rest_only(web: Nginx, tmp_path: Path) -> None:
+    """Free space for what is still to come, not for the whole tar again: the resume goes ahead."""
+    base, release, src = publish(web, tmp_path)
+    size = release.artifact("assets.tar")["size"]
+    with mounted_tmpfs(tmp_path / "disk", "size=4m") as disk:
+        dest = disk / "dl"
+        staging = interrupted(web, base, release, dest)
+        point = resume_point(staging, release.artifact("assets.tar"))
+        assert point is not None
+        rest = size - point.offset
+        _fill(disk, rest + 400 * 1024)
+        assert shutil.disk_usage(disk).free < size, "the test needs less free space than the whole tar"
+        ranges, result = second_run(web, base, dest)
+        assert ranges == [f"bytes={point.offset}-"] and result.verified
+        _only_the_release(dest / V / "assets", src)
+
+
+def test_a_resume_on_a_full_disk_gives_the_space_back(web: Nginx, tmp_path: Path) -> None:
+    """The disk fills between the runs: the resumed run stops with one line before writing, removes
+    staging (a full disk is no place to keep it), and the run after space is freed starts over, exact."""
+    base, release, src = publish(web, tmp_path)
+    with mounted_tmpfs(tmp_path / "disk", "size=4m") as disk:
+        dest = disk / "dl"
+        staging = interrupted(web, base, release, dest)
+        filler = _fill(disk, 64 * 1024)
+        with pytest.raises(UsageError, match="not enough space in .* free some space"):
+            second_run(web, base, dest)
+        assert not staging.exists() and not (dest / V / "assets").exists()
+        filler.unlink()
+        ranges, result = second_run(web, base, dest)
+        assert ranges in ([""], ["bytes=0-"]) and result.verified
+        _only_the_release(dest / V / "assets", src)

@@ -160,8 +160,9 @@ def _extract_stream(job: Job, url: str, art: Mapping[str, Any] | None, staging: 
     member listed being present. Returns (the manifest's sha256 when resumed, the tar's size)."""
     start = resume.offset if resume is not None else 0
     extractor = _extractor(art, staging, name, flatten, resume)
+    # the space needed: what is still to come (staging holds what an earlier run extracted)
     check = job.check_response(url, "tar", art["size"] if art else None,
-                               need=lambda info: info.size or 0)
+                               need=lambda info: max(0, (info.size or 0) - start))
     chunks: queue.Queue[Any] = queue.Queue(maxsize=8)
     stop = threading.Event()
     digest = hashlib.sha256()

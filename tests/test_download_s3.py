@@ -177,12 +177,6 @@ def _echoing_redirect(location: str) -> Any:
     return before
 
 
-@pytest.mark.xfail(strict=True, reason="a refused redirect of a signed request is shown with its target, and "
-                   "the target echoes the signed query string: redact() removes the key id and secret but "
-                   "not X-Amz-Signature, X-Amz-Credential's scope or X-Amz-Security-Token, so the message "
-                   "holds a bearer URL usable for EXPIRES seconds (redirect_target/_shown in fetch/http.py; "
-                   "a target derived from a signed request should be shown as the s3:// URL, or without "
-                   "its query)")
 @pytest.mark.parametrize("location", ["ftp://elsewhere.invalid", "http://elsewhere.invalid:99999999"])
 def test_a_refused_redirect_of_a_signed_request_shows_no_signature(
         location: str, s3_env: dict[str, str], s3_server: Any, bucket: str, tmp_path: Path,

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import time
 import urllib.parse
 from collections.abc import Iterable, Sequence
@@ -60,6 +61,8 @@ from objathor_release.trust.origin import OriginResult, TrustPolicy
 
 __all__ = ["DownloadResult", "PartResult", "download_version", "resolve_source"]
 
+#: a query string that carries a SigV4 signature, key id or token (a presigned URL's)
+_SIGNED_QUERY = re.compile(r"\?[^\s'\"]*X-Amz-[^\s'\"]*", re.IGNORECASE)
 #: errors that say --path is unusable (read-only, not ours, a file where a folder must be)
 _PATH_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR})
 
@@ -158,8 +161,8 @@ def download_version(
     try:
         _run(job, result, what, uid_list, require_checksums, trust)
     except ReleaseError as exc:
-        if signer is not None:  # messages name s3:// URLs only; this makes sure no key slips through
-            exc.args = tuple(redact(str(a), signer.secrets()) for a in exc.args)
+        if signer is not None:  # messages name s3:// URLs only; this makes sure nothing signed slips through
+            exc.args = tuple(_SIGNED_QUERY.sub("", redact(str(a), signer.secrets())) for a in exc.args)
         raise
     finally:
         http.close()

@@ -117,18 +117,27 @@ def _shown(url: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def redirect_target(url: str, where: str, location: str) -> str:
-    """Where a redirect from ``where`` to ``location`` goes; refuse anything but http(s), and downgrades."""
+def _without_query(url: str) -> str:
+    """``url`` cut at its query or fragment: what may be shown of a URL that answers a signed request
+    (a server may echo the request's signature, key id and token back in a Location)."""
+    return re.split(r"[?#]", url, maxsplit=1)[0]
+
+
+def redirect_target(url: str, where: str, location: str, *, hide_query: bool = False) -> str:
+    """Where a redirect from ``where`` to ``location`` goes; refuse anything but http(s), and downgrades.
+    ``hide_query``: the chain began with a signed request, so a refused target is shown without its
+    query string."""
     try:
         target = urllib.parse.urljoin(where, location.strip())
         scheme = urllib.parse.urlsplit(target).scheme.lower()
     except ValueError:
         target, scheme = location, ""
+    shown = _shown(_without_query(target) if hide_query else target)
     if scheme not in ("http", "https"):
-        raise InputError(f"{url} redirected to {_shown(target)!r}, which is not an http:// or https:// URL: "
+        raise InputError(f"{url} redirected to {shown!r}, which is not an http:// or https:// URL: "
                          "refused; check --base-url")
     if scheme == "http" and urllib.parse.urlsplit(where).scheme.lower() == "https":
-        raise InputError(f"{url} redirected from https to {_shown(target)!r}, plain http: refused; check "
+        raise InputError(f"{url} redirected from https to {shown!r}, plain http: refused; check "
                          "--base-url")
     return target
 
@@ -164,7 +173,7 @@ class Http:
             if validator:
                 headers["If-Range"] = validator
         where = self._address(url)
-        signed = where != url
+        signed = where != url  # sticky for the whole chain: a Location may echo the signature
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 resp = self.pool.request(method, where, headers=headers, preload_content=False,
@@ -176,7 +185,7 @@ class Http:
             except RETRYABLE:
                 raise
             except urllib3.exceptions.LocationValueError as exc:
-                shown = url if signed else _shown(where)  # a signed URL holds the key id and signature
+                shown = _shown(_without_query(where)) if signed else _shown(where)  # no signature shown
                 raise InputError(f"{url}: cannot request {shown!r} ({exc}): check "
                                  "--base-url") from None
             except urllib3.exceptions.HTTPError as exc:
@@ -185,8 +194,7 @@ class Http:
             if not location:
                 break
             discard(resp)
-            where = redirect_target(url, where, location)
-            signed = False
+            where = redirect_target(url, where, location, hide_query=signed)
         else:
             raise TransferError(f"{url}: more than {MAX_REDIRECTS} redirects: check --base-url")
         if resp.status in (200, 206):

@@ -188,3 +188,30 @@ def test_a_refused_redirect_of_a_signed_request_shows_no_signature(
     err = capsys.readouterr().err
     assert code == 2, err
     assert_nothing_leaks(err, tmp_path)
+
+
+def test_a_profile_and_the_endpoint_variable_work_as_the_upload_reads_them(
+        private: tuple[S3Proxy, Release, Path], bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    proxy, _, src = private
+    creds = tmp_path / "credentials"
+    creds.write_text(f"[staging]\naws_access_key_id = {SECRETS[0]}\naws_secret_access_key = {SECRETS[1]}\n")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
+    monkeypatch.setenv("OBJATHOR_PROGRESS", "0")
+    code = main(["download", "assets", "--version", V, "--path", str(tmp_path / "dl"),
+                 "--base-url", f"s3://{bucket}/{PREFIX}", "--profile", "staging"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert tree(tmp_path / "dl" / V / "assets") == expected_tree(src)
+    assert any("X-Amz-Signature" in ex.query for ex in proxy.log)
+    assert_nothing_leaks(out + err, tmp_path / "dl")
+    # an unknown profile is one line, before any request
+    proxy.log.clear()
+    code = main(["download", "assets", "--version", V, "--path", str(tmp_path / "dl2"),
+                 "--base-url", f"s3://{bucket}/{PREFIX}", "--profile", "nope"])
+    assert (code, capsys.readouterr().err) == (
+        2, "objathor-release: error: credentials profile 'nope' not found: check --profile or AWS_PROFILE\n")
+    assert proxy.log == []

@@ -215,3 +215,26 @@ def test_a_profile_and_the_endpoint_variable_work_as_the_upload_reads_them(
     assert (code, capsys.readouterr().err) == (
         2, "objathor-release: error: credentials profile 'nope' not found: check --profile or AWS_PROFILE\n")
     assert proxy.log == []
+
+
+def test_bucket_and_prefix_are_the_s3_base_url(private: tuple[S3Proxy, Release, Path], bucket: str,
+                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    proxy, release, _ = private
+    monkeypatch.setenv("OBJATHOR_PROGRESS", "0")
+    dest = tmp_path / "dl"
+    code = main(["download", "annotations", "--version", V, "--path", str(dest), "--bucket", bucket,
+                 "--prefix", f"/{PREFIX}/", "--endpoint-url", proxy.url])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert (dest / V / "annotations.json.gz").read_bytes() == (release.vdir / "annotations.json.gz").read_bytes()
+    assert_nothing_leaks(out + err, dest)
+    for argv, message in [
+        (["--bucket", bucket, "--base-url", f"s3://{bucket}"],
+         "--bucket and --base-url both say where the version is: pass one of them"),
+        (["--bucket", f"{bucket}/{PREFIX}"],
+         f"--bucket '{bucket}/{PREFIX}' is not a bucket name: put the key prefix in --prefix"),
+        (["--prefix", PREFIX], "--prefix goes with --bucket (or put it in --base-url s3://BUCKET/PREFIX)"),
+    ]:
+        code = main(["download", "annotations", "--version", V, "--path", str(tmp_path / "x"), *argv])
+        assert (code, capsys.readouterr().err) == (2, f"objathor-release: error: {message}\n")

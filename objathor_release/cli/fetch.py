@@ -29,6 +29,11 @@ def add_download(sub: Any) -> None:
                    help="serve files from {URL}/{VERSION}/... (default: $OBJATHOR_BASE_URL, else "
                    "objathor's table of public versions); s3://BUCKET/PREFIX reads a private bucket over "
                    "the S3 API with credentials")
+    p.add_argument("--bucket", default=None, metavar="BUCKET",
+                   help="read a private bucket over the S3 API: the same as --base-url s3://BUCKET/PREFIX "
+                   "(with --prefix)")
+    p.add_argument("--prefix", default=None, metavar="PREFIX", help="with --bucket: the key prefix the "
+                   "versions sit under (default: the bucket root)")
     p.add_argument("--endpoint-url", default=None, metavar="URL",
                    help="with --base-url s3://BUCKET/PREFIX: the S3 API endpoint (default: "
                    "$AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else R2 from $R2_ACCOUNT_ID)")
@@ -61,11 +66,21 @@ def _run_download(args: argparse.Namespace) -> int:
     from objathor_release.fetch.download import download_version
 
     uids = parse_uids(args.uids, args.uids_file)
+    base_url = args.base_url
+    if args.bucket:
+        if base_url:
+            raise UsageError("--bucket and --base-url both say where the version is: pass one of them")
+        if "/" in args.bucket or not args.bucket.strip():
+            raise UsageError(f"--bucket {args.bucket!r} is not a bucket name: put the key prefix in --prefix")
+        prefix = (args.prefix or "").strip("/")
+        base_url = f"s3://{args.bucket}" + (f"/{prefix}" if prefix else "")
+    elif args.prefix is not None:
+        raise UsageError("--prefix goes with --bucket (or put it in --base-url s3://BUCKET/PREFIX)")
     if uids is not None and args.what not in ("assets", "all"):
         raise UsageError("--uids/--uids-file select assets: use them with 'download assets' or "
                          "'download all'")
     result = download_version(
-        args.what, args.version, path=args.path, base_url=args.base_url, layout=args.layout, uids=uids,
+        args.what, args.version, path=args.path, base_url=base_url, layout=args.layout, uids=uids,
         require_checksums=args.require_checksums, show_progress=not args.quiet,
         keep_tar=args.keep_tar, connections=args.connections, trusted_keys=args.trusted_key or (),
         require_signature=args.require_signature, endpoint_url=args.endpoint_url, profile=args.profile,

@@ -4,7 +4,9 @@
 
 writes ``served_root/VERSION/{annotations.json.gz, assets.tar, features.tar,
 manifest.json, SHA256SUMS}`` and ``served_root/holodeck/VERSION.tar``: the
-layout the upload publishes and ``download --base-url`` reads. The tars come
+layout the upload publishes and ``download --base-url`` reads. The Holodeck
+base tar is built as ``tar --holodeck-base`` builds it (every file kept) and
+listed in the manifest as ``holodeck.tar``, as a release with HOLODECK_DIR is. The tars come
 from the project's ``tarball.build_tar`` and the manifest from
 ``manifest.write_manifest``, so the download tests exercise the real pipeline.
 """
@@ -68,10 +70,13 @@ def build_release(assets_dir: Path, root: Path, version: str, *, features_dir: P
     make_tar(assets_dir, vdir / "assets.tar")
     if features_dir is not None:
         make_tar(features_dir, vdir / "features.tar")
-    if holodeck_dir is not None:
-        (root / "holodeck").mkdir(exist_ok=True)
-        make_tar(holodeck_dir, root / "holodeck" / f"{version}.tar")
+    if holodeck_dir is not None:  # as ``tar --holodeck-base`` builds it: every file kept, no default excludes
+        build_tar(holodeck_dir, vdir / "holodeck.tar", default_excludes=False, show_progress=False,
+                  fsync=False)
     data = write_manifest(vdir, version) if manifest else None
+    if holodeck_dir is not None:  # listed in the manifest as holodeck.tar, served beside the version folder
+        (root / "holodeck").mkdir(exist_ok=True)
+        os.replace(vdir / "holodeck.tar", root / "holodeck" / f"{version}.tar")
     for leftover in [*vdir.glob(".*"), *(root / "holodeck").glob(".*")]:  # sidecars a tar builder leaves
         leftover.unlink() if leftover.is_file() else shutil.rmtree(leftover)
     uids = sorted(p.name for p in assets_dir.iterdir() if p.is_dir())

@@ -51,6 +51,7 @@ def publish(web: Nginx, tmp_path: Path, *, n_assets: int = 12, asset_bytes: int 
         hd = tmp_path / "src" / V
         (hd / "objaverse_holodeck").mkdir(parents=True)
         (hd / "objaverse_holodeck" / "thor_object_data.json").write_text('{"a": 1}')
+        (hd / "objaverse_holodeck" / "thor_metadata.json").write_text('{"m": 1}')  # data here, not excluded
         (hd / "README.txt").write_text("holodeck base data\n")
     release = build_release(src, web.root / folder, V, features_dir=feats, holodeck_dir=hd, manifest=manifest)
     return f"{web.url}/{folder}", release, src
@@ -72,8 +73,8 @@ def test_all_parts_exact_layout_and_content(web: Nginx, tmp_path: Path) -> None:
     dest = tmp_path / "dl"
     result = download_version("all", V, path=dest, base_url=base, show_progress=False, http_config=FAST)
     assert result.manifest
-    # holodeck/VERSION.tar sits beside the version, outside its manifest: the one unverified part.
-    assert [p.verified for p in result.parts] == [True, True, True, False]
+    # holodeck/VERSION.tar sits beside the version and the manifest lists it as holodeck.tar: verified too.
+    assert [p.verified for p in result.parts] == [True, True, True, True]
     assert [(p.what, p.status) for p in result.parts] == [
         ("annotations", "downloaded"), ("assets", "downloaded"), ("features", "downloaded"),
         ("holodeck-base", "downloaded")]
@@ -85,6 +86,7 @@ def test_all_parts_exact_layout_and_content(web: Nginx, tmp_path: Path) -> None:
         + [f"{V}/assets/{k}" for k in expected_tree(src)]
         + [f"{V}/features/{p.name}" for p in (tmp_path / "src" / "features").iterdir()]
         + [f"holodeck/{V}/README.txt", f"holodeck/{V}/objaverse_holodeck",
+           f"holodeck/{V}/objaverse_holodeck/thor_metadata.json",
            f"holodeck/{V}/objaverse_holodeck/thor_object_data.json"])
     assert visible == want
     assert tree(dest / V / "assets") == expected_tree(src)

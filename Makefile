@@ -207,11 +207,11 @@ docker-base: $(INSTALLED)
 docker-build: $(INSTALLED)
 	$(PY) -m invoke docker-build $(if $(BASE_IMAGE),--base-image '$(BASE_IMAGE)')
 
-.PHONY: docker-release  ## the release inside the image (VERSION, ASSETS_DIR, BUCKET; credentials from the environment)
+.PHONY: docker-release  ## the release inside the image (VERSION, ASSETS_DIR, FEATURES_DIR, HOLODECK_DIR, BUCKET; credentials from the environment)
 docker-release: $(INSTALLED)
 	$(PY) -m invoke docker-release --version '$(VERSION)' --assets-dir '$(ASSETS_DIR)' --release-dir '$(RELEASE_DIR)' \
-		$(if $(FEATURES_DIR),--features-dir '$(FEATURES_DIR)') $(if $(BUCKET),--bucket '$(BUCKET)') \
-		$(if $(ENDPOINT_URL),--endpoint-url '$(ENDPOINT_URL)') --image '$(IMAGE)' \
+		$(if $(FEATURES_DIR),--features-dir '$(FEATURES_DIR)') $(if $(HOLODECK_DIR),--holodeck-dir '$(HOLODECK_DIR)') \
+		$(if $(BUCKET),--bucket '$(BUCKET)') $(if $(ENDPOINT_URL),--endpoint-url '$(ENDPOINT_URL)') --image '$(IMAGE)' \
 		$(if $(DOCKER_NETWORK),--network '$(DOCKER_NETWORK)') $(if $(FORCE),--force) $(if $(DRY_RUN),--dry-run)
 
 .PHONY: clean  ## remove build output, caches and the demo directory (not .venv)

@@ -197,6 +197,7 @@ def docker_build(c: Context, base_image: str = "", tag: list[str] | None = None)
     "version": "dataset version, YYYY_MM_DD",
     "assets_dir": "optimized assets directory (mounted read-only)",
     "features_dir": "features directory (optional, mounted read-only)",
+    "holodeck_dir": "Holodeck base directory (optional, mounted read-only): builds holodeck.tar",
     "release_dir": "where artifacts are built (default release/VERSION; mounted read-write)",
     "bucket": "bucket name (default $BUCKET)",
     "endpoint_url": "S3 API endpoint (default $AWS_ENDPOINT_URL_S3/$AWS_ENDPOINT_URL, else R2)",
@@ -206,7 +207,7 @@ def docker_build(c: Context, base_image: str = "", tag: list[str] | None = None)
     "dry_run": "do everything local and print what the upload would do",
 })
 def docker_release(c: Context, version: str, assets_dir: str = "assets", features_dir: str = "",
-                   release_dir: str = "", bucket: str = "", endpoint_url: str = "",
+                   holodeck_dir: str = "", release_dir: str = "", bucket: str = "", endpoint_url: str = "",
                    image: str = "objathor-release:latest", network: str = "", force: bool = False,
                    dry_run: bool = False) -> None:
     """Run the release inside the image, credentials passed from this environment; exits with its code."""
@@ -215,7 +216,8 @@ def docker_release(c: Context, version: str, assets_dir: str = "assets", feature
     from devtools import dockerimage
 
     code = _docker(dockerimage.release_in_container, version=version, assets_dir=assets_dir,
-                   features_dir=features_dir or None, release_dir=release_dir or f"release/{version}",
+                   features_dir=features_dir or None, holodeck_dir=holodeck_dir or None,
+                   release_dir=release_dir or f"release/{version}",
                    image=image, bucket=bucket or None, endpoint_url=endpoint_url or None,
                    network=network or None,
                    extra_args=[w for w, on in (("--force", force), ("--dry-run", dry_run)) if on])

@@ -525,15 +525,17 @@ def loopback_network(endpoint_url: str | None, environ: Mapping[str, str] | None
 
 
 def release_in_container(*, version: str, assets_dir: str | Path, release_dir: str | Path,
-                         features_dir: str | Path | None = None, image: str = f"{IMAGE_REPOSITORY}:latest",
+                         features_dir: str | Path | None = None, holodeck_dir: str | Path | None = None,
+                         image: str = f"{IMAGE_REPOSITORY}:latest",
                          bucket: str | None = None, endpoint_url: str | None = None,
                          network: str | None = None, extra_args: Sequence[str] = (),
                          environ: Mapping[str, str] | None = None, client: Any = None,
                          stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> int:
     """Run ``objathor-release release`` in ``image``; return the container's exit code.
 
-    The asset (and features) directories are mounted read-only at /data/assets (/data/features),
-    the release directory read-write at /data/release; the credentials and settings in
+    The asset (features, Holodeck base) directories are mounted read-only at /data/assets
+    (/data/features, /data/holodeck), the release directory read-write at /data/release; the
+    credentials and settings in
     :data:`FORWARDED_ENV` come from ``environ`` (default: this process's environment). The
     container runs as the caller's uid:gid so its files belong to the caller; a root caller keeps
     the image's own non-root user and the release directory is handed to it. An endpoint on this
@@ -555,6 +557,11 @@ def release_in_container(*, version: str, assets_dir: str | Path, release_dir: s
             raise UsageError(f"features directory {features_dir} does not exist: fix --features-dir")
         mounts[str(features_dir)] = ("/data/features", "ro")
         args += ["--features-dir", "/data/features"]
+    if holodeck_dir:
+        if not Path(holodeck_dir).is_dir():
+            raise UsageError(f"Holodeck base directory {holodeck_dir} does not exist: fix --holodeck-dir")
+        mounts[str(holodeck_dir)] = ("/data/holodeck", "ro")
+        args += ["--holodeck-dir", "/data/holodeck"]
     args += [*(["--bucket", bucket] if bucket else []),
              *(["--endpoint-url", endpoint_url] if endpoint_url else [])]
     network = network or loopback_network(endpoint_url, environ, stderr)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.util
+import inspect
 import io
 import json
 import os
@@ -26,6 +28,7 @@ from devtools import dockerimage
 from devtools.locals3 import DUMMY_CREDENTIALS
 from devtools.sample import make_sample_dataset
 from objathor_release import __version__, cli
+from objathor_release.errors import UsageError
 from tests.support.fixtures_docker import CANARIES, TEST_EPOCH
 
 REPO = Path(__file__).resolve().parent.parent
@@ -310,3 +313,71 @@ def test_a_loopback_endpoint_runs_the_release_container_on_the_host_network() ->
         err = io.StringIO()
         assert dockerimage.loopback_network(url, {}, err) is None, url
         assert err.getvalue() == ""
+
+
+class _RecordingApi:
+    """The part of docker's low-level API that run_container uses, recording the container asked for."""
+
+    def __init__(self) -> None:
+        self.created: dict[str, Any] = {}
+        self.binds: dict[str, Any] = {}
+
+    def create_host_config(self, *, binds: dict[str, Any], network_mode: str | None) -> dict[str, Any]:
+        self.binds = binds
+        return {"binds": binds}
+
+    def create_container(self, image: str, **kwargs: Any) -> dict[str, str]:
+        self.created = {"image": image, **kwargs}
+        return {"Id": "c1"}
+
+    def attach(self, cid: str, **kwargs: Any) -> list[tuple[bytes | None, bytes | None]]:
+        return []
+
+    def start(self, cid: str) -> None:
+        pass
+
+    def wait(self, cid: str) -> dict[str, int]:
+        return {"StatusCode": 0}
+
+    def remove_container(self, cid: str, force: bool) -> None:
+        pass
+
+
+def test_docker_release_mounts_the_holodeck_base_folder_and_passes_it_on(tmp_path: Path) -> None:
+    """HOLODECK_DIR reaches the release inside the image: mounted read-only at /data/holodeck and
+    passed as --holodeck-dir, as the features folder is; a missing one is one line before any container."""
+    assets, holodeck = tmp_path / "assets", tmp_path / "holodeck"
+    make_sample_dataset(assets, 1, seed=3, asset_bytes=1024)
+    (holodeck / "objaverse_holodeck").mkdir(parents=True)
+    client = type("Client", (), {})()
+    client.api = _RecordingApi()
+    code = dockerimage.release_in_container(version=VERSION, assets_dir=assets, release_dir=tmp_path / "r",
+                                            holodeck_dir=holodeck, image="img", network="none", environ={},
+                                            client=client, stdout=io.StringIO(), stderr=io.StringIO())
+    assert code == 0
+    command = client.api.created["command"]
+    assert command[command.index("--holodeck-dir") + 1] == "/data/holodeck"
+    assert client.api.binds[str(holodeck.resolve())] == {"bind": "/data/holodeck", "mode": "ro"}
+    with pytest.raises(UsageError, match="Holodeck base directory .* does not exist: fix --holodeck-dir"):
+        dockerimage.release_in_container(version=VERSION, assets_dir=assets, release_dir=tmp_path / "r",
+                                         holodeck_dir=tmp_path / "nope", image="img", environ={},
+                                         client=client)
+    spec = importlib.util.spec_from_file_location("release_tasks", REPO / "tasks.py")
+    assert spec is not None and spec.loader is not None
+    tasks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tasks)
+    assert "holodeck_dir" in inspect.signature(tasks.docker_release.body).parameters
+    assert "holodeck_dir" in tasks.docker_release.help
+    assert "--holodeck-dir '$(HOLODECK_DIR)'" in _make_recipe("docker-release")
+
+
+def _make_recipe(target: str) -> str:
+    """The recipe lines of ``target`` in the Makefile."""
+    lines = (REPO / "Makefile").read_text().splitlines()
+    start = lines.index(next(x for x in lines if x.startswith(f"{target}:"))) + 1
+    recipe = []
+    for line in lines[start:]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(line)
+    return "\n".join(recipe)

@@ -18,6 +18,7 @@ from objathor_release.publish.client import make_client
 from objathor_release.publish.preflight import preflight
 from objathor_release.s3.target import resolve_target
 from tests.conftest import REPO
+from tests.support.fixtures_upload import make_release, random_bytes
 from tests.support.s3proxy import Exchange, Reply, S3Proxy, xml_error
 
 VERSION = "2024_02_01"
@@ -219,3 +220,19 @@ def test_make_release_asks_the_bucket_first_and_dry_run_does_not(s3_env: dict[st
     local = make("tar", *settings)
     assert local.returncode == 0, local.stderr
     assert (assets.parent / "release" / "assets.tar").exists()
+
+
+def test_the_upload_says_why_it_cannot_connect(s3_env: dict[str, str], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Not only the preflight: any request's connection failure names what happened."""
+    for var, value in FAST.items():
+        monkeypatch.setenv(var, value)
+    rel = make_release(tmp_path / "rel", {"annotations.json.gz": random_bytes(1000, seed=3)})
+    code = main(["upload", "--release-dir", str(rel), "--bucket", "b1", "--endpoint-url", "http://127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert code == 1
+    (line,) = [x for x in err.splitlines() if x.startswith("objathor-release: error: ")]
+    assert line.startswith("objathor-release: error: cannot connect to the S3 endpoint http://127.0.0.1:1 "
+                           "(connection refused) while "), line
+    assert line.endswith("check --endpoint-url (or AWS_ENDPOINT_URL, R2_ACCOUNT_ID) and the network"), line

@@ -1,6 +1,6 @@
 """Talking to the bucket: the botocore client, one-line errors, and the small helpers every request uses.
 
-:func:`make_client` builds the S3 client for an :class:`~objathor_release.publish.target.S3Target`,
+:func:`make_client` builds the S3 client for an :class:`~objathor_release.s3.target.S3Target`,
 configured for R2. :func:`describe_error` (and :func:`client_error`, for a client) turns any
 botocore failure into one clean line with every secret redacted; :func:`is_transient` says
 which failures are worth another attempt. :func:`head_or_none`, :func:`object_key` and
@@ -13,11 +13,11 @@ import re
 from typing import Any
 
 from objathor_release.errors import ReleaseError, TransferError, UsageError
-from objathor_release.publish.target import CREDENTIALS_HINT, S3Target, redact
+from objathor_release.s3.target import CREDENTIALS_HINT, S3Target, redact
 
 __all__ = ["HOLODECK_ARTIFACT", "RETRY_CODES", "RETRY_STATUS", "artifact_key", "clean_etag", "client_error",
-           "client_secrets", "describe_error", "error_code", "head_or_none", "http_status", "is_transient",
-           "make_client", "object_key", "one_line"]
+           "client_secrets", "connect_failure", "describe_error", "error_code", "head_or_none", "http_status",
+           "is_transient", "make_client", "object_key", "one_line"]
 
 _CREDENTIAL_CODES = {
     "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken",
@@ -122,6 +122,25 @@ def http_status(exc: BaseException) -> int:
     return 0
 
 
+_DNS_MARKS = ("NameResolutionError", "Name or service not known", "nodename nor servname", "getaddrinfo",
+              "Temporary failure in name resolution", "No address associated")
+
+
+def connect_failure(exc: BaseException) -> str:
+    """What went wrong under a botocore connection error, in words."""
+    import botocore.exceptions as bx
+
+    inner = getattr(exc, "kwargs", {}).get("error")
+    text = f"{type(inner).__name__} {inner}" if inner is not None else str(exc)
+    if any(m in text for m in _DNS_MARKS):
+        return "host not found (DNS)"
+    if "Connection refused" in text or "Errno 111" in text or "ConnectionRefused" in text:
+        return "connection refused"
+    if isinstance(exc, bx.ConnectTimeoutError | bx.ReadTimeoutError) or "timed out" in text.lower():
+        return "timed out"
+    return one_line(str(inner or exc), [], 120)
+
+
 def describe_error(exc: BaseException, *, action: str, bucket: str, endpoint_url: str,
                    secrets: list[str] | None = None) -> ReleaseError:
     """One clean, secret-free ReleaseError for a botocore failure while doing ``action``."""
@@ -150,8 +169,8 @@ def describe_error(exc: BaseException, *, action: str, bucket: str, endpoint_url
         out = UsageError(f"no usable S3 credentials: {CREDENTIALS_HINT}")
     elif isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError):
         out = TransferError(
-            f"cannot connect to the S3 endpoint {endpoint_url} while {action}: check --endpoint-url "
-            "(or AWS_ENDPOINT_URL, R2_ACCOUNT_ID) and the network"
+            f"cannot connect to the S3 endpoint {endpoint_url} ({connect_failure(exc)}) while {action}: "
+            "check --endpoint-url (or AWS_ENDPOINT_URL, R2_ACCOUNT_ID) and the network"
         )
     elif isinstance(exc, bx.BotoCoreError | OSError):
         text = one_line(str(exc), secrets)

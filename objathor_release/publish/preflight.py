@@ -20,7 +20,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from objathor_release.errors import ReleaseError, TransferError, UsageError
-from objathor_release.publish.client import client_error, client_secrets, error_code, http_status, one_line
+from objathor_release.publish.client import (
+    client_error,
+    client_secrets,
+    connect_failure,
+    error_code,
+    http_status,
+    one_line,
+)
 from objathor_release.s3.target import CREDENTIALS_HINT, S3Target, resolve_target
 from objathor_release.settings import ReleaseConfig
 
@@ -31,25 +38,6 @@ __all__ = ["PREFLIGHT_REQUEST", "check_release_target", "preflight", "release_ta
 PREFLIGHT_REQUEST = "ListObjectsV2 (MaxKeys=1)"
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
            "AuthorizationHeaderMalformed", "Unauthorized", "403", "401"}
-
-
-_DNS_MARKS = ("NameResolutionError", "Name or service not known", "nodename nor servname", "getaddrinfo",
-              "Temporary failure in name resolution", "No address associated")
-
-
-def _connect_failure(exc: BaseException) -> str:
-    """What went wrong under a botocore connection error, in words."""
-    import botocore.exceptions as bx
-
-    inner = getattr(exc, "kwargs", {}).get("error")
-    text = f"{type(inner).__name__} {inner}" if inner is not None else str(exc)
-    if any(m in text for m in _DNS_MARKS):
-        return "host not found (DNS)"
-    if "Connection refused" in text or "Errno 111" in text or "ConnectionRefused" in text:
-        return "connection refused"
-    if isinstance(exc, bx.ConnectTimeoutError | bx.ReadTimeoutError) or "timed out" in text.lower():
-        return "timed out"
-    return one_line(str(inner or exc), [], 120)
 
 
 def preflight(client: Any, target: S3Target) -> str:
@@ -74,7 +62,7 @@ def preflight(client: Any, target: S3Target) -> str:
         raise client_error(client, exc, f"checking {where}", bucket) from None
     except (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ConnectionClosedError) as exc:
         host = urlsplit(endpoint).hostname or endpoint
-        raise TransferError(f"cannot connect to the S3 endpoint {endpoint} ({_connect_failure(exc)} for "
+        raise TransferError(f"cannot connect to the S3 endpoint {endpoint} ({connect_failure(exc)} for "
                             f"{host}): check --endpoint-url (or AWS_ENDPOINT_URL, R2_ACCOUNT_ID) and the "
                             "network") from None
     except ReleaseError:

@@ -171,3 +171,15 @@ def test_the_checks_see_the_package() -> None:
     fake = ast.parse("from ..errors import InputError").body[0]
     assert isinstance(fake, ast.ImportFrom)
     assert resolve("objathor_release.build.tarball", False, fake) == "objathor_release.errors"
+
+
+def test_every_folder_of_code_is_a_package_the_wheel_carries() -> None:
+    """pyproject finds the packages by their __init__.py: a folder of modules without one would be left
+    out of the wheel (and the image) while every test in the checkout still passes."""
+    import tomllib
+
+    missing = sorted(str(d.relative_to(REPO)) for d in PACKAGE.rglob("*") if d.is_dir()
+                     and any(d.glob("*.py")) and not (d / "__init__.py").exists())
+    assert not missing, f"folders of modules without __init__.py: {missing}"
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert find["include"] == ["objathor_release", "objathor_release.*"]

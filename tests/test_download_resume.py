@@ -368,3 +368,27 @@ def test_a_resume_on_a_full_disk_gives_the_space_back(web: Nginx, tmp_path: Path
         ranges, result = second_run(web, base, dest)
         assert ranges in ([""], ["bytes=0-"]) and result.verified
         _only_the_release(dest / V / "assets", src)
+
+
+@pytest.mark.parametrize("plant", ["dangling link", "link to a folder outside", "file"])
+def test_something_else_at_the_staging_path_is_removed_not_followed(web: Nginx, tmp_path: Path,
+                                                                     plant: str) -> None:
+    """The staging path itself is a link (dangling, or to a folder elsewhere) or a file: it is removed
+    and the extraction starts over in a real folder; nothing is written where a link points."""
+    base, release, src = publish(web, tmp_path)
+    dest = tmp_path / "dl"
+    staging = dest / V / ".objathor-release" / "assets.staging"
+    staging.parent.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    if plant == "dangling link":
+        staging.symlink_to(elsewhere)
+    elif plant == "link to a folder outside":
+        elsewhere.mkdir()
+        staging.symlink_to(elsewhere)
+    else:
+        staging.write_bytes(b"not a folder")
+    _, result = second_run(web, base, dest)
+    assert result.verified
+    _only_the_release(dest / V / "assets", src)
+    assert not staging.exists() and not staging.is_symlink()
+    assert not elsewhere.exists() or list(elsewhere.iterdir()) == []

@@ -56,7 +56,7 @@ def fetch_tar(job: Job, part: Part) -> PartResult:
 
     def attempt() -> PartResult:
         resume = None
-        if staging.exists():
+        if staging.exists() or staging.is_symlink():  # a dangling link there is removed like any other
             resume = resume_point(staging, art, show_progress=job.show_progress) if kept is None else None
             if resume is not None and art is not None:
                 try:  # keep only the checked members: nothing else of the earlier run reaches the folder

@@ -74,6 +74,20 @@ def test_preflight_names_access_denied(reply: Reply, code: str, s3_env: dict[str
     assert s3_env["AWS_SECRET_ACCESS_KEY"] not in str(err.value)
 
 
+@pytest.mark.parametrize(("reply", "code"), [  # (a 301 PermanentRedirect botocore follows itself)
+    (xml_error("AuthorizationHeaderMalformed", "the region 'us-east-1' is wrong; expecting 'eu-west-1'", 400),
+     "AuthorizationHeaderMalformed"),
+    (xml_error("IllegalLocationConstraintException", "wrong region", 400), "IllegalLocationConstraintException"),
+])
+def test_preflight_names_a_bucket_in_another_region(reply: Reply, code: str, s3_env: dict[str, str],
+                                                    s3_server: Any, bucket: str) -> None:
+    with S3Proxy(s3_server.endpoint_url, before=lambda ex: reply) as proxy, \
+            pytest.raises(UsageError) as err:
+        run_preflight(proxy.url, bucket)
+    assert str(err.value) == (f"bucket {bucket!r} is not in region 'us-east-1' at {proxy.url} ({code}): set "
+                              "AWS_REGION to the bucket's region, or use its regional endpoint in --endpoint-url")
+
+
 def test_preflight_with_unknown_keys_against_a_checking_server(auth_s3_server: Any,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     for var, value in {**FAST, "AWS_ACCESS_KEY_ID": "AKIDUNKNOWN00001",

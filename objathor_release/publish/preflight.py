@@ -36,8 +36,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["PREFLIGHT_REQUEST", "check_release_target", "preflight", "release_target"]
 
 PREFLIGHT_REQUEST = "ListObjectsV2 (MaxKeys=1)"
+_WRONG_REGION = {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-           "AuthorizationHeaderMalformed", "Unauthorized", "403", "401"}
+           "Unauthorized", "403", "401"}
 
 
 def preflight(client: Any, target: S3Target) -> str:
@@ -56,6 +57,10 @@ def preflight(client: Any, target: S3Target) -> str:
         if code == "NoSuchBucket" or (status == 404 and code in ("", "404", "NotFound")):
             raise UsageError(f"bucket {bucket!r} does not exist at {endpoint}: create it, or check --bucket "
                              "and --endpoint-url") from None
+        if code in _WRONG_REGION or status == 301:
+            raise UsageError(f"bucket {bucket!r} is not in region {target.region!r} at {endpoint} "
+                             f"({code or status}): set AWS_REGION to the bucket's region, or use its "
+                             "regional endpoint in --endpoint-url") from None
         if code in _DENIED or status in (401, 403):
             raise UsageError(f"access denied to bucket {bucket!r} at {endpoint} ({code or status}): check "
                              f"the credentials and their access to {where}: {CREDENTIALS_HINT}") from None

@@ -27,9 +27,10 @@ PREFIX ?=
 ENDPOINT_URL ?=
 R2_ACCOUNT_ID ?=
 PROFILE ?=
-CHUNK_SIZE ?= 64M
-UPLOAD_CONCURRENCY ?= 16
-TRANSFERS ?= 4
+# Empty: chosen per file and link (see docs/upload.md); set them to fix them.
+CHUNK_SIZE ?=
+UPLOAD_CONCURRENCY ?=
+TRANSFERS ?=
 EXCLUDES ?=
 SOURCE_DATE_EPOCH ?=
 PUBLIC_BASE_URL ?=
@@ -97,10 +98,12 @@ bench: $(INSTALLED)
 ARTIFACTS = $(RELEASE_DIR)/annotations.json.gz $(RELEASE_DIR)/assets.tar $(if $(FEATURES_DIR),$(RELEASE_DIR)/features.tar) \
 	$(if $(HOLODECK_DIR),$(RELEASE_DIR)/holodeck.tar)
 TAR_FLAGS = $(foreach p,$(EXCLUDES),--exclude '$(p)') $(if $(SOURCE_DATE_EPOCH),--source-date-epoch $(SOURCE_DATE_EPOCH))
+# Only the tunables that are set are passed: unset, the upload chooses them per file and link.
+UPLOAD_FLAGS = $(if $(CHUNK_SIZE),--chunk-size '$(CHUNK_SIZE)') \
+	$(if $(UPLOAD_CONCURRENCY),--upload-concurrency '$(UPLOAD_CONCURRENCY)') $(if $(TRANSFERS),--transfers '$(TRANSFERS)')
 PUBLISH_FLAGS = --version '$(VERSION)' --release-dir '$(RELEASE_DIR)' --bucket '$(BUCKET)' \
 	$(if $(PREFIX),--prefix '$(PREFIX)') $(if $(ENDPOINT_URL),--endpoint-url '$(ENDPOINT_URL)') \
-	$(if $(PROFILE),--profile '$(PROFILE)') --chunk-size '$(CHUNK_SIZE)' \
-	--upload-concurrency '$(UPLOAD_CONCURRENCY)' --transfers '$(TRANSFERS)' \
+	$(if $(PROFILE),--profile '$(PROFILE)') $(UPLOAD_FLAGS) \
 	$(if $(PUBLIC_BASE_URL),--public-base-url '$(PUBLIC_BASE_URL)') $(if $(SUMMARY),--summary '$(SUMMARY)') \
 	$(if $(FORCE),--force)
 # Given on the command line, the account id reaches the commands through the environment, unechoed.
@@ -182,8 +185,7 @@ $(RELEASE_DIR)/.published-$(BUCKET): $(RELEASE_DIR)/manifest.json | release-sett
 .PHONY: upload  ## upload RELEASE_DIR as it is (resumable; skips what is already there)
 upload: $(INSTALLED)
 	$(CLI) upload --release-dir '$(RELEASE_DIR)' --bucket '$(BUCKET)' $(if $(PREFIX),--prefix '$(PREFIX)') \
-		$(if $(ENDPOINT_URL),--endpoint-url '$(ENDPOINT_URL)') --chunk-size '$(CHUNK_SIZE)' \
-		--upload-concurrency '$(UPLOAD_CONCURRENCY)' --transfers '$(TRANSFERS)' $(if $(FORCE),--force) $(if $(DRY_RUN),--dry-run)
+		$(if $(ENDPOINT_URL),--endpoint-url '$(ENDPOINT_URL)') $(UPLOAD_FLAGS) $(if $(FORCE),--force) $(if $(DRY_RUN),--dry-run)
 
 .PHONY: download  ## download VERSION into ~/.objathor-assets (BASE_URL=..., WHAT=all|assets|...)
 download: $(INSTALLED)

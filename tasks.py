@@ -77,20 +77,22 @@ S3_HELP = {
 @task(help={
     "release_dir": "the release directory (with manifest.json)",
     "prefix": "key prefix (default: the manifest's version)",
-    "chunk_size": "part size, 5M to 5G",
-    "upload_concurrency": "parts of one file in flight at once",
-    "transfers": "files at once",
+    "chunk_size": "part size, 5M to 5G (default: chosen per file)",
+    "upload_concurrency": "parts of one file in flight at once (default: grows while the rate grows)",
+    "transfers": "files at once (default 8, sharing the connections)",
     "force": "overwrite differing objects or a published version",
     "dry_run": "print what would be uploaded and stop",
     **S3_HELP,
 })
 def upload(c: Context, release_dir: str, bucket: str = "", endpoint_url: str = "", profile: str = "",
-           remote: str = "", prefix: str = "", chunk_size: str = "64M", upload_concurrency: int = 16,
-           transfers: int = 4, force: bool = False, dry_run: bool = False) -> None:
+           remote: str = "", prefix: str = "", chunk_size: str = "", upload_concurrency: int = 0,
+           transfers: int = 0, force: bool = False, dry_run: bool = False) -> None:
     """Resumable, verified multipart upload of a release to R2 or any S3 endpoint."""
+    tunables = {"--chunk-size": chunk_size, "--upload-concurrency": upload_concurrency,
+                "--transfers": transfers}  # unset: chosen per file and link
     _run(c, "upload", "--release-dir", release_dir, *_s3_words(bucket, endpoint_url, profile, remote),
-         *(["--prefix", prefix] if prefix else []), "--chunk-size", chunk_size,
-         "--upload-concurrency", upload_concurrency, "--transfers", transfers,
+         *(["--prefix", prefix] if prefix else []), *[w for flag, value in tunables.items() if value
+                                                     for w in (flag, value)],
          "--force" if force else None, "--dry-run" if dry_run else None)
 
 

@@ -29,7 +29,6 @@ from objathor_release.settings import (
     UploadConfig,
     format_size,
     format_table,
-    parse_size,
     validate_version,
 )
 
@@ -57,9 +56,7 @@ def check_settings(cfg: ReleaseConfig, *, need_assets: bool = True, need_bucket:
 
 
 def upload_config(cfg: ReleaseConfig) -> UploadConfig:
-    chunk = parse_size(cfg.chunk_size)
-    return UploadConfig(chunk_size=chunk, upload_concurrency=cfg.upload_concurrency, transfers=cfg.transfers,
-                        multipart_threshold=max(chunk, 5 * 1024 * 1024))
+    return UploadConfig.of(cfg.chunk_size, cfg.upload_concurrency, cfg.transfers)
 
 
 def release_dir_of(cfg: ReleaseConfig) -> Path:
@@ -242,7 +239,7 @@ def publish(cfg: ReleaseConfig, *, remote: str | None = None, rclone_config: str
                             endpoint_url=cfg.endpoint_url, profile=cfg.profile, remote=remote,
                             rclone_config=rclone_config, require_credentials=not dry_run, env=env)
     client = None if dry_run else make_client(
-        target, max_pool_connections=config.transfers * config.upload_concurrency + 8)
+        target, max_pool_connections=config.connections + 8)
     prefix = target.prefix or str(cfg.version)
     try:
         report = upload_release(client, rdir, target, config, force=force, dry_run=dry_run,

@@ -99,37 +99,84 @@ def adjust_part_size(file_size: int, part_size: int) -> int:
     return size
 
 
+# The automatic upload plan: over a long link each connection is capped, so speed comes from many.
+AUTO_THRESHOLD = 8 * MiB  # a file under this is one PUT when --chunk-size is not given (the AWS CLI's)
+PARTS_PER_CONNECTION = 4  # the automatic part size gives every connection at least this many parts
+AUTO_MAX_PART = 64 * MiB  # the automatic part size grows past this only to stay within 10,000 parts
+MAX_CONNECTIONS = 64  # requests in flight at once in all, whatever the flags: the memory bound
+START_CONNECTIONS = 8  # in flight at first when the count adapts
+AUTO_TRANSFERS = 8  # files at once when --transfers is not given (they share the connections)
+
+
 @dataclass(frozen=True)
 class UploadConfig:
-    """Tunables for the multipart upload, named after the rclone flags users know."""
+    """Tunables for the multipart upload, named after the rclone flags users know.
 
-    chunk_size: int = 64 * MiB
-    upload_concurrency: int = 16
-    transfers: int = 4
+    None means automatic: ``chunk_size`` is then chosen per file (see
+    :func:`objathor_release.publish.parts.layout_for`), the number of requests in flight grows
+    from :data:`START_CONNECTIONS` while the total rate grows, up to :data:`MAX_CONNECTIONS`
+    (``upload_concurrency``), and :data:`AUTO_TRANSFERS` files go at once, their parts sharing the
+    connections (``transfers``). A given ``upload_concurrency`` fixes the parts of one file in
+    flight; every file's requests stay within :data:`MAX_CONNECTIONS` together, at any setting.
+    """
+
+    chunk_size: int | None = None
+    upload_concurrency: int | None = None
+    transfers: int | None = None
     max_part_attempts: int = 5
-    multipart_threshold: int = 64 * MiB
+    multipart_threshold: int | None = None
 
     def __post_init__(self) -> None:
-        if self.chunk_size < MIN_PART_SIZE or self.chunk_size > MAX_PART_SIZE:
+        if self.chunk_size is not None and not MIN_PART_SIZE <= self.chunk_size <= MAX_PART_SIZE:
             raise UsageError(
                 f"--chunk-size {format_size(self.chunk_size)} is out of range: "
                 "S3 and R2 parts must be 5 MiB to 5 GiB"
             )
         for name in ("upload_concurrency", "transfers", "max_part_attempts"):
             value = getattr(self, name)
+            if value is None and name != "max_part_attempts":
+                continue
             if not isinstance(value, int) or value < 1 or value > 1000:
                 flag = "--" + name.replace("_", "-")
                 raise UsageError(f"{flag} must be a whole number from 1 to 1000, got {value!r}")
-        if self.multipart_threshold < MIN_PART_SIZE:
+        if self.multipart_threshold is not None and self.multipart_threshold < MIN_PART_SIZE:
             raise UsageError("multipart_threshold must be at least 5 MiB")
 
-    def part_size_for(self, file_size: int) -> int:
-        """The part size a file of ``file_size`` bytes is uploaded with."""
-        if file_size > MAX_OBJECT_SIZE:
-            raise UsageError(
-                f"a file of {format_size(file_size)} is larger than the 5 TiB S3 object limit"
-            )
-        return adjust_part_size(file_size, self.chunk_size)
+    @classmethod
+    def of(cls, chunk_size: str | int | None = None, upload_concurrency: int | None = None,
+           transfers: int | None = None, max_part_attempts: int = 5) -> UploadConfig:
+        """The config the flags (or release settings) spell; None or empty: automatic."""
+        chunk = parse_size(chunk_size) if chunk_size not in (None, "", "auto") else None
+        return cls(chunk_size=chunk, upload_concurrency=upload_concurrency or None,
+                   transfers=transfers or None, max_part_attempts=max_part_attempts)
+
+    @property
+    def threshold(self) -> int:
+        """The size from which a file goes up in parts (smaller: one PUT)."""
+        if self.multipart_threshold is not None:
+            return self.multipart_threshold
+        return self.chunk_size if self.chunk_size is not None else AUTO_THRESHOLD
+
+    @property
+    def files_at_once(self) -> int:
+        return self.transfers if self.transfers is not None else AUTO_TRANSFERS
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the number of requests in flight adapts to the measured rate."""
+        return self.upload_concurrency is None
+
+    @property
+    def connections(self) -> int:
+        """Requests in flight at most, over every file together (the memory bound included)."""
+        if self.upload_concurrency is None:
+            return MAX_CONNECTIONS
+        return min(MAX_CONNECTIONS, self.files_at_once * self.upload_concurrency)
+
+    @property
+    def per_file(self) -> int:
+        """Parts of one file in flight at most."""
+        return min(self.upload_concurrency or MAX_CONNECTIONS, self.connections)
 
 
 # ---------------------------------------------------------------------------
@@ -218,10 +265,13 @@ class ReleaseConfig:
         make="R2_ACCOUNT_ID", env="R2_ACCOUNT_ID")
     profile: str | None = _setting(help="credentials profile", flag="--profile", make="PROFILE",
                                    env="AWS_PROFILE")
-    chunk_size: str = _setting("64M", help="part size, 5M to 5G", flag="--chunk-size", make="CHUNK_SIZE")
-    upload_concurrency: int = _setting(16, help="parts of one file in flight at once",
-                                       flag="--upload-concurrency", make="UPLOAD_CONCURRENCY")
-    transfers: int = _setting(4, help="files at once", flag="--transfers", make="TRANSFERS")
+    chunk_size: str | None = _setting(help="part size, 5M to 5G (default: chosen per file)",
+                                      flag="--chunk-size", make="CHUNK_SIZE")
+    upload_concurrency: int | None = _setting(
+        help="parts of one file in flight at once (default: grows while the rate grows)",
+        flag="--upload-concurrency", make="UPLOAD_CONCURRENCY")
+    transfers: int | None = _setting(help="files at once (default 8, sharing the connections)",
+                                     flag="--transfers", make="TRANSFERS")
     source_date_epoch: int | None = _setting(
         help="mtime of every tar member (default $SOURCE_DATE_EPOCH, else 0)",
         make="SOURCE_DATE_EPOCH", env="SOURCE_DATE_EPOCH")

@@ -22,8 +22,18 @@ TiB = 1024 * GiB
 
 
 def job_of(size: int, config: UploadConfig) -> parts.Job:
-    multipart, part_size = parts.layout_for(size, config)
-    return parts.Job("f.bin", Path("f.bin"), "v/f.bin", size, "0" * 64, part_size, multipart, 0)
+    layout = parts.layout_for(size, config)
+    assert layout.parts == (math.ceil(size / layout.part_size) if layout.multipart else 1)
+    return parts.Job("f.bin", Path("f.bin"), "v/f.bin", size, "0" * 64, layout.part_size, layout.multipart, 0)
+
+
+def shape(size: int, config: UploadConfig) -> tuple[bool, int]:
+    layout = parts.layout_for(size, config)
+    return layout.multipart, layout.part_size
+
+
+def part_size(size: int, config: UploadConfig) -> int:
+    return parts.layout_for(size, config).part_size
 
 
 def ranges(job: parts.Job) -> list[tuple[int, int]]:
@@ -35,11 +45,15 @@ def ranges(job: parts.Job) -> list[tuple[int, int]]:
 
 def test_below_the_threshold_is_one_put_of_the_whole_file() -> None:
     config = UploadConfig(chunk_size=8 * MiB, multipart_threshold=16 * MiB)
-    assert parts.layout_for(16 * MiB - 1, config) == (False, 16 * MiB - 1)
-    assert parts.layout_for(0, config) == (False, 1)  # an empty file is one empty PUT
-    assert parts.layout_for(16 * MiB, config) == (True, 8 * MiB)
+    assert shape(16 * MiB - 1, config) == (False, 16 * MiB - 1)
+    assert shape(0, config) == (False, 1)  # an empty file is one empty PUT
+    assert shape(16 * MiB, config) == (True, 8 * MiB)
     job = job_of(16 * MiB - 1, config)
     assert (job.parts, ranges(job)) == (1, [(0, 16 * MiB - 1)])
+    assert parts.layout_for(16 * MiB - 1, config).why == "under the 16.0 MiB multipart threshold: one PUT"
+    # a given --chunk-size is also the threshold: a file smaller than one part is one PUT
+    assert shape(8 * MiB - 1, UploadConfig(chunk_size=8 * MiB)) == (False, 8 * MiB - 1)
+    assert shape(8 * MiB, UploadConfig(chunk_size=8 * MiB)) == (True, 8 * MiB)
 
 
 def test_the_minimum_part_is_5_mib() -> None:
@@ -49,14 +63,16 @@ def test_the_minimum_part_is_5_mib() -> None:
     assert adjust_part_size(100 * MiB, MIN_PART_SIZE - 1) == MIN_PART_SIZE
     with pytest.raises(UsageError, match="5 MiB to 5 GiB"):
         UploadConfig(chunk_size=MIN_PART_SIZE - 1)
-    assert UploadConfig(chunk_size=MIN_PART_SIZE).part_size_for(100 * MiB) == MIN_PART_SIZE
+    assert part_size(100 * MiB, UploadConfig(chunk_size=MIN_PART_SIZE)) == MIN_PART_SIZE
 
 
 def test_the_part_size_grows_to_stay_within_10000_parts() -> None:
     config = UploadConfig(chunk_size=5 * MiB)
     exactly = 10_000 * 5 * MiB
-    assert config.part_size_for(exactly) == 5 * MiB  # 10,000 parts fit: no growth
-    assert config.part_size_for(exactly + 1) == 6 * MiB  # one byte more: the next whole MiB
+    assert part_size(exactly, config) == 5 * MiB  # 10,000 parts fit: no growth
+    assert part_size(exactly + 1, config) == 6 * MiB  # one byte more: the next whole MiB
+    assert parts.layout_for(exactly + 1, config).why == ("--chunk-size 5.0 MiB would need more than 10,000 "
+                                                         "parts: 6.0 MiB")
     big = 60 * GiB  # 12,288 parts of 5 MiB
     job = job_of(big, config)
     assert (job.part_size, job.parts) == (7 * MiB, 8778)
@@ -65,11 +81,12 @@ def test_the_part_size_grows_to_stay_within_10000_parts() -> None:
 
 def test_the_largest_object_fits_and_a_larger_one_is_refused() -> None:
     config = UploadConfig(chunk_size=5 * MiB)
-    size = config.part_size_for(MAX_OBJECT_SIZE)
+    size = part_size(MAX_OBJECT_SIZE, config)
     assert size == 525 * MiB and math.ceil(MAX_OBJECT_SIZE / size) <= MAX_PARTS
-    assert UploadConfig(chunk_size=MAX_PART_SIZE).part_size_for(MAX_OBJECT_SIZE) == MAX_PART_SIZE
-    with pytest.raises(UsageError, match="larger than the 5 TiB S3 object limit"):
-        config.part_size_for(MAX_OBJECT_SIZE + 1)
+    assert part_size(MAX_OBJECT_SIZE, UploadConfig(chunk_size=MAX_PART_SIZE)) == MAX_PART_SIZE
+    for each in (config, UploadConfig()):
+        with pytest.raises(UsageError, match="larger than the 5 TiB S3 object limit"):
+            parts.layout_for(MAX_OBJECT_SIZE + 1, each)
 
 
 def test_the_maximum_part_is_5_gib() -> None:
@@ -82,21 +99,66 @@ def test_the_maximum_part_is_5_gib() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(size=st.integers(min_value=1, max_value=MAX_OBJECT_SIZE),
-       chunk=st.integers(min_value=MIN_PART_SIZE, max_value=MAX_PART_SIZE))
-def test_every_layout_keeps_the_s3_limits(size: int, chunk: int) -> None:
-    config = UploadConfig(chunk_size=chunk, multipart_threshold=MIN_PART_SIZE)
+       chunk=st.none() | st.integers(min_value=MIN_PART_SIZE, max_value=MAX_PART_SIZE),
+       concurrency=st.none() | st.integers(min_value=1, max_value=1000))
+def test_every_layout_keeps_the_s3_limits(size: int, chunk: int | None, concurrency: int | None) -> None:
+    config = UploadConfig(chunk_size=chunk, upload_concurrency=concurrency, multipart_threshold=MIN_PART_SIZE)
     job = job_of(size, config)
     if not job.multipart:
         assert size < MIN_PART_SIZE and job.parts == 1
         return
     got = ranges(job)
     assert MIN_PART_SIZE <= job.part_size <= MAX_PART_SIZE
-    assert job.part_size >= chunk or job.part_size == MIN_PART_SIZE
+    if chunk is not None:
+        assert job.part_size >= chunk or job.part_size == MIN_PART_SIZE
+    else:  # chosen: whole MiB, enough parts for every connection unless the 5 MiB floor stops it
+        assert job.part_size % MiB == 0
+        assert job.parts >= min(4 * config.per_file, size // MIN_PART_SIZE)
     assert 1 <= job.parts <= MAX_PARTS
     assert all(length == job.part_size for _, length in got[:-1])  # all but the last are equal
     assert 0 < got[-1][1] <= job.part_size
     assert [off for off, _ in got] == [i * job.part_size for i in range(job.parts)]  # contiguous
     assert sum(length for _, length in got) == size
+
+
+# --------------------------------------------------------------------------- the layout chosen per file
+
+
+def test_auto_a_small_file_is_one_put_and_from_8_mib_it_has_parts_of_the_5_mib_minimum() -> None:
+    auto = UploadConfig()
+    assert shape(8 * MiB - 1, auto) == (False, 8 * MiB - 1)
+    assert parts.layout_for(8 * MiB - 1, auto).why == "under the 8.0 MiB multipart threshold: one PUT"
+    small = parts.layout_for(38 * MiB, auto)  # the file that was one 64 MiB part, one connection
+    assert (small.multipart, small.part_size, small.parts) == (True, 5 * MiB, 8)
+    assert small.why == ("auto: 8 parts of the 5 MiB minimum (too small a file to give each of 64 connections "
+                         "4)")
+
+
+def test_auto_a_medium_file_gives_every_connection_four_parts() -> None:
+    medium = parts.layout_for(2 * GiB, UploadConfig())
+    assert (medium.part_size, medium.parts) == (8 * MiB, 256)  # 64 connections x 4
+    assert medium.why == "auto: 256 parts so that each of 64 connections has at least 4"
+    fixed = parts.layout_for(2 * GiB, UploadConfig(upload_concurrency=4))  # 4 connections for this file
+    assert (fixed.part_size, fixed.parts) == (128 * MiB // 2, 32)  # 64 MiB: the auto cap
+    assert fixed.why == "auto: 32 parts so that each of 4 connections has at least 4"
+
+
+def test_auto_a_huge_file_stays_within_10000_parts() -> None:
+    huge = parts.layout_for(300 * GiB, UploadConfig())
+    assert (huge.part_size, huge.parts) == (64 * MiB, 4800)  # the auto cap: a retry resends at most 64 MiB
+    biggest = parts.layout_for(MAX_OBJECT_SIZE, UploadConfig())
+    assert (biggest.part_size, biggest.parts) == (525 * MiB, 9987)
+    assert biggest.why == "auto: 9987 parts, the smallest whole MiB that stays within 10,000 parts"
+    job = job_of(MAX_OBJECT_SIZE, UploadConfig())
+    lengths = {length for _, length in ranges(job)[:-1]}
+    assert lengths == {525 * MiB}
+
+
+def test_a_given_chunk_size_wins_over_the_auto_choice() -> None:
+    for size in (64 * MiB, 2 * GiB, 300 * GiB):
+        layout = parts.layout_for(size, UploadConfig(chunk_size=64 * MiB))
+        assert layout.part_size == 64 * MiB and layout.why == "--chunk-size 64.0 MiB"
+    assert shape(38 * MiB, UploadConfig(chunk_size=64 * MiB)) == (False, 38 * MiB)  # under one part: a PUT
 
 
 # --------------------------------------------------------------------------- ETags and the part reader

@@ -595,9 +595,55 @@ def test_dry_run_and_automatic_part_size(s3_env: dict[str, str], s3_server: Any,
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == [  # the one note, as every note is shown: prefixed, one line
         "objathor-release: big.bin: 60.0 GiB would need more than 10,000 parts of 5.0 MiB: using 7.0 MiB parts"]
-    row = next(x.split() for x in proc.stdout.splitlines() if x.startswith("big.bin"))
-    assert row == ["big.bin", "60.0", "GiB", "7.0", "MiB", "8778", str(8778 + 4)]
+    rows = {r[0]: r for r in (re.split(r"\s{2,}", x) for x in proc.stdout.splitlines())}
+    assert rows["file"] == ["file", "size", "part size", "parts", "concurrency", "requests", "why"]
+    assert rows["big.bin"] == ["big.bin", "60.0 GiB", "7.0 MiB", "8778", "4", str(8778 + 4),
+                               "--chunk-size 5.0 MiB would need more than 10,000 parts: 7.0 MiB"]
+    assert rows["annotations.json.gz"] == ["annotations.json.gz", "100 B", "-", "1", "1", "3",
+                                           "under the 5.0 MiB multipart threshold: one PUT"]
+    assert ("connections: at most 4 per file (--upload-concurrency), 32 in all; up to 8 files at once share "
+            "them, each part taking the next free one") in proc.stdout.splitlines()
     assert "dry run: would upload 4 files" in proc.stdout
+
+
+def test_dry_run_prints_the_plan_it_chose_and_why(s3_env: dict[str, str], tmp_path: Path) -> None:
+    """At the defaults: one PUT under 8 MiB, 5 MiB parts for a file too small to give every connection
+    four, four per connection for a larger one; the connections start at 8 and grow to at most 64."""
+    rel = tmp_path / "rel"
+    rel.mkdir()
+    sizes = {"annotations.json.gz": 8 * 1024**2 - 1, "mid.tar": 38 * 1024**2, "big.tar": 2 * 1024**3}
+    for name, size in sizes.items():
+        with open(rel / name, "wb") as fh:
+            fh.truncate(size)  # sparse
+    artifacts = [{"name": n, "size": size, "sha256": "0" * 64, "members": []} for n, size in sizes.items()]
+    (rel / "manifest.json").write_text(json.dumps({"version": VERSION, "tool_version": "0.1.0", "excludes": [],
+                                                   "artifacts": artifacts}))
+    (rel / "SHA256SUMS").write_text("".join(f"{a['sha256']}  {a['name']}\n" for a in artifacts))
+    proc = run_cli("upload", "--release-dir", str(rel), "--bucket", "b", "--endpoint-url", "http://127.0.0.1:9",
+                   "--dry-run", env=FAST)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # a chosen part size needs no note: the plan says why
+    lines = proc.stdout.splitlines()
+    rows = {r[0]: r for r in (re.split(r"\s{2,}", x) for x in lines[1:6])}
+    assert rows["annotations.json.gz"] == ["annotations.json.gz", "8.0 MiB", "-", "1", "1", "3",
+                                           "under the 8.0 MiB multipart threshold: one PUT"]
+    assert rows["mid.tar"] == ["mid.tar", "38.0 MiB", "5.0 MiB", "8", "8", "12",
+                               "auto: 8 parts of the 5 MiB minimum (too small a file to give each of 64 "
+                               "connections 4)"]
+    assert rows["big.tar"] == ["big.tar", "2.0 GiB", "8.0 MiB", "256", "8 -> 64 (auto)", "260",
+                               "auto: 256 parts so that each of 64 connections has at least 4"]
+    assert lines[6] == ("connections: 8 at first, doubled while the total rate grows by a tenth or more, at "
+                        "most 64 in all (the memory bound); up to 8 files at once share them, each part "
+                        "taking the next free one")
+    fixed = run_cli("upload", "--release-dir", str(rel), "--bucket", "b", "--endpoint-url",
+                    "http://127.0.0.1:9", "--dry-run", "--chunk-size", "16M", "--upload-concurrency", "3",
+                    "--transfers", "2", env=FAST)
+    assert fixed.returncode == 0, fixed.stderr
+    rows = {r[0]: r for r in (re.split(r"\s{2,}", x) for x in fixed.stdout.splitlines())}
+    assert rows["big.tar"] == ["big.tar", "2.0 GiB", "16.0 MiB", "128", "3", "132", "--chunk-size 16.0 MiB"]
+    assert rows["mid.tar"][1:5] == ["38.0 MiB", "16.0 MiB", "3", "3"]
+    assert ("connections: at most 3 per file (--upload-concurrency), 6 in all; up to 2 files at once share "
+            "them, each part taking the next free one") in fixed.stdout.splitlines()
 
 
 # --------------------------------------------------------------------------- verify and cleanup

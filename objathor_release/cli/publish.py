@@ -34,10 +34,14 @@ def add_upload(sub: Any) -> None:
     add_s3_options(p)
     p.add_argument("--prefix", default=None, metavar="VERSION",
                    help="key prefix (default: the manifest's version)")
-    p.add_argument("--chunk-size", default="64M", help="part size, 5M to 5G (default 64M)")
-    p.add_argument("--upload-concurrency", type=int, default=16,
-                   help="parts of one file in flight at once (default 16)")
-    p.add_argument("--transfers", type=int, default=4, help="files at once (default 4)")
+    p.add_argument("--chunk-size", default=None,
+                   help="part size, 5M to 5G (default: chosen per file, so that every connection has "
+                   "several parts)")
+    p.add_argument("--upload-concurrency", type=int, default=None,
+                   help="parts of one file in flight at once (default: starts at 8 and grows while the "
+                   "total rate grows, at most 64 requests in all)")
+    p.add_argument("--transfers", type=int, default=None,
+                   help="files at once (default 8, sharing the connections)")
     p.add_argument("--part-attempts", type=int, default=5, metavar="N",
                    help="attempts per part, each with botocore's own retries, before the run stops "
                    "resumably (default 5)")
@@ -67,19 +71,16 @@ def _run_upload(args: argparse.Namespace) -> int:
     from objathor_release.publish.client import make_client
     from objathor_release.publish.target import redact
     from objathor_release.publish.upload import upload_release
-    from objathor_release.settings import UploadConfig, parse_size
+    from objathor_release.settings import UploadConfig
 
-    chunk = parse_size(args.chunk_size)
-    config = UploadConfig(chunk_size=chunk, upload_concurrency=args.upload_concurrency,
-                          transfers=args.transfers, multipart_threshold=max(chunk, 5 * 1024 * 1024),
-                          max_part_attempts=args.part_attempts)
+    config = UploadConfig.of(args.chunk_size, args.upload_concurrency, args.transfers, args.part_attempts)
     release_dir = Path(args.release_dir)
     if not release_dir.is_dir():
         raise UsageError(f"{release_dir}: release directory not found: check --release-dir")
     target = target_from_args(args, require_credentials=not args.dry_run)
     _show_target(args, target)
     client = None if args.dry_run else make_client(
-        target, max_pool_connections=config.transfers * config.upload_concurrency + 8)
+        target, max_pool_connections=config.connections + 8)
     try:
         report = upload_release(client, release_dir, target, config, force=args.force, dry_run=args.dry_run,
                                 show_progress=not args.quiet, verbose=args.verbose)

@@ -92,6 +92,7 @@ class Context:
     conditional: bool = True
     verbose: bool = False
     log: Callable[[str], None] | None = None
+    on_throttle: Callable[[], None] | None = None  # told of each 429/503 answer (fewer at once)
     abort: threading.Event = field(default_factory=threading.Event)
     counters: Counters = field(default_factory=Counters)
     bar: Progress = field(default_factory=SilentProgress)
@@ -126,6 +127,8 @@ class Context:
         """``fn()`` with the policy's retries (and waits) on :func:`retryable` failures; a ReleaseError
         as it is, any other failure as one clean line naming ``action``. Stops retrying on abort."""
         def on_retry(exc: BaseException, attempt: int, wait: float) -> None:
+            if self.on_throttle is not None and http_status(exc) in (429, 503):
+                self.on_throttle()
             self.detail(f"{action}: {type(exc).__name__}, retrying in {wait:.1f} s")
 
         try:

@@ -1,11 +1,16 @@
 """One object's part layout and its S3 ETag, and reading a part straight from the open file.
 
-:func:`layout_for` is the part layout a file gets under an :class:`UploadConfig`:
-one PUT below the multipart threshold, else parts of the configured size, grown
-by :func:`objathor_release.settings.adjust_part_size` (5 MiB minimum, 5 GiB
-maximum, at most 10,000 parts; every part but the last the same size). :class:`Job`
-is one file to put at one key with that layout; its ``identity()`` (size, mtime,
-sha256, part size) is what a resume record must match.
+:func:`layout_for` is the one place that decides how a file goes up under an
+:class:`UploadConfig`: one PUT below the multipart threshold, else parts of the
+configured ``--chunk-size`` or, by default, of a size chosen for the file: small
+enough that each of the connections the run may open has at least
+:data:`~objathor_release.settings.PARTS_PER_CONNECTION` parts, never under 5 MiB,
+over :data:`~objathor_release.settings.AUTO_MAX_PART` only to stay within 10,000
+parts; :func:`objathor_release.settings.adjust_part_size` then keeps it within the
+S3 limits (5 MiB to 5 GiB, at most 10,000 parts; every part but the last the same
+size). The :class:`Layout` says why, for ``--dry-run``. :class:`Job` is one file
+to put at one key with that layout; its ``identity()`` (size, mtime, sha256, part
+size) is what a resume record must match.
 
 ETags: a single-part object's is the md5 of its bytes, a multipart object's the
 md5 of the concatenated binary part md5s, then ``-N`` (:func:`multipart_etag`;
@@ -29,11 +34,21 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from objathor_release.build.manifest import SUMS as SUMS_NAME
-from objathor_release.errors import InputError, TransferError
+from objathor_release.errors import InputError, TransferError, UsageError
 from objathor_release.publish.localfiles import LocalFile
-from objathor_release.settings import UploadConfig
+from objathor_release.settings import (
+    AUTO_MAX_PART,
+    MAX_OBJECT_SIZE,
+    MAX_PARTS,
+    MIN_PART_SIZE,
+    PARTS_PER_CONNECTION,
+    MiB,
+    UploadConfig,
+    adjust_part_size,
+    format_size,
+)
 
-__all__ = ["SHA256_META", "Job", "PartReader", "SequentialSha256", "layout_for", "local_digests",
+__all__ = ["SHA256_META", "Job", "Layout", "PartReader", "SequentialSha256", "layout_for", "local_digests",
            "local_etag", "multipart_etag"]
 
 SHA256_META = "sha256"  # the object metadata key that carries the file's sha256
@@ -42,11 +57,47 @@ CONTENT_TYPES = {".tar": "application/x-tar", ".gz": "application/gzip", ".json"
                  ".pkl": "application/octet-stream"}
 
 
-def layout_for(size: int, config: UploadConfig) -> tuple[bool, int]:
-    """(multipart, part size) of a file of ``size`` bytes under ``config``: a single PUT (its part
-    size is then the whole file) below the multipart threshold, else the adjusted part size."""
-    multipart = size >= config.multipart_threshold and size > 0
-    return multipart, config.part_size_for(size) if multipart else max(size, 1)
+@dataclass(frozen=True)
+class Layout:
+    """How one file goes up: ``multipart`` or one PUT, the part size (the whole file for a PUT),
+    the number of parts, and why, in words (``--dry-run`` prints it)."""
+
+    multipart: bool
+    part_size: int
+    parts: int
+    why: str
+
+
+def layout_for(size: int, config: UploadConfig) -> Layout:
+    """The layout of a file of ``size`` bytes under ``config`` (see the module docstring).
+
+    UsageError for a file over the 5 TiB S3 object limit."""
+    if size > MAX_OBJECT_SIZE:
+        raise UsageError(f"a file of {format_size(size)} is larger than the 5 TiB S3 object limit")
+    if size < config.threshold or size <= 0:
+        return Layout(False, max(size, 1), 1, f"under the {format_size(config.threshold)} multipart "
+                      "threshold: one PUT")
+    connections = config.per_file
+    if config.chunk_size is not None:
+        part = adjust_part_size(size, config.chunk_size)
+        parts = math.ceil(size / part)
+        if part == config.chunk_size:
+            return Layout(True, part, parts, f"--chunk-size {format_size(part)}")
+        return Layout(True, part, parts, f"--chunk-size {format_size(config.chunk_size)} would need more "
+                      f"than {MAX_PARTS:,} parts: {format_size(part)}")
+    wanted = connections * PARTS_PER_CONNECTION
+    fitted = size // wanted // MiB * MiB  # whole MiB, rounded down: at least ``wanted`` parts
+    part = adjust_part_size(size, min(fitted, AUTO_MAX_PART))
+    parts = math.ceil(size / part)
+    each = f"each of {connections} connections"
+    if part == MIN_PART_SIZE and parts < wanted:
+        why = (f"auto: {parts} parts of the 5 MiB minimum (too small a file to give {each} "
+               f"{PARTS_PER_CONNECTION})")
+    elif part > AUTO_MAX_PART:
+        why = f"auto: {parts} parts, the smallest whole MiB that stays within {MAX_PARTS:,} parts"
+    else:
+        why = f"auto: {parts} parts so that {each} has at least {PARTS_PER_CONNECTION}"
+    return Layout(True, part, parts, why)
 
 
 def multipart_etag(md5s: Sequence[bytes]) -> str:
@@ -198,6 +249,7 @@ class Job:
     multipart: bool
     mtime_ns: int
     file: LocalFile | None = None
+    why: str = ""  # how the layout was chosen (Layout.why)
 
     @property
     def parts(self) -> int:
@@ -216,8 +268,9 @@ class Job:
     @classmethod
     def of(cls, name: str, file: LocalFile, key: str, size: int, sha256: str, config: UploadConfig) -> Job:
         """``file`` (of ``size`` bytes, as the manifest says) to put at ``key``, laid out by ``config``."""
-        multipart, part_size = layout_for(size, config)
-        return cls(name, file.path, key, size, sha256, part_size, multipart, file.mtime_ns, file)
+        layout = layout_for(size, config)
+        return cls(name, file.path, key, size, sha256, layout.part_size, layout.multipart, file.mtime_ns,
+                   file, layout.why)
 
     def identity(self) -> dict[str, Any]:
         return {"size": self.size, "mtime_ns": self.mtime_ns, "sha256": self.sha256,

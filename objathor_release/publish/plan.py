@@ -24,10 +24,10 @@ from objathor_release.publish.client import artifact_key
 from objathor_release.publish.localfiles import STATE_DIR, LocalFile, ReleaseDir
 from objathor_release.publish.parts import Job
 from objathor_release.publish.remote import SMALL_FILE_LIMIT
-from objathor_release.settings import UploadConfig, format_size
+from objathor_release.settings import MAX_CONNECTIONS, START_CONNECTIONS, UploadConfig, format_size
 
-__all__ = ["FINAL_NAMES", "close_jobs", "load_release_manifest", "open_manifest", "parse_manifest",
-           "part_size_note", "plan_jobs"]
+__all__ = ["FINAL_NAMES", "close_jobs", "concurrency_plan", "connections_note", "load_release_manifest",
+           "open_manifest", "parse_manifest", "part_size_note", "plan_jobs"]
 
 FINAL_NAMES = (SUMS_NAME, SIGNATURE_NAME, MANIFEST_NAME)  # uploaded last, in this order
 
@@ -110,11 +110,34 @@ def check_sums(data: bytes, manifest: dict[str, Any], path: Path) -> None:
 
 
 def part_size_note(job: Job, config: UploadConfig) -> str | None:
-    """The line saying a file's part size had to grow past ``config.chunk_size``, if it had to."""
-    if not job.multipart or job.part_size == config.chunk_size:
+    """The line saying a file's part size had to grow past a given ``--chunk-size``, if it had to
+    (a part size chosen per file needs no note: ``--dry-run`` says how it was chosen)."""
+    if not job.multipart or config.chunk_size is None or job.part_size == config.chunk_size:
         return None
     return (f"{job.name}: {format_size(job.size)} would need more than 10,000 parts of "
             f"{format_size(config.chunk_size)}: using {format_size(job.part_size)} parts")
+
+
+def concurrency_plan(job: Job, config: UploadConfig) -> str:
+    """The parts of ``job`` that may be in flight at once, as a dry run shows it."""
+    if not job.multipart:
+        return "1"
+    most = min(config.per_file, job.parts)
+    if not config.adaptive:
+        return str(most)
+    first = min(START_CONNECTIONS, most)
+    return str(most) if first == most else f"{first} -> {most} (auto)"
+
+
+def connections_note(config: UploadConfig) -> str:
+    """How the run's connections are shared and counted, as a dry run says it."""
+    files = f"up to {config.files_at_once} files at once share them, each part taking the next free one"
+    if config.adaptive:
+        return (f"connections: {START_CONNECTIONS} at first, doubled while the total rate grows by a tenth "
+                f"or more, at most {config.connections} in all (the memory bound); {files}")
+    capped = " (the memory bound)" if config.connections == MAX_CONNECTIONS else ""
+    return (f"connections: at most {config.per_file} per file (--upload-concurrency), {config.connections} "
+            f"in all{capped}; {files}")
 
 
 def plan_jobs(rd: ReleaseDir, manifest: dict[str, Any], manifest_file: LocalFile, prefix: str,

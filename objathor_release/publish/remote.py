@@ -137,8 +137,8 @@ def _etag_shape_problem(etag: str, size: int, config: UploadConfig | None) -> st
         return f"ETag {etag!r} is not an S3 ETag"
     count = int(m.group(1)) if m.group(1) else None
     if config is not None:
-        multipart, part_size = layout_for(size, config)
-        want = math.ceil(size / part_size) if multipart else None
+        layout = layout_for(size, config)
+        want = layout.parts if layout.multipart else None
         if count != want:
             return f"ETag {etag} is not that of {want or 'a single'} part(s) for this size and part size"
         return None

@@ -25,6 +25,8 @@ class FileResult:
     parts_uploaded: int = 0
     parts_resumed: int = 0
     multipart: bool = True
+    why: str = ""  # how the part layout was chosen (shown by a dry run)
+    concurrency: str = ""  # the parts in flight it may get (shown by a dry run)
 
     @property
     def requests(self) -> int:
@@ -47,21 +49,26 @@ class UploadReport:
     seconds: float = 0.0
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
+    peak_connections: int = 0  # the most requests that were in flight at once
+    plan: str = ""  # a dry run's line on how the connections are counted and shared
 
     def etags(self) -> dict[str, str]:
         """name -> ETag of every object, for :func:`verify_remote`."""
         return {r.name: r.etag for r in self.results if r.etag}
 
     def table(self) -> str:
+        head: tuple[str, ...]
+        rows: list[tuple[str, ...]]
         if self.dry_run:
-            head = ("file", "size", "part size", "parts", "requests")
+            head = ("file", "size", "part size", "parts", "concurrency", "requests", "why")
             rows = [(r.name, format_size(r.size), format_size(r.part_size) if r.multipart else "-",
-                     str(r.parts), str(r.requests)) for r in self.results]
+                     str(r.parts), r.concurrency, str(r.requests), r.why) for r in self.results]
         else:
             head = ("file", "size", "parts", "status", "etag")
             rows = [(r.name, format_size(r.size), f"{r.parts} x {format_size(r.part_size)}", r.status, r.etag)
                     for r in self.results]
-        return format_table(head, rows)
+        table = format_table(head, rows)
+        return f"{table}\n{self.plan}" if self.dry_run and self.plan else table
 
     def summary(self) -> str:
         where = f"s3://{self.bucket}/{self.prefix + '/' if self.prefix else ''}"

@@ -59,6 +59,7 @@ for byte when its create is refused. ``force`` writes unconditionally.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -76,12 +77,22 @@ from objathor_release.publish.client import client_error, object_key
 from objathor_release.publish.context import Context, Exists
 from objathor_release.publish.localfiles import ReleaseDir, StateDir
 from objathor_release.publish.parts import Job, SequentialSha256, multipart_etag
-from objathor_release.publish.plan import FINAL_NAMES, close_jobs, open_manifest, part_size_note, plan_jobs
+from objathor_release.publish.plan import (
+    FINAL_NAMES,
+    close_jobs,
+    concurrency_plan,
+    connections_note,
+    open_manifest,
+    part_size_note,
+    plan_jobs,
+)
 from objathor_release.publish.remote import published_manifest
 from objathor_release.publish.report import FileResult, UploadReport
+from objathor_release.publish.slots import Slots
 from objathor_release.publish.target import S3Target, normalize_prefix
+from objathor_release.ramp import Ramp
 from objathor_release.retry import RetryPolicy
-from objathor_release.settings import UploadConfig
+from objathor_release.settings import START_CONNECTIONS, UploadConfig
 
 __all__ = ["Coordinator", "FileResult", "UploadReport", "upload_release"]
 
@@ -124,8 +135,11 @@ class Coordinator:
     """One run of :func:`upload_release`: decides what each file needs, runs the files (and the parts
     of each) through the executors in order, and turns the tasks' answers into results."""
 
-    def __init__(self, ctx: Context, config: UploadConfig, part_executor: Executor) -> None:
+    def __init__(self, ctx: Context, config: UploadConfig, part_executor: Executor,
+                 slots: Slots | None = None) -> None:
         self.ctx, self.config, self.parts_pool = ctx, config, part_executor
+        self.slots = slots or Slots(Ramp(START_CONNECTIONS, config.connections, config.adaptive, "upload"),
+                                    config.per_file)
 
     def run(self, jobs: list[Job], manifest: dict[str, Any], force: bool, show_progress: bool
             ) -> list[FileResult]:
@@ -142,7 +156,7 @@ class Coordinator:
             self.unpublish((MANIFEST_NAME, SIGNATURE_NAME))
 
         decisions = _run_parallel(lambda job: tasks.check_existing(ctx, job), jobs,
-                                  max(self.config.transfers, 8), ctx.abort)
+                                  max(self.config.files_at_once, 8), ctx.abort)
         conflicts = [f"{j.key} ({why})" for j, (kind, why) in zip(jobs, decisions, strict=True)
                      if kind == "conflict"]
         if conflicts and not force:
@@ -162,7 +176,7 @@ class Coordinator:
         total = sum(j.size for j in todo)
         with progress(total, f"upload {ctx.where}", enabled=show_progress and total > 0) as bar:
             ctx.bar = bar
-            for r in _run_parallel(self.upload, artifacts, self.config.transfers, ctx.abort):
+            for r in _run_parallel(self.upload, artifacts, self.config.files_at_once, ctx.abort):
                 results[r.name] = r
             # SHA256SUMS, manifest.json.sig, then manifest.json, created only if absent (unless --force):
             # the version is published only when all else is there, and by one publisher only.
@@ -193,10 +207,16 @@ class Coordinator:
     def put(self, job: Job) -> FileResult:
         ctx = self.ctx
         body, md5 = tasks.read_whole(ctx, job)
+        if not self.slots.acquire(job.name, ctx.abort):
+            raise TransferError(f"{job.name}: stopped")
+        sent = False
         try:
             etag = tasks.put_object(ctx, job, body, md5)
+            sent = True
         except Exists as exc:
             return self.taken(job, md5.hex(), exc)
+        finally:
+            self.slots.release(job.name, job.size, sent)
         ctx.counters.add(bytes_sent=job.size)
         ctx.bar.update(job.size)
         tasks.verify_object(ctx, job, etag)
@@ -215,18 +235,26 @@ class Coordinator:
         upload_id = str(state.data["upload_id"])
         sha = SequentialSha256(str(job.path))
         futures: dict[int, Future[tuple[bytes, bool]]] = {}
-        slots = threading.BoundedSemaphore(self.config.upload_concurrency)
         done: dict[int, tuple[bytes, bool]] = {}
+        slots = self.slots
+
+        def finished(number: int, fut: Future[tuple[bytes, bool]]) -> None:
+            failed = fut.cancelled() or fut.exception() is not None
+            slots.release(job.name, job.part_range(number)[1], not failed and fut.result()[1])
+            if failed:
+                ctx.abort.set()
+
         try:
             for number in range(1, job.parts + 1):
-                slots.acquire()
+                # one slot of the run's shared connections per part, taken in turn with the other files
+                if not slots.acquire(job.name, ctx.abort):
+                    break
                 if ctx.abort.is_set():
-                    slots.release()
+                    slots.release(job.name, sent=False)
                     break
                 fut = self.parts_pool.submit(tasks.upload_part, ctx, job, upload_id, number, state, sha,
                                              on_server.get(number))
-                fut.add_done_callback(lambda _f: slots.release())
-                fut.add_done_callback(lambda f: ctx.abort.set() if f.exception() else None)
+                fut.add_done_callback(functools.partial(finished, number))
                 futures[number] = fut
         finally:
             errors = []
@@ -289,8 +317,10 @@ def upload_release(
     """Upload a release directory: every artifact of its manifest, then SHA256SUMS,
     manifest.json.sig (when there is one) and manifest.json.
 
-    ``executor`` runs the part uploads (it needs ``transfers * upload_concurrency``
-    workers for full speed); by default one is made and shut down here. ``retry``
+    ``executor`` runs the part uploads (it needs ``config.connections`` workers for
+    full speed); by default one is made and shut down here. Every file's requests
+    share ``config.connections`` slots, let in flight as the :class:`~objathor_release.ramp.Ramp`
+    decides unless ``upload_concurrency`` fixes them. ``retry``
     is the policy every request is retried by (default: ``config.max_part_attempts``
     attempts, capped exponential backoff with jitter); pass one with its own
     ``sleep`` to wait differently. Notes go to ``log`` when given, else to this
@@ -321,23 +351,27 @@ def upload_release(
                 logger.info("%s", note)
         if dry_run:
             report.results = [FileResult(j.name, j.key, j.size, j.sha256, "", j.parts, j.part_size, "dry-run",
-                                         multipart=j.multipart) for j in jobs]
+                                         multipart=j.multipart, why=j.why,
+                                         concurrency=concurrency_plan(j, config)) for j in jobs]
+            report.plan = connections_note(config)
             return report
         states = StateDir.open(rd, create=True)
         if states is not None:
             stack.callback(states.close)
         own_pool = executor is None
-        pool = executor or ThreadPoolExecutor(max_workers=config.transfers * config.upload_concurrency,
+        pool = executor or ThreadPoolExecutor(max_workers=config.connections,
                                               thread_name_prefix="upload-part")
+        slots = Slots(Ramp(START_CONNECTIONS, config.connections, config.adaptive, "upload"), config.per_file)
         ctx = Context(client, bucket, prefix, str(manifest["version"]), states,
                       retry or RetryPolicy(attempts=config.max_part_attempts), conditional=not force,
-                      verbose=verbose, log=log)
+                      verbose=verbose, log=log, on_throttle=slots.throttled)
         try:
-            report.results = Coordinator(ctx, config, pool).run(jobs, manifest, force, show_progress)
+            report.results = Coordinator(ctx, config, pool, slots).run(jobs, manifest, force, show_progress)
         finally:
             if own_pool:
                 pool.shutdown(wait=True, cancel_futures=True)
     report.part_uploads, report.put_uploads = ctx.counters.part_uploads, ctx.counters.put_uploads
     report.bytes_sent = ctx.counters.bytes_sent
+    report.peak_connections = slots.peak
     report.seconds = time.monotonic() - started
     return report

@@ -29,10 +29,11 @@ def _add_publish_options(p: argparse.ArgumentParser) -> None:
                    help="where the artifacts are built (default: release/VERSION)")
     add_s3_options(p)
     p.add_argument("--prefix", default=None, help="key prefix (default: VERSION)")
-    p.add_argument("--chunk-size", default=None, help="part size, 5M to 5G (default 64M)")
+    p.add_argument("--chunk-size", default=None, help="part size, 5M to 5G (default: chosen per file)")
     p.add_argument("--upload-concurrency", type=int, default=None,
-                   help="parts in flight per file (default 16)")
-    p.add_argument("--transfers", type=int, default=None, help="files at once (default 4)")
+                   help="parts in flight per file (default: grows while the rate grows)")
+    p.add_argument("--transfers", type=int, default=None,
+                   help="files at once (default 8, sharing the connections)")
     p.add_argument("--public-base-url", default=None, metavar="URL",
                    help="public URL the bucket is served from, for the summary")
     p.add_argument("--summary", default=None, metavar="FILE", help="also write the summary as JSON to FILE")

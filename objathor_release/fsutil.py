@@ -13,7 +13,6 @@ import fcntl
 import hashlib
 import os
 import secrets
-import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,12 +161,42 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def remove_path(path: Path) -> None:
-    """Delete ``path`` whatever it is (a folder tree, a file, a link); nothing there is fine."""
+    """Delete ``path`` whatever it is (a folder tree, a file, a link); nothing there is fine.
+
+    Folders are removed without recursion (``shutil.rmtree`` recurses once per level and fails on
+    a tree deeper than Python's recursion limit) and without following any link: a link is
+    removed, never what it points to.
+    """
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        _remove_tree(os.fspath(path))
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def _remove_tree(root: str) -> None:
+    """Depth-first removal with an explicit stack of folder paths."""
+    stack = [root]
+    while stack:
+        top = stack[-1]
+        try:
+            entries = list(os.scandir(top))
+        except FileNotFoundError:
+            stack.pop()
+            continue
+        subdirs = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.path)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+        if subdirs:
+            stack.extend(subdirs)
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(top)
+        stack.pop()
 
 
 def replace_dir(src: Path, dst: Path, trash: Path) -> None:

@@ -263,3 +263,32 @@ def test_devtools_open_bucket_makes_a_publicly_readable_bucket(s3_server, s3_cli
     assert nowhere.returncode == 2
     assert nowhere.stderr.startswith("devtools: error: open-bucket needs the local S3 endpoint: pass "
                                      "--endpoint-url URL")
+
+
+def test_remove_path_takes_trees_deeper_than_the_recursion_limit_and_never_follows_links(tmp_path: Path) -> None:
+    import sys
+
+    from objathor_release.fsutil import remove_path
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not ours to delete")
+    root = tmp_path / "deep"
+    depth = sys.getrecursionlimit() + 200
+    path = str(root)
+    os.mkdir(path)
+    for _ in range(depth):  # os.makedirs recurses too
+        path = os.path.join(path, "d")
+        os.mkdir(path)
+    leaf = Path(path)
+    (leaf / "file.bin").write_bytes(b"x")
+    (leaf / "link-to-outside").symlink_to(outside)
+    (root / "d" / "file-link").symlink_to(outside / "keep.txt")
+    remove_path(root)
+    assert not root.exists()
+    assert (outside / "keep.txt").read_text() == "not ours to delete"
+    remove_path(root)  # nothing there is fine
+    link = tmp_path / "dir-link"
+    link.symlink_to(outside)
+    remove_path(link)
+    assert not link.exists() and (outside / "keep.txt").exists()

@@ -37,6 +37,10 @@ from objathor_release.fetch.resume import ResumePoint, prune, resume_point
 from objathor_release.fsutil import atomic_write, remove_path, replace_dir
 from objathor_release.progress import progress
 
+#: Pieces handed on but not yet fed to the extractor. They count against the stream's buffer, so
+#: the whole download holds at most ``stream_buffer`` bytes of the tar (256 MiB by default).
+QUEUED = 2
+
 
 def fetch_tar(job: Job, part: Part) -> PartResult:
     """Stream ``part``'s tar into the safe extractor, verify it, rename the folder into place."""
@@ -163,7 +167,7 @@ def _extract_stream(job: Job, url: str, art: Mapping[str, Any] | None, staging: 
     # the space needed: what is still to come (staging holds what an earlier run extracted)
     check = job.check_response(url, "tar", art["size"] if art else None,
                                need=lambda info: max(0, (info.size or 0) - start))
-    chunks: queue.Queue[Any] = queue.Queue(maxsize=8)
+    chunks: queue.Queue[Any] = queue.Queue(maxsize=QUEUED)
     stop = threading.Event()
     digest = hashlib.sha256()
     total = 0
@@ -183,7 +187,8 @@ def _extract_stream(job: Job, url: str, art: Mapping[str, Any] | None, staging: 
         try:
             config = job.http.config
             for data in parallel_stream(job.http, url, on_open=check, stop=stop, adaptive=config.adaptive,
-                                        piece=config.stream_piece, buffer=config.stream_buffer,
+                                        piece=config.stream_piece,
+                                        buffer=config.stream_buffer - QUEUED * config.stream_piece,
                                         size_hint=art["size"] if art else None, start=start):
                 digest.update(data)
                 total += len(data)

@@ -83,8 +83,8 @@ class HttpConfig:
             raise UsageError("attempts, timeouts and backoff must be positive")
         if self.part_size < 1 * MiB or self.read_size < 64 * 1024:
             raise UsageError("part_size must be at least 1 MiB and read_size at least 64 KiB")
-        if self.stream_piece < 64 * 1024 or self.stream_buffer < 2 * self.stream_piece:
-            raise UsageError("stream_piece must be at least 64 KiB and stream_buffer at least two pieces")
+        if self.stream_piece < 64 * 1024 or self.stream_buffer < 4 * self.stream_piece:
+            raise UsageError("stream_piece must be at least 64 KiB and stream_buffer at least four pieces")
         if self.min_rate < 0 or self.rate_window <= 0 or self.max_backoff < 0:
             raise UsageError("min_rate must be 0 or more, rate_window and max_backoff positive")
 

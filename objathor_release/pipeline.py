@@ -222,8 +222,8 @@ def publish(cfg: ReleaseConfig, *, remote: str | None = None, rclone_config: str
     from objathor_release.build.manifest import load_manifest
     from objathor_release.publish.client import make_client
     from objathor_release.publish.remote import verify_remote
-    from objathor_release.publish.target import redact, resolve_target
     from objathor_release.publish.upload import upload_release
+    from objathor_release.s3.target import redact, resolve_target
     from objathor_release.trust.origin import sign_release
 
     rdir = release_dir_of(cfg)

@@ -22,7 +22,7 @@ from objathor_release.errors import ChecksumError, UsageError
 from objathor_release.publish import remote, upload
 from objathor_release.publish.cleanup import parse_duration
 from objathor_release.publish.client import make_client
-from objathor_release.publish.target import parse_remote, resolve_target
+from objathor_release.s3.target import parse_remote, resolve_target
 from objathor_release.settings import UploadConfig
 from tests.conftest import run_cli
 from tests.support.faultproxy import PASS, FaultProxy, Request, drop, status

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from objathor_release.cli.common import PROG, env
 
 if TYPE_CHECKING:  # pragma: no cover
-    from objathor_release.publish.target import S3Target
+    from objathor_release.s3.target import S3Target
 
 # --------------------------------------------------------------------------- upload / cleanup
 
@@ -53,7 +53,7 @@ def add_upload(sub: Any) -> None:
 
 def target_from_args(args: argparse.Namespace, require_credentials: bool) -> S3Target:
     """The S3 target the flags name (bucket, prefix, endpoint, profile, rclone remote)."""
-    from objathor_release.publish.target import resolve_target
+    from objathor_release.s3.target import resolve_target
 
     return resolve_target(bucket=args.bucket, prefix=args.prefix, endpoint_url=args.endpoint_url,
                           profile=args.profile, remote=args.remote, rclone_config=args.rclone_config,
@@ -69,8 +69,8 @@ def _run_upload(args: argparse.Namespace) -> int:
     """``objathor-release upload``: resolve the target, upload, print the table and summary."""
     from objathor_release.errors import ReleaseError, UsageError
     from objathor_release.publish.client import make_client
-    from objathor_release.publish.target import redact
     from objathor_release.publish.upload import upload_release
+    from objathor_release.s3.target import redact
     from objathor_release.settings import UploadConfig
 
     config = UploadConfig.of(args.chunk_size, args.upload_concurrency, args.transfers, args.part_attempts)

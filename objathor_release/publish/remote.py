@@ -34,8 +34,8 @@ from objathor_release.publish.client import (
 )
 from objathor_release.publish.localfiles import ReleaseDir, StateDir
 from objathor_release.publish.parts import SHA256_META, Job, layout_for, local_digests
-from objathor_release.publish.target import normalize_prefix
 from objathor_release.publish.upload_state import UploadState
+from objathor_release.s3.target import normalize_prefix
 from objathor_release.settings import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, UploadConfig
 
 SMALL_FILE_LIMIT = 64 * 1024 * 1024  # SHA256SUMS, manifest.json and its signature are read whole

@@ -89,9 +89,9 @@ from objathor_release.publish.plan import (
 from objathor_release.publish.remote import published_manifest
 from objathor_release.publish.report import FileResult, UploadReport
 from objathor_release.publish.slots import Slots
-from objathor_release.publish.target import S3Target, normalize_prefix
 from objathor_release.ramp import Ramp
 from objathor_release.retry import RetryPolicy
+from objathor_release.s3.target import S3Target, normalize_prefix
 from objathor_release.settings import START_CONNECTIONS, UploadConfig
 
 __all__ = ["Coordinator", "FileResult", "UploadReport", "upload_release"]

@@ -79,9 +79,12 @@ def test_make_release_uploads_verifies_and_then_does_nothing(tree, s3_server, s3
     assert "uploaded, verified" in first.stdout
     assert f"{s3_server.endpoint_url}/{bucket}/{VERSION}/assets.tar" in first.stdout
 
+    assert "up to date" not in first.stdout
     second = make("release", *settings(tree, s3_server, bucket), env=s3_env)
     assert second.returncode == 0, second.stderr
     assert steps_run(second.stdout) == []
+    assert f"release {VERSION}: up to date: published to {bucket} and no input or setting changed since" \
+        in second.stdout.splitlines()
     after = keys(s3_client, bucket)
     assert {k: v["LastModified"] for k, v in after.items()} == {k: v["LastModified"] for k, v in objects.items()}
 

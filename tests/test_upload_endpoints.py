@@ -250,3 +250,41 @@ def test_the_upload_says_why_it_cannot_connect(s3_env: dict[str, str], tmp_path:
     assert line.startswith("objathor-release: error: cannot connect to the S3 endpoint http://127.0.0.1:1 "
                            "(connection refused) while "), line
     assert line.endswith("check --endpoint-url (or AWS_ENDPOINT_URL, R2_ACCOUNT_ID) and the network"), line
+
+
+# --------------------------------------------------------------------------- hints under make
+
+
+@pytest.mark.parametrize(("message", "under_make"), [
+    ("bucket 'b' does not exist at http://x: create it, or check --bucket and --endpoint-url",
+     "bucket 'b' does not exist at http://x: create it, or check BUCKET=... and ENDPOINT_URL=..."),
+    ("s3://b/k differs: check what was published, then pass --force to overwrite it",
+     "s3://b/k differs: check what was published, then pass FORCE=1 to overwrite it"),
+    ("x: on the server but not in the local release: upload again (with --force for changed objects)",
+     "x: on the server but not in the local release: upload again (with FORCE=1 for changed objects)"),
+    ("cannot connect: check --endpoint-url (or AWS_ENDPOINT_URL, R2_ACCOUNT_ID) and the network",
+     "cannot connect: check ENDPOINT_URL=... (or AWS_ENDPOINT_URL, R2_ACCOUNT_ID) and the network"),
+    ("no usable S3 credentials: ..., or pass --profile or --remote",  # --remote has no Make variable
+     "no usable S3 credentials: ..., or pass PROFILE=... or --remote"),
+    # the subject of a message stays a flag; a message naming the Make variable already stays as it is
+    ("--chunk-size 1.0 MiB is out of range", "--chunk-size 1.0 MiB is out of range"),
+    ("BUCKET is not set: pass --bucket (make: BUCKET=...) or set $BUCKET",
+     "BUCKET is not set: pass --bucket (make: BUCKET=...) or set $BUCKET"),
+])
+def test_hints_name_the_make_variables_under_make(message: str, under_make: str) -> None:
+    from objathor_release.cli.common import make_hints
+
+    assert make_hints(message) == under_make
+
+
+def test_the_cli_spells_its_hints_for_make_only_under_make(s3_env: dict[str, str], s3_server: Any, assets: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    for var, value in FAST.items():
+        monkeypatch.setenv(var, value)
+    argv = release_args(assets, "no-such-bucket-here", s3_server.endpoint_url, "--check-only")
+    assert main(argv) == 2
+    assert capsys.readouterr().err.endswith("create it, or check --bucket and --endpoint-url\n")
+    monkeypatch.setenv("OBJATHOR_UNDER_MAKE", "1")
+    assert main(argv) == 2
+    assert capsys.readouterr().err.endswith("create it, or check BUCKET=... and ENDPOINT_URL=...\n")

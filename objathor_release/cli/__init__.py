@@ -21,7 +21,7 @@ from objathor_release.cli import fetch as fetch_commands
 from objathor_release.cli import publish as publish_commands
 from objathor_release.cli import release as release_commands
 from objathor_release.cli import trust as trust_commands
-from objathor_release.cli.common import PROG, Runner
+from objathor_release.cli.common import PROG, Runner, make_hints, under_make
 from objathor_release.cli.output import cli_output
 from objathor_release.errors import ReleaseError
 
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with cli_output(verbose=args.verbose, quiet=args.quiet):
             return run(args)
     except ReleaseError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {make_hints(str(exc)) if under_make() else exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted: run the same command again to resume", file=sys.stderr)

@@ -9,6 +9,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLI := $(PY) -m objathor_release
 INSTALLED := $(VENV)/.installed
+# The commands' hints then name these Make variables (FORCE=1, BUCKET=...) instead of their flags.
+export OBJATHOR_UNDER_MAKE := 1
 
 # Release settings: command line > environment > CONFIG (release.toml) > these defaults.
 CONFIG ?= $(wildcard release.toml)

@@ -227,8 +227,8 @@ def test_make_release_asks_the_bucket_first_and_dry_run_does_not(s3_env: dict[st
     stopped = make("release", *settings)
     assert stopped.returncode != 0
     errors = [x for x in stopped.stderr.splitlines() if x.startswith("objathor-release: error:")]
-    assert errors == [f"objathor-release: error: bucket 'no-such-bucket-here' does not exist at "
-                      f"{s3_server.endpoint_url}: create it, or check --bucket and --endpoint-url"], stopped.stderr
+    assert errors == [f"objathor-release: error: bucket 'no-such-bucket-here' does not exist at "  # make's words
+                      f"{s3_server.endpoint_url}: create it, or check BUCKET=... and ENDPOINT_URL=..."], stopped.stderr
     assert "objathor_release tar" not in stopped.stdout and not (assets.parent / "release" / "assets.tar").exists()
     # the local targets and a dry run send no request, so they do not need the bucket
     local = make("tar", *settings)

@@ -208,3 +208,25 @@ def test_files_share_one_pool_of_connections(s3_env: dict[str, str], s3_server: 
     last_small = len(order) - 1 - order[::-1].index("small.bin")
     assert "large.bin" in order[last_small + 1:]  # the small file was done before the large one
     assert {r.name: r.etag for r in report.results}["small.bin"] == expected_etag(small)
+
+
+def test_a_503_or_429_answer_halves_the_requests_in_flight() -> None:
+    import botocore.exceptions as bx
+
+    from objathor_release.publish.context import Context
+    from objathor_release.retry import RetryPolicy
+
+    slots = Slots(Ramp(8, 64))
+    ctx = Context(None, "b", "p", VERSION, None, RetryPolicy(attempts=3, sleep=lambda _s: None),
+                  on_throttle=slots.throttled)
+    answers = [503, 429, 200]
+
+    def attempt() -> str:
+        status = answers.pop(0)
+        if status != 200:
+            raise bx.ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                                 "UploadPart")
+        return "ok"
+
+    assert ctx.call("uploading part 1", attempt) == "ok"
+    assert slots.ramp.limit == 2 and slots.ramp.frozen  # 8, halved twice; no more growth this run

@@ -76,7 +76,7 @@ class _Ramp:
 def parallel_stream(http: Http, url: str, *, on_open: Callable[[Info], None] | None = None,
                     stop: threading.Event | None = None, connections: int | None = None,
                     adaptive: bool = True, piece: int = PIECE, buffer: int = BUFFER,
-                    size_hint: int | None = None, start: int = 0) -> Iterator[bytes]:
+                    size_hint: int | None = None, start: int = 0) -> Iterator[bytes | bytearray]:
     """Yield the bytes of ``url`` in order, fetched by up to ``connections`` Range requests at once.
 
     ``on_open`` sees the file's Info once, before any byte is handed on. Errors
@@ -111,7 +111,7 @@ class _Pieces:
         self.piece, self.window, self.ramp, self.start = piece, window, ramp, start
         self.count = -(-(self.size - start) // piece)
         self.cond = threading.Condition()
-        self.ready: dict[int, bytes] = {}
+        self.ready: dict[int, bytearray] = {}
         self.next_out = 0  # the piece the consumer waits for
         self.next_in = 0  # the next piece a worker takes
         self.running = 0
@@ -142,10 +142,14 @@ class _Pieces:
             start = self.start + index * self.piece
             end = min(self.size, start + self.piece) - 1
             try:
-                data = b"".join(self.http.stream(self.url, start=start, end=end, validator=self.validator,
-                                                 size=self.size, stop=self.stop, ranged=True))
-                if len(data) != end + 1 - start and not self._stopped():
-                    raise ConnectionError(f"piece {index} ended after {len(data)} bytes")
+                data = bytearray(end + 1 - start)  # filled in place: no second copy of the piece
+                got = 0
+                for block in self.http.stream(self.url, start=start, end=end, validator=self.validator,
+                                              size=self.size, stop=self.stop, ranged=True):
+                    data[got:got + len(block)] = block
+                    got += len(block)
+                if got != len(data) and not self._stopped():
+                    raise ConnectionError(f"piece {index} ended after {got} bytes")
             except BaseException as exc:  # handed to the consumer, which raises it
                 with self.cond:
                     self.error = self.error or exc
@@ -153,14 +157,17 @@ class _Pieces:
                     self.cond.notify_all()
                 return
             with self.cond:
-                self.ready[index] = data
                 self.running -= 1
+                if got != len(data):  # stopped part-way: nobody will take it
+                    self.cond.notify_all()
+                    return
+                self.ready[index] = data
                 self.done_pieces += 1
                 self.fetched += len(data)
                 self.ramp.after(self.fetched, time.monotonic(), self.done_pieces)
                 self.cond.notify_all()
 
-    def run(self) -> Iterator[bytes]:
+    def run(self) -> Iterator[bytes | bytearray]:
         self.ramp.started = time.monotonic()
         threads = [threading.Thread(target=self._worker, name=f"download-piece-{i}", daemon=True)
                    for i in range(self.ramp.cap)]

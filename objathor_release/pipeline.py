@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from objathor_release.build.inputs import fingerprint, release_inputs
+from objathor_release.build.inputs import check_input_dirs, fingerprint, release_inputs
 from objathor_release.errors import InputError, UsageError
 from objathor_release.fsutil import atomic_write, open_regular, prepare_output
 from objathor_release.settings import (
@@ -43,13 +43,7 @@ def check_settings(cfg: ReleaseConfig, *, need_assets: bool = True, need_bucket:
     if need_assets:
         if not cfg.assets_dir:
             raise UsageError("ASSETS_DIR is not set: pass --assets-dir (make: ASSETS_DIR=...)")
-        if not Path(cfg.assets_dir).is_dir():
-            raise UsageError(f"{cfg.assets_dir}: assets directory not found: check ASSETS_DIR / --assets-dir")
-        if cfg.features_dir and not Path(cfg.features_dir).is_dir():
-            raise UsageError(f"{cfg.features_dir}: features directory not found: check FEATURES_DIR")
-        if cfg.holodeck_dir and not Path(cfg.holodeck_dir).is_dir():
-            raise UsageError(f"{cfg.holodeck_dir}: Holodeck base folder not found: check HOLODECK_DIR / "
-                             "--holodeck-dir")
+        check_input_dirs(cfg.assets_dir, cfg.features_dir, cfg.holodeck_dir)
     if need_bucket and not cfg.bucket:
         raise UsageError("BUCKET is not set: pass --bucket (make: BUCKET=...) or set $BUCKET")
     upload_config(cfg)  # validates the tunables

@@ -29,12 +29,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from objathor_release.build.excludes import compile_excludes, exclude_list
-from objathor_release.errors import InputError
+from objathor_release.errors import InputError, UsageError
 from objathor_release.fsutil import atomic_write
 
 ANNOTATION_FILES = ("annotations.json.gz", "thor_metadata.json")
 #: A per-asset archive prepare-annotations reads at the top of the assets directory.
 UID_TAR_RE = re.compile(r"^[0-9a-f]{32}\.tar$")
+
+
+def check_input_dirs(assets_dir: str | Path, features_dir: str | Path | None = None,
+                     holodeck_dir: str | Path | None = None) -> None:
+    """One line naming the setting when a release's input folder is missing."""
+    if not Path(assets_dir).is_dir():
+        raise UsageError(f"{assets_dir}: assets directory not found: check ASSETS_DIR / --assets-dir")
+    if features_dir and not Path(features_dir).is_dir():
+        raise UsageError(f"{features_dir}: features directory not found: check FEATURES_DIR")
+    if holodeck_dir and not Path(holodeck_dir).is_dir():
+        raise UsageError(f"{holodeck_dir}: Holodeck base folder not found: check HOLODECK_DIR / "
+                         "--holodeck-dir")
 
 
 def walk(root: Path, prune: Callable[[str], bool] | None = None) -> Iterator[tuple[str, os.stat_result]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 #: The variable the dependency file sets to the settings it was made with (the folders, the extra
@@ -45,16 +44,9 @@ def add_deps(sub: Any) -> None:
 def _run_deps(args: argparse.Namespace) -> int:
     from objathor_release.build.epoch import source_date_epoch
     from objathor_release.build.excludes import exclude_list
-    from objathor_release.build.inputs import release_inputs, write_make_deps
-    from objathor_release.errors import UsageError
+    from objathor_release.build.inputs import check_input_dirs, release_inputs, write_make_deps
 
-    if not Path(args.assets_dir).is_dir():
-        raise UsageError(f"{args.assets_dir}: assets directory not found: check ASSETS_DIR / --assets-dir")
-    if args.features_dir and not Path(args.features_dir).is_dir():
-        raise UsageError(f"{args.features_dir}: features directory not found: check FEATURES_DIR")
-    if args.holodeck_dir and not Path(args.holodeck_dir).is_dir():
-        raise UsageError(f"{args.holodeck_dir}: Holodeck base folder not found: check HOLODECK_DIR / "
-                         "--holodeck-dir")
+    check_input_dirs(args.assets_dir, args.features_dir, args.holodeck_dir)
     epoch = source_date_epoch(args.source_date_epoch)
     tar_settings = {"excludes": " ".join(exclude_list(args.exclude)), "source_date_epoch": str(epoch)}
     holodeck_settings = {"excludes": " ".join(exclude_list(args.exclude, defaults=False)),

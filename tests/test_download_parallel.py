@@ -6,6 +6,7 @@ Through Debian's nginx (the ``web`` fixture) and the fault proxy; pieces are mad
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -22,7 +23,7 @@ from devtools.served_release import build_release, expected_tree, flip_byte, tre
 from objathor_release.errors import ChecksumError, TransferError
 from objathor_release.fetch.download import download_version
 from objathor_release.fetch.http import Http, HttpConfig
-from objathor_release.fetch.parallel import _Ramp, parallel_stream
+from objathor_release.fetch.parallel import parallel_stream
 from tests.support.faultproxy import PASS, FaultProxy, Request, cut, drop, status
 from tests.support.hostile_http import HostileServer, Script
 
@@ -132,21 +133,25 @@ def test_a_file_that_changes_mid_download_is_an_error_not_a_mix(web: Nginx) -> N
                                  buffer=16 * PIECE, adaptive=False))
 
 
-def test_the_ramp_grows_while_the_rate_grows_and_stops_when_it_does_not() -> None:
-    ramp = _Ramp(limit=2, cap=16, adaptive=True)
-    ramp.after(total=5, now=0.5, pieces_done=1)  # fewer pieces than connections: too early to judge
-    assert ramp.limit == 2
-    ramp.after(total=10, now=1.0, pieces_done=2)  # 10 B/s: first measure, grows
-    assert ramp.limit == 4
-    ramp.after(total=40, now=2.0, pieces_done=6)  # 30 B/s: grows
-    assert ramp.limit == 8
-    ramp.after(total=71, now=3.0, pieces_done=14)  # 31 B/s: not a tenth more
-    assert (ramp.limit, ramp.frozen) == (8, True)
-    ramp.after(total=1000, now=4.0, pieces_done=60)
-    assert ramp.limit == 8
-    fixed = _Ramp(limit=6, cap=6, adaptive=False)
-    fixed.after(total=10**9, now=1.0, pieces_done=100)
-    assert fixed.limit == 6
+def test_503_and_429_halve_the_connections_and_stop_the_growth(web: Nginx,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """The server asking to slow down is heard: fewer pieces in flight from then on, the file still exact."""
+    url, data = served_file(web, 24 * PIECE)
+    answers = iter([status(503), status(429)])
+
+    def rule(req: Request) -> Any:
+        rng = req.headers.get("Range", "")
+        return next(answers, PASS) if rng.startswith(f"bytes={2 * PIECE}-") else PASS
+
+    config = HttpConfig(attempts=4, backoff=0.01, connections=8, adaptive=True, stream_piece=PIECE,
+                        stream_buffer=16 * PIECE, read_size=64 * KiB)
+    with caplog.at_level(logging.DEBUG, logger="objathor_release.ramp"), FaultProxy(web.url, rule) as proxy:
+        got = b"".join(parallel_stream(Http(config), proxy.url + url[len(web.url):], piece=PIECE,
+                                       buffer=16 * PIECE))
+    assert got == data
+    downs = [r.getMessage() for r in caplog.records if "throttles" in r.getMessage()]
+    assert downs == ["download: the server throttles: down to 2 in flight",
+                     "download: the server throttles: down to 1 in flight"], downs
 
 
 # ---------------------------------------------------------------------- through download_version

@@ -290,7 +290,8 @@ class Http:
 
     def stream(self, url: str, *, start: int = 0, end: int | None = None, validator: str | None = None,
                on_open: Callable[[Info], None] | None = None, stop: threading.Event | None = None,
-               size: int | None = None, ranged: bool = False) -> Iterator[bytes]:
+               size: int | None = None, ranged: bool = False,
+               on_retry: Callable[[BaseException], None] | None = None) -> Iterator[bytes]:
         """Yield the bytes of ``url`` from ``start`` to ``end`` (inclusive) in ``read_size`` pieces.
 
         A cut connection, a too slow transfer or a retryable status reopens at
@@ -342,6 +343,8 @@ class Http:
                         failures = 0
                     failures += 1
                     failed_at = pos
+                    if on_retry is not None:
+                        on_retry(exc)
                     self._failed(url, exc, failures)
                     continue
                 pos += len(data)

@@ -12,8 +12,9 @@ Memory is bounded: a piece is only started when it lies within ``window``
 pieces of the next one to hand on, so at most ``window * piece`` bytes are
 buffered (256 MiB by default). The number of pieces fetched at once adapts:
 it starts at a few and doubles while the total rate keeps growing by a tenth
-or more, up to ``connections``; ``adaptive=False`` uses ``connections`` from
-the start. A server that does not serve ranges, a file of unknown size or one
+or more, up to ``connections``, and a 429 or 503 halves it and stops the growth
+(the rule of :mod:`objathor_release.ramp`, which the upload shares);
+``adaptive=False`` uses ``connections`` from the start. A server that does not serve ranges, a file of unknown size or one
 smaller than two pieces gets the plain single stream, and so does the rest of
 a file whose server stops serving ranges mid-way (a piece answered by HTTP 200).
 """
@@ -24,9 +25,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from objathor_release.fetch.http import Http, Info, RangesIgnored
+from objathor_release.fetch.transport import RetryableStatus
+from objathor_release.ramp import Ramp
 
 log = logging.getLogger(__name__)
 
@@ -34,43 +36,8 @@ MiB = 1024 * 1024
 PIECE = 8 * MiB
 BUFFER = 256 * MiB
 START = 4  # pieces in flight at first, when adapting
-GROWTH = 1.10  # the total rate must grow by this much for more connections to be added
+THROTTLE_STATUS = (429, 503)  # answers that halve the connections
 JOIN = 5.0  # seconds a closed stream waits, in all, for its workers (each stops at its next read)
-
-
-@dataclass
-class _Ramp:
-    """How many pieces may be in flight; grows while the measured total rate grows."""
-
-    limit: int
-    cap: int
-    adaptive: bool
-    started: float = 0.0
-    bytes_at_step: int = 0
-    pieces_at_step: int = 0
-    best: float = 0.0
-    frozen: bool = False
-
-    def after(self, total: int, now: float, pieces_done: int) -> None:
-        """Called as pieces finish: once ``limit`` more are done (about one per connection), compare
-        the rate since the last step with the best so far and decide."""
-        if not self.adaptive or self.frozen or self.limit >= self.cap:
-            return
-        if pieces_done - self.pieces_at_step < self.limit:  # about one piece per connection
-            return
-        elapsed = now - self.started
-        if elapsed <= 0:
-            return
-        rate = (total - self.bytes_at_step) / elapsed
-        if rate >= self.best * GROWTH:
-            self.best = rate
-            self.limit = min(self.cap, self.limit * 2)
-            log.debug("parallel download: %.1f MB/s, now %d connections", rate / 1e6, self.limit)
-        else:
-            self.frozen = True
-            log.debug("parallel download: %.1f MB/s no faster, staying at %d connections", rate / 1e6,
-                      self.limit)
-        self.started, self.bytes_at_step, self.pieces_at_step = now, total, pieces_done
 
 
 def parallel_stream(http: Http, url: str, *, on_open: Callable[[Info], None] | None = None,
@@ -97,14 +64,14 @@ def parallel_stream(http: Http, url: str, *, on_open: Callable[[Info], None] | N
         return
     if on_open is not None:
         on_open(info)
-    ramp = _Ramp(min(START, cap) if adaptive else cap, cap, adaptive)
+    ramp = Ramp(START, cap, adaptive, what="download")
     yield from _Pieces(http, url, info, piece, window, ramp, stop, start).run()
 
 
 class _Pieces:
     """The workers and the in-order hand-over of one parallel stream."""
 
-    def __init__(self, http: Http, url: str, info: Info, piece: int, window: int, ramp: _Ramp,
+    def __init__(self, http: Http, url: str, info: Info, piece: int, window: int, ramp: Ramp,
                  stop: threading.Event | None, start: int = 0) -> None:
         assert info.size is not None
         self.http, self.url, self.size, self.validator = http, url, info.size, info.validator
@@ -137,6 +104,12 @@ class _Pieces:
                     return index
                 self.cond.wait(0.5)
 
+    def _throttled(self, exc: BaseException) -> None:
+        """A 429 or 503 means the server wants fewer requests: halve the connections, stop growing."""
+        if isinstance(exc, RetryableStatus) and exc.status in THROTTLE_STATUS:
+            with self.cond:
+                self.ramp.throttled()
+
     def _worker(self) -> None:
         while (index := self._take()) is not None:
             start = self.start + index * self.piece
@@ -145,7 +118,8 @@ class _Pieces:
                 data = bytearray(end + 1 - start)  # filled in place: no second copy of the piece
                 got = 0
                 for block in self.http.stream(self.url, start=start, end=end, validator=self.validator,
-                                              size=self.size, stop=self.stop, ranged=True):
+                                              size=self.size, stop=self.stop, ranged=True,
+                                              on_retry=self._throttled):
                     data[got:got + len(block)] = block
                     got += len(block)
                 if got != len(data) and not self._stopped():
@@ -164,11 +138,11 @@ class _Pieces:
                 self.ready[index] = data
                 self.done_pieces += 1
                 self.fetched += len(data)
-                self.ramp.after(self.fetched, time.monotonic(), self.done_pieces)
+                self.ramp.done(len(data))
                 self.cond.notify_all()
 
     def run(self) -> Iterator[bytes | bytearray]:
-        self.ramp.started = time.monotonic()
+        self.ramp.begin()
         threads = [threading.Thread(target=self._worker, name=f"download-piece-{i}", daemon=True)
                    for i in range(self.ramp.cap)]
         for t in threads:

@@ -20,6 +20,7 @@ import pytest
 from devtools.nginx import Nginx
 from devtools.sample import make_sample_dataset
 from devtools.served_release import build_release, expected_tree, flip_byte, tree
+from devtools.wanproxy import WanProxy
 from objathor_release.errors import ChecksumError, TransferError
 from objathor_release.fetch.download import download_version
 from objathor_release.fetch.http import Http, HttpConfig
@@ -152,6 +153,23 @@ def test_503_and_429_halve_the_connections_and_stop_the_growth(web: Nginx,
     downs = [r.getMessage() for r in caplog.records if "throttles" in r.getMessage()]
     assert downs == ["download: the server throttles: down to 2 in flight",
                      "download: the server throttles: down to 1 in flight"], downs
+
+
+def test_through_a_link_that_caps_each_connection_the_tar_comes_whole_over_several(web: Nginx,
+                                                                                   tmp_path: Path) -> None:
+    """The long-link proxy caps every connection (1 MB/s, 10 ms): the release still arrives exact and
+    verified, over several connections at once (how much faster that is lives in bench_wan.py)."""
+    base, src, _ = publish(web, tmp_path)
+    host, port = web.url.removeprefix("http://").split(":")
+    config = HttpConfig(attempts=4, backoff=0.01, connections=8, adaptive=False, stream_piece=PIECE,
+                        stream_buffer=16 * PIECE, read_size=64 * KiB)
+    with WanProxy((host, int(port)), rtt=0.01, handshake_rtts=1, cap=1e6) as proxy:
+        result = download_version("assets", V, path=tmp_path / "dl",
+                                  base_url=f"http://127.0.0.1:{proxy.port}{base[len(web.url):]}",
+                                  show_progress=False, http_config=config)
+        connections = proxy.connections
+    assert result.verified and tree(tmp_path / "dl" / V / "assets") == expected_tree(src)
+    assert connections >= 4, connections
 
 
 # ---------------------------------------------------------------------- through download_version

@@ -7,10 +7,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-CLI := $(PY) -m objathor_release
+# Run by make, the commands' hints name the Make variables (FORCE=1, BUCKET=...) instead of their
+# flags. Set per command, not exported: `make test` must not tell the suite it runs under make.
+CLI := OBJATHOR_UNDER_MAKE=1 $(PY) -m objathor_release
 INSTALLED := $(VENV)/.installed
-# The commands' hints then name these Make variables (FORCE=1, BUCKET=...) instead of their flags.
-export OBJATHOR_UNDER_MAKE := 1
 
 # Release settings: command line > environment > CONFIG (release.toml) > these defaults.
 CONFIG ?= $(wildcard release.toml)

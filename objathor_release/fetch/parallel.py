@@ -14,9 +14,10 @@ buffered (256 MiB by default). The number of pieces fetched at once adapts:
 it starts at a few and doubles while the total rate keeps growing by a tenth
 or more, up to ``connections``, and a 429 or 503 halves it and stops the growth
 (the rule of :mod:`objathor_release.ramp`, which the upload shares);
-``adaptive=False`` uses ``connections`` from the start. A server that does not serve ranges, a file of unknown size or one
-smaller than two pieces gets the plain single stream, and so does the rest of
-a file whose server stops serving ranges mid-way (a piece answered by HTTP 200).
+``adaptive=False`` uses ``connections`` from the start. A server that does not
+serve ranges, a file of unknown size or one smaller than two pieces gets the
+plain single stream, and so does the rest of a file whose server stops serving
+ranges mid-way (a piece answered by HTTP 200).
 """
 
 from __future__ import annotations

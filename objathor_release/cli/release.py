@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from objathor_release.cli.common import Runner, env
 from objathor_release.cli.publish import add_s3_options
 from objathor_release.errors import UsageError
-from objathor_release.settings import ReleaseConfig
+
+if TYPE_CHECKING:  # imported where it is used: the settings module costs ~30 ms at start-up
+    from objathor_release.settings import ReleaseConfig
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ def settings_from_args(args: argparse.Namespace, *, need_assets: bool = True) ->
         "features_dir": args.features_dir if need_assets else None,
         "holodeck_dir": args.holodeck_dir if need_assets else None,
     }
+    from objathor_release.settings import ReleaseConfig
+
     cfg = ReleaseConfig.load(args.config, overrides)
     check_settings(cfg, need_assets=need_assets, need_bucket=not args.remote)
     return cfg
@@ -154,20 +158,21 @@ def _run_config(args: argparse.Namespace) -> int:
         else:
             print(text, end="")
         return 0
+    from objathor_release.settings import ReleaseConfig
+
     cfg = ReleaseConfig.load(args.config)
     print(json.dumps({k: v for k, v in vars(cfg).items() if v not in (None, [])}, indent=2, sort_keys=True))
     return 0
 
 
-MAKE_VARIABLES = ReleaseConfig.make_variables()  # field name -> Make variable, from the settings
-
-
 def config_as_make(path: str) -> str:
     """The settings of a release.toml as Make assignments (``?=``: the command line and environment win)."""
+    from objathor_release.settings import ReleaseConfig
+
     cfg = ReleaseConfig.load(path)
     defaults = ReleaseConfig()
     lines = [f"# generated from {path} by objathor-release config --make; do not edit"]
-    for key, var in MAKE_VARIABLES.items():
+    for key, var in ReleaseConfig.make_variables().items():  # field name -> Make variable
         value = getattr(cfg, key)
         if value is None or value == getattr(defaults, key):
             continue

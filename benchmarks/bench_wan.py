@@ -51,7 +51,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import tools  # noqa: E402
-from benchmarks.common import WORK, Row, parser, report, run_process  # noqa: E402
+from benchmarks.common import OBJATHOR_WAY, WORK, Row, parser, report, run_process  # noqa: E402
 from devtools.locals3 import DUMMY_CREDENTIALS, LocalS3, free_port  # noqa: E402
 from devtools.nginx import Nginx, find_nginx  # noqa: E402
 from devtools.sample import make_sample_dataset  # noqa: E402
@@ -67,31 +67,6 @@ BUCKET = "bench"
 OURS_DOWN = "ours: download assets (defaults)"
 OURS_UP = "ours: upload (defaults)"
 
-# objathor.dataset.load_assets_path's way, as in bench_download.py
-OBJATHOR_WAY = """
-import glob, os, sys
-import requests
-from tqdm import tqdm
-url, versioned_path = sys.argv[1], sys.argv[2]
-asset_save_path = os.path.join(versioned_path, "assets")
-tar_path = asset_save_path + ".tar"
-os.makedirs(versioned_path, exist_ok=True)
-with open(tar_path, "wb") as f, open(os.devnull, "w") as sink:
-    response = requests.get(url, stream=True)
-    total_length = int(response.headers.get("content-length"))
-    with tqdm(total=total_length, unit="B", unit_scale=True, desc="Downloading assets.", file=sink) as pbar:
-        for data in response.iter_content(chunk_size=4096):
-            f.write(data)
-            pbar.update(len(data))
-tmp_untar_dir = os.path.join(versioned_path, "tmp_untar_dir")
-os.makedirs(tmp_untar_dir, exist_ok=True)
-os.system(f"tar -xf {tar_path} -C {tmp_untar_dir}")
-paths = glob.glob(os.path.join(tmp_untar_dir, "*"))
-assert len(paths) == 1
-os.rename(paths[0], asset_save_path)
-os.rmdir(tmp_untar_dir)
-os.remove(tar_path)
-"""
 
 BOTO3_DEFAULTS = f"""
 import sys, boto3

@@ -91,3 +91,31 @@ def report(title: str, rows: list[Row], ours: str, json_path: str | None, setup:
         }
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+#: objathor 0.0.8's own download of assets.tar (objathor.dataset.load_assets_path): requests with
+#: 4 KiB chunks into a file, then tar -xf and a rename; the reference both download benchmarks run.
+OBJATHOR_WAY = """
+import glob, os, sys
+import requests
+from tqdm import tqdm
+url, versioned_path = sys.argv[1], sys.argv[2]
+asset_save_path = os.path.join(versioned_path, "assets")
+tar_path = asset_save_path + ".tar"
+os.makedirs(versioned_path, exist_ok=True)
+with open(tar_path, "wb") as f, open(os.devnull, "w") as sink:
+    response = requests.get(url, stream=True)
+    total_length = int(response.headers.get("content-length"))
+    with tqdm(total=total_length, unit="B", unit_scale=True, desc="Downloading assets.", file=sink) as pbar:
+        for data in response.iter_content(chunk_size=4096):
+            f.write(data)
+            pbar.update(len(data))
+tmp_untar_dir = os.path.join(versioned_path, "tmp_untar_dir")
+os.makedirs(tmp_untar_dir, exist_ok=True)
+os.system(f"tar -xf {tar_path} -C {tmp_untar_dir}")
+paths = glob.glob(os.path.join(tmp_untar_dir, "*"))
+assert len(paths) == 1
+os.rename(paths[0], asset_save_path)
+os.rmdir(tmp_untar_dir)
+os.remove(tar_path)
+"""

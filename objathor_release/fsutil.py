@@ -14,7 +14,7 @@ import hashlib
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -54,10 +54,18 @@ def atomic_write(target: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
 
 def sha256_file(path: str | Path, chunk: int = CHUNK) -> str:
     """Lower-case hex sha256 of a file, read in chunks (flat memory)."""
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
+        return sha256_stream(fh, chunk=chunk)
+
+
+def sha256_stream(fh: BinaryIO, *, chunk: int = CHUNK,
+                  on_bytes: Callable[[int], object] | None = None) -> str:
+    """Lower-case hex sha256 of what is left to read in ``fh``; ``on_bytes(n)`` after each chunk."""
+    h = hashlib.sha256()
+    while block := fh.read(chunk):
+        h.update(block)
+        if on_bytes is not None:
+            on_bytes(len(block))
     return h.hexdigest()
 
 

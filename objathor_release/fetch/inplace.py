@@ -19,7 +19,6 @@ is checked, and a folder nested deeper than any member (the walk stops there).
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from objathor_release.fetch.extract import ExpectedMember, expected_members, member_parts
+from objathor_release.fsutil import sha256_stream
 from objathor_release.progress import progress
 
 CHUNK = 4 * 1024 * 1024
@@ -95,14 +95,10 @@ def difference(folder: Path, expected: Mapping[str, ExpectedMember], *, show_pro
 
 def _sha256(path: Path, on_bytes: Any) -> str:
     """The file's sha256; OSError when it is no longer a plain file (a link, a FIFO put there since)."""
-    h = hashlib.sha256()
     # O_NONBLOCK: a FIFO put there since the walk must not block the open
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             raise OSError(errno.EINVAL, "no longer a plain file")
-        while block := fh.read(CHUNK):
-            h.update(block)
-            on_bytes(len(block))
-    return h.hexdigest()
+        return sha256_stream(fh, chunk=CHUNK, on_bytes=on_bytes)

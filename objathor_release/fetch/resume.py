@@ -27,7 +27,6 @@ overlapping or off the 512-byte blocks).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import stat
 from collections.abc import Collection, Mapping
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from objathor_release.fetch.extract import ExpectedMember, expected_members, member_parts
+from objathor_release.fsutil import sha256_stream
 from objathor_release.progress import progress
 
 BLOCK = 512
@@ -156,15 +156,11 @@ def _sha256(staging: Path, path: str, on_bytes: Any) -> str:
     fd = _open_member(staging, path)
     if fd is None:
         return ""
-    h = hashlib.sha256()
     with os.fdopen(fd, "rb") as fh:
         try:
-            while block := fh.read(CHUNK):
-                h.update(block)
-                on_bytes(len(block))
+            return sha256_stream(fh, chunk=CHUNK, on_bytes=on_bytes)
         except OSError:
             return ""
-    return h.hexdigest()
 
 
 def prune(staging: Path, done: Collection[str], members: Collection[str]) -> None:

@@ -83,8 +83,6 @@ class _Pieces:
         self.next_out = 0  # the piece the consumer waits for
         self.next_in = 0  # the next piece a worker takes
         self.running = 0
-        self.done_pieces = 0
-        self.fetched = 0
         self.error: BaseException | None = None
         self.stop = threading.Event()
         self.outer_stop = stop
@@ -137,8 +135,6 @@ class _Pieces:
                     self.cond.notify_all()
                     return
                 self.ready[index] = data
-                self.done_pieces += 1
-                self.fetched += len(data)
                 self.ramp.done(len(data))
                 self.cond.notify_all()
 

@@ -47,6 +47,7 @@ SIGNATURE = MANIFEST + ".sig"  # written by publish, over the exact manifest.jso
 MANIFEST_FORMAT = 1
 MAX_DEPTH = 16  # JSON nesting; a manifest nests 4 deep
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHARD = re.compile(r"([a-z][a-z0-9_]*)-([0-9]{5})\.tar")
 _encode_str: Callable[[str], str] = json.encoder.encode_basestring
 
 
@@ -197,19 +198,53 @@ def render_sums(manifest: dict[str, Any]) -> str:
     return "".join(_sums_line(a["sha256"], a["name"]) for a in arts)
 
 
+def shard_sets(names: list[str]) -> dict[str, list[str]]:
+    """The shards among artifact ``names``: ``{"assets.tar": ["assets-00000.tar", ...]}``, checked.
+
+    Shards of a stem are named ``STEM-NNNNN.tar`` and numbered from 0 without
+    a gap; a release holds either ``STEM.tar`` or its shards, not both.
+    """
+    found: dict[str, list[tuple[int, str]]] = {}
+    for name in names:
+        m = _SHARD.fullmatch(name)
+        if m:
+            found.setdefault(m.group(1), []).append((int(m.group(2)), name))
+    sets: dict[str, list[str]] = {}
+    for stem, shards in sorted(found.items()):
+        shards.sort()
+        for want, (index, name) in enumerate(shards):
+            if index != want:
+                raise InputError(f"{name}: shard {want} of {stem} is missing (shards are numbered from 0 "
+                                 "without gaps): build the release's shards again")
+        if f"{stem}.tar" in names:
+            raise InputError(f"{stem}.tar and its shards {shards[0][1]} ... are both in the release "
+                             "directory: remove the one you did not mean to publish")
+        sets[f"{stem}.tar"] = [name for _, name in shards]
+    return sets
+
+
 def write_manifest(release_dir: str | Path, version: str, *, show_progress: bool = True,
-                   excludes: list[str] | None = None) -> dict[str, Any]:
+                   excludes: list[str] | None = None,
+                   extra_artifacts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write ``manifest.json`` and ``SHA256SUMS`` in ``release_dir`` (atomically) and return the manifest.
 
     Tars with a current sidecar (written by ``build_tar``) are not read again;
     every other artifact is hashed, tars with their members, in one pass each.
     ``excludes`` (the list in force) defaults to the one assets.tar's sidecar
-    recorded, else any tar's, else DEFAULT_EXCLUDES.
+    recorded, else any tar's, else DEFAULT_EXCLUDES. ``extra_artifacts`` are
+    entries (name, size, sha256, members) of artifacts built and published
+    elsewhere, e.g. shards uploaded by other machines; they are listed as given.
+    Shards (``assets-00000.tar``, ...) are also listed, in order, under
+    ``shards`` (see ``shard_sets``).
     """
     validate_version(version)
     root = Path(release_dir)
     names = list_artifacts(root)
-    if not names:
+    given = {a["name"]: a for a in extra_artifacts or []}
+    if set(given) & set(names):
+        raise InputError(f"{root / sorted(set(given) & set(names))[0]}: is both in the release directory and "
+                         "among the artifacts built elsewhere: remove the local copy")
+    if not names and not given:
         raise InputError(f"{root}: holds no artifacts: build assets.tar and annotations.json.gz there first")
     sidecars = {name: read_sidecar(root / name) for name in names if name.endswith(".tar")}
     to_read = [n for n in names if sidecars.get(n) is None]
@@ -232,8 +267,12 @@ def write_manifest(release_dir: str | Path, version: str, *, show_progress: bool
                 size, sha = _hash_file(path, bar.update)
                 art = {"name": name, "size": size, "sha256": sha, "members": []}
             artifacts.append(art)
+    artifacts = sorted([*artifacts, *given.values()], key=lambda a: a["name"])
+    sets = shard_sets([a["name"] for a in artifacts])
     if excludes is None:  # the list assets.tar was built with, else any tar we built, else the default
-        excludes = known.get("assets.tar") or next(iter(known.values()), list(DEFAULT_EXCLUDES))
+        shard_lists = [known[n] for n in sets.get("assets.tar", []) if n in known]
+        excludes = (known.get("assets.tar") or next(iter(shard_lists), None)
+                    or next(iter(known.values()), list(DEFAULT_EXCLUDES)))
     manifest: dict[str, Any] = {
         "manifest_format": MANIFEST_FORMAT,
         "version": version,
@@ -241,9 +280,15 @@ def write_manifest(release_dir: str | Path, version: str, *, show_progress: bool
         "excludes": list(excludes),
         "artifacts": artifacts,
     }
+    if sets:
+        manifest["shards"] = sets
     created = _created()
     if created:
         manifest["created"] = created
+    problems = manifest_problems(manifest)
+    if problems:
+        raise InputError(f"{root}: the manifest would not be valid ({problems[0]}): check the artifacts "
+                         "given")
     with atomic_write(root / MANIFEST) as fh:
         fh.write(render_manifest(manifest).encode("utf-8"))
     with atomic_write(root / SUMS) as fh:
@@ -340,6 +385,16 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
         if art["name"] in seen:
             raise InputError(f"{p}: field artifacts: {art['name']!r} is listed twice: rebuild the manifest")
         seen.add(art["name"])
+    for logical, shards in manifest.get("shards", {}).items():
+        if logical in seen:
+            raise InputError(f"{p}: field shards: {logical} is both an artifact and split into shards: "
+                             "rebuild the manifest")
+        listed: set[str] = set()
+        for name in shards:
+            if name not in seen or name in listed:
+                why = "is listed twice" if name in listed else "is not among the artifacts"
+                raise InputError(f"{p}: field shards.{logical}: {name!r} {why}: rebuild the manifest")
+            listed.add(name)
     result: dict[str, Any] = manifest
     return result
 

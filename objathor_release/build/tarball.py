@@ -30,7 +30,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,7 @@ def build_tar(
     show_progress: bool = True,
     fsync: bool = False,
     on_note: Callable[[str], None] | None = None,
+    units: Sequence[str] | None = None,
 ) -> TarResult:
     """Archive ``src_dir`` to ``output`` (atomically) and return its figures; see the module docstring.
 
@@ -117,6 +118,9 @@ def build_tar(
     only when complete; ``fsync`` also waits for it to reach the disk first
     (that costs as long again as GNU tar takes, so it is off by default: the
     manifest and ``verify`` catch an archive a crash damaged).
+
+    ``units`` (names of entries of ``src_dir``) archives only those, without
+    an entry for ``src_dir`` itself: one shard (:mod:`.shards`).
 
     ``default_excludes=False`` leaves out only ``extra_excludes``: a Holodeck
     base folder keeps its ``annotations.json.gz`` and ``thor_metadata.json``
@@ -152,7 +156,7 @@ def build_tar(
     with atomic_path(out_path) as tmp:
         with open(tmp, "wb", buffering=0) as fh:
             written = write_archive(fh, src, excluded, epoch, desc=f"tar {out_path.name}",
-                                    show_progress=show_progress)
+                                    show_progress=show_progress, units=units)
             if fsync:
                 os.fsync(fh.fileno())
         with contextlib.suppress(FileNotFoundError):

@@ -17,7 +17,7 @@ import os
 import queue
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -304,18 +304,35 @@ def _finish_record(out: _Out) -> None:
     out.write(bytes(tf.end_of_archive(out.offset)))
 
 
-def _archive(builder: _Builder, src: Path, desc: str, show_progress: bool) -> None:
-    """The whole archive: the top folder, everything below it, the end-of-archive blocks."""
+def _archive(builder: _Builder, src: Path, desc: str, show_progress: bool,
+             units: Sequence[str] | None = None) -> None:
+    """The whole archive: the top folder, everything below it, the end-of-archive blocks.
+
+    With ``units`` (names of entries of ``src``, sorted): only those entries and
+    what is below them, and no entry for the top folder itself, as GNU tar
+    writes for ``tar -C PARENT -cf OUT SRC/unit1 SRC/unit2 ...`` (a shard).
+    """
     try:
         top = os.open(src, _OPEN_DIR)
     except OSError as exc:
         raise _cannot_read(str(src), exc) from None
     try:
-        builder.add_dir(str(src), src.name, os.fstat(top).st_mode)
+        if units is None:
+            builder.add_dir(str(src), src.name, os.fstat(top).st_mode)
         entries = builder.entries(top, str(src), src.name)
+        if units is not None:
+            by_name = {e.name: e for e in entries}
+            missing = [u for u in units if u not in by_name]
+            if missing:
+                raise InputError(
+                    f"{_display(str(src / missing[0]))}: planned for this shard but no longer in the tree "
+                    "(or now excluded): the tree changed since the shard plan; plan again"
+                )
+            entries = [by_name[u] for u in units]
         with progress(len(entries), desc, unit="entries", enabled=show_progress) as bar:
             builder.add_tree(top, str(src), src.name, tick=bar.update, entries=entries)
-        builder.finish()
+        if units is None:
+            builder.finish()
         _finish_record(builder.out)
         builder.out.flush()
     finally:
@@ -334,8 +351,10 @@ class Written:
 
 
 def write_archive(fh: BinaryIO, src: Path, excluded: Callable[[str], bool], mtime: int, *,
-                  desc: str, show_progress: bool) -> Written:
+                  desc: str, show_progress: bool, units: Sequence[str] | None = None) -> Written:
     """Write the tar of ``src`` (one top-level folder named after it) to ``fh``; see the module docstring.
+
+    ``units`` writes only those entries of ``src`` (a shard; see ``_archive``).
 
     Bad input (symlink, special file, unreadable or changing file, name that
     is not UTF-8, a tree too deep or with nothing to archive) raises
@@ -346,7 +365,7 @@ def write_archive(fh: BinaryIO, src: Path, excluded: Callable[[str], bool], mtim
     out = _Out(writer)
     builder = _Builder(src, excluded, tf.GnuHeaders(mtime), out)
     try:
-        _archive(builder, src, desc, show_progress)
+        _archive(builder, src, desc, show_progress, units)
     finally:
         writer.full.put(None)
         writer.join()

@@ -76,18 +76,75 @@ def add_tar(sub: Any) -> None:
                    help="mtime of every member (default: $SOURCE_DATE_EPOCH, else 0)")
     p.add_argument("--fsync", action="store_true",
                    help="wait for the archive to reach the disk before renaming it into place (slower)")
+    p.add_argument("--shard-size", metavar="SIZE",
+                   help="split the archive into shards of at most SIZE (e.g. 2G), whole asset folders each, "
+                   "written beside --output as STEM-00000.tar, STEM-00001.tar, ... (default: one tar)")
+    p.add_argument("--workers", type=int, default=None, help="with --shard-size: shards built at once "
+                   "(default: every core)")
     p.set_defaults(func=_run_tar)
 
 
 def _run_tar(args: argparse.Namespace) -> int:
     from objathor_release.build.tarball import build_tar
 
+    if args.shard_size:
+        return _run_sharded_tar(args)
     result = build_tar(
         args.assets_dir, args.output, extra_excludes=args.exclude, default_excludes=not args.holodeck_base,
         source_date_epoch=args.source_date_epoch, verbose=args.verbose, show_progress=not args.quiet,
         fsync=args.fsync, on_note=_stderr,
     )
     print(result.summary())
+    return 0
+
+
+def _run_sharded_tar(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from objathor_release.build.shards import build_shards, parse_shard_size, plan_shards
+
+    out = Path(args.output)
+    stem = out.name[:-4] if out.name.endswith(".tar") else out.name
+    plan = plan_shards(args.assets_dir, parse_shard_size(args.shard_size), extra_excludes=args.exclude,
+                       default_excludes=not args.holodeck_base, stem=stem)
+    print(f"plan: {plan.summary()}")
+    results = build_shards(plan, out.parent, source_date_epoch=args.source_date_epoch, workers=args.workers,
+                           show_progress=not args.quiet)
+    for result in results:
+        print(result.summary())
+    return 0
+
+
+def add_plan(sub: Any) -> None:
+    p = sub.add_parser(
+        "plan", help="print how --shard-size splits an asset tree into shards",
+        description="Walk DIR (names and sizes only) and print the shards a sharded tar or release would "
+        "build: each one's index, file name, size, number of files and first and last asset folder. "
+        "Every machine that sees the same tree prints the same plan (its fingerprint says so).",
+    )
+    p.add_argument("--assets-dir", "--dir", dest="assets_dir", required=True, metavar="DIR",
+                   help="directory to archive")
+    p.add_argument("--shard-size", required=True, metavar="SIZE", help="largest shard, e.g. 2G")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="another name pattern to leave out (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON (for a CI matrix)")
+    p.set_defaults(func=_run_plan)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from objathor_release.build.shards import parse_shard_size, plan_shards
+    from objathor_release.settings import format_size, format_table
+
+    plan = plan_shards(args.assets_dir, parse_shard_size(args.shard_size), extra_excludes=args.exclude)
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2, sort_keys=True))
+        return 0
+    print(f"{plan.summary()}, fingerprint {plan.fingerprint[:16]}")
+    rows = [(str(s.index), s.name, format_size(s.size), str(s.files), str(len(s.units)), s.units[0],
+             s.units[-1]) for s in plan.shards]
+    print(format_table(("index", "shard", "size", "files", "assets", "first", "last"), rows))
     return 0
 
 
@@ -134,4 +191,4 @@ def _run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [add_prepare_annotations, add_tar, add_manifest, add_verify]
+COMMANDS = [add_prepare_annotations, add_tar, add_plan, add_manifest, add_verify]

@@ -36,6 +36,10 @@ TRANSFERS ?=
 EXCLUDES ?=
 SOURCE_DATE_EPOCH ?=
 PUBLIC_BASE_URL ?=
+# Set: assets.tar is split into shards of at most this size (docs/scale.md); EXECUTOR=ray runs them on Ray.
+SHARD_SIZE ?=
+EXECUTOR ?=
+RAY_ADDRESS ?=
 SUMMARY ?=
 DRY_RUN ?=
 FORCE ?=
@@ -54,6 +58,7 @@ help:
 	@echo "  BUCKET=$(BUCKET)  PREFIX=$(PREFIX)  ENDPOINT_URL=$(ENDPOINT_URL)  R2_ACCOUNT_ID=$(if $(R2_ACCOUNT_ID),(set),)  PROFILE=$(PROFILE)"
 	@echo "  CHUNK_SIZE=$(CHUNK_SIZE)  UPLOAD_CONCURRENCY=$(UPLOAD_CONCURRENCY)  TRANSFERS=$(TRANSFERS)"
 	@echo "  EXCLUDES=$(EXCLUDES)  SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH)  PUBLIC_BASE_URL=$(PUBLIC_BASE_URL)  SUMMARY=$(SUMMARY)"
+	@echo "  SHARD_SIZE=$(SHARD_SIZE)  EXECUTOR=$(EXECUTOR)  RAY_ADDRESS=$(RAY_ADDRESS)"
 	@echo "  DRY_RUN=$(DRY_RUN)  FORCE=$(FORCE)  CONFIG=$(CONFIG)  (credentials: from the environment only)"
 
 # ---------------------------------------------------------------- environment
@@ -101,7 +106,9 @@ bench: $(INSTALLED)
 
 .DELETE_ON_ERROR:
 
-ARTIFACTS = $(RELEASE_DIR)/annotations.json.gz $(RELEASE_DIR)/assets.tar $(if $(FEATURES_DIR),$(RELEASE_DIR)/features.tar) \
+# Sharded (SHARD_SIZE=...), assets.tar is made as its shards, which Make tracks through one stamp file.
+ASSETS_TAR = $(if $(SHARD_SIZE),$(RELEASE_DIR)/.assets.shards,$(RELEASE_DIR)/assets.tar)
+ARTIFACTS = $(RELEASE_DIR)/annotations.json.gz $(ASSETS_TAR) $(if $(FEATURES_DIR),$(RELEASE_DIR)/features.tar) \
 	$(if $(HOLODECK_DIR),$(RELEASE_DIR)/holodeck.tar)
 TAR_FLAGS = $(foreach p,$(EXCLUDES),--exclude '$(p)') $(if $(SOURCE_DATE_EPOCH),--source-date-epoch $(SOURCE_DATE_EPOCH))
 # Only the tunables that are set are passed: unset, the upload chooses them per file and link.
@@ -122,8 +129,11 @@ release: release-settings $(if $(DRY_RUN),release-dry-run,$(RELEASE_DIR)/.publis
 	@$(if $(DRY_RUN),:,test '$(RELEASE_DIR)/.published-$(BUCKET)' -nt '$(RELEASE_DIR)/.make-started' \
 		|| echo "release $(VERSION): up to date: published to $(BUCKET) and no input or setting changed since")
 
+SHARD_FLAGS = $(if $(SHARD_SIZE),--shard-size '$(SHARD_SIZE)') $(if $(EXECUTOR),--executor '$(EXECUTOR)') \
+	$(if $(RAY_ADDRESS),--ray-address '$(RAY_ADDRESS)')
 CHECK_SETTINGS = $(CLI) release --check-only $(PUBLISH_FLAGS) --assets-dir '$(ASSETS_DIR)' \
-	$(if $(FEATURES_DIR),--features-dir '$(FEATURES_DIR)') $(if $(HOLODECK_DIR),--holodeck-dir '$(HOLODECK_DIR)')
+	$(if $(FEATURES_DIR),--features-dir '$(FEATURES_DIR)') $(if $(HOLODECK_DIR),--holodeck-dir '$(HOLODECK_DIR)') \
+	$(SHARD_FLAGS)
 
 # The artifacts' input files come from the package, the one place that knows them (the list
 # `objathor-release release` fingerprints): `objathor-release deps` writes them to INPUTS_MK as rules
@@ -134,7 +144,7 @@ CHECK_SETTINGS = $(CLI) release --check-only $(PUBLISH_FLAGS) --assets-dir '$(AS
 INPUTS_MK = $(RELEASE_DIR)/.inputs.mk
 ifneq ($(filter release release-dry-run prepare-annotations tar manifest $(RELEASE_DIR)/%,$(MAKECMDGOALS)),)
 -include $(INPUTS_MK)
-ifneq ($(strip $(ASSETS_DIR) $(FEATURES_DIR) $(HOLODECK_DIR) $(EXCLUDES) $(or $(SOURCE_DATE_EPOCH),0)),$(INPUTS_SETTINGS))
+ifneq ($(strip $(ASSETS_DIR) $(FEATURES_DIR) $(HOLODECK_DIR) $(EXCLUDES) $(or $(SOURCE_DATE_EPOCH),0) $(SHARD_SIZE)),$(INPUTS_SETTINGS))
 $(INPUTS_MK): FORCE
 endif
 endif
@@ -142,7 +152,8 @@ endif
 $(INPUTS_MK): | $(INSTALLED)
 	@if $(CHECK_SETTINGS) --dry-run >/dev/null 2>&1; then \
 		$(CLI) deps --quiet --assets-dir '$(ASSETS_DIR)' $(if $(FEATURES_DIR),--features-dir '$(FEATURES_DIR)') \
-			$(if $(HOLODECK_DIR),--holodeck-dir '$(HOLODECK_DIR)') --release-dir '$(RELEASE_DIR)' $(TAR_FLAGS) --output '$@'; fi
+			$(if $(HOLODECK_DIR),--holodeck-dir '$(HOLODECK_DIR)') --release-dir '$(RELEASE_DIR)' $(TAR_FLAGS) \
+			$(if $(SHARD_SIZE),--shard-size '$(SHARD_SIZE)') --output '$@'; fi
 
 .PHONY: FORCE
 FORCE:
@@ -161,8 +172,8 @@ release-dry-run: $(RELEASE_DIR)/manifest.json | release-settings
 .PHONY: prepare-annotations  ## validate and merge the annotations into RELEASE_DIR/annotations.json.gz
 prepare-annotations: $(RELEASE_DIR)/annotations.json.gz
 
-.PHONY: tar  ## build RELEASE_DIR/assets.tar (and features.tar, holodeck.tar when FEATURES_DIR, HOLODECK_DIR are set)
-tar: $(RELEASE_DIR)/assets.tar $(if $(FEATURES_DIR),$(RELEASE_DIR)/features.tar) $(if $(HOLODECK_DIR),$(RELEASE_DIR)/holodeck.tar)
+.PHONY: tar  ## build RELEASE_DIR/assets.tar, or its shards with SHARD_SIZE (and features.tar, holodeck.tar when set)
+tar: $(ASSETS_TAR) $(if $(FEATURES_DIR),$(RELEASE_DIR)/features.tar) $(if $(HOLODECK_DIR),$(RELEASE_DIR)/holodeck.tar)
 
 .PHONY: manifest  ## write RELEASE_DIR/manifest.json and SHA256SUMS and verify them
 manifest: $(RELEASE_DIR)/manifest.json
@@ -176,6 +187,10 @@ $(RELEASE_DIR)/annotations.json.gz: | release-settings
 
 $(RELEASE_DIR)/assets.tar: | release-settings
 	$(CLI) tar --assets-dir '$(ASSETS_DIR)' --output '$@' $(TAR_FLAGS)
+
+$(RELEASE_DIR)/.assets.shards: | release-settings
+	$(CLI) tar --assets-dir '$(ASSETS_DIR)' --output '$(RELEASE_DIR)/assets.tar' --shard-size '$(SHARD_SIZE)' $(TAR_FLAGS)
+	touch '$@'
 
 $(RELEASE_DIR)/features.tar: | release-settings
 	$(CLI) tar --assets-dir '$(FEATURES_DIR)' --output '$@' $(TAR_FLAGS)

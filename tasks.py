@@ -114,14 +114,15 @@ def cleanup(c: Context, bucket: str = "", endpoint_url: str = "", profile: str =
     "uids": "fetch only these assets, comma-separated",
     "uids_file": "fetch only the uids listed in this file",
     "require_checksums": "refuse a version without manifest.json",
+    "slice": "K/N: of a sharded release, only the shards whose index is K mod N",
 })
 def download(c: Context, version: str, what: str = "all", path: str = "", base_url: str = "",
-             uids: str = "", uids_file: str = "", require_checksums: bool = False) -> None:
+             uids: str = "", uids_file: str = "", require_checksums: bool = False, slice: str = "") -> None:
     """Download a dataset version into ~/.objathor-assets, verified and resumable."""
     _run(c, "download", what, "--version", version, *(["--path", path] if path else []),
          *(["--base-url", base_url] if base_url else []), *(["--uids", uids] if uids else []),
          *(["--uids-file", uids_file] if uids_file else []),
-         "--require-checksums" if require_checksums else None)
+         "--require-checksums" if require_checksums else None, *(["--slice", slice] if slice else []))
 
 
 def _release_help() -> dict[str, str]:
@@ -137,15 +138,18 @@ def release(c: Context, version: str, assets_dir: str = "", features_dir: str = 
             release_dir: str = "", config: str = "", bucket: str = "", prefix: str = "",
             endpoint_url: str = "", profile: str = "", remote: str = "", chunk_size: str = "",
             upload_concurrency: int = 0, transfers: int = 0, public_base_url: str = "",
-            force: bool = False, dry_run: bool = False) -> None:
+            shard_size: str = "", executor: str = "", ray_address: str = "", only_shard: int = -1,
+            finish: bool = False, force: bool = False, dry_run: bool = False) -> None:
     """Release a version: annotations, tar, manifest, verify, upload, remote verify."""
     options = {"--assets-dir": assets_dir, "--features-dir": features_dir, "--holodeck-dir": holodeck_dir,
                "--release-dir": release_dir, "--config": config, "--prefix": prefix,
                "--chunk-size": chunk_size, "--upload-concurrency": upload_concurrency,
-               "--transfers": transfers, "--public-base-url": public_base_url}
+               "--transfers": transfers, "--public-base-url": public_base_url, "--shard-size": shard_size,
+               "--executor": executor, "--ray-address": ray_address,
+               "--only-shard": str(only_shard) if only_shard >= 0 else ""}
     _run(c, "release", "--version", version, *_s3_words(bucket, endpoint_url, profile, remote),
          *[w for flag, value in options.items() if value for w in (flag, value)],
-         "--force" if force else None, "--dry-run" if dry_run else None)
+         "--finish" if finish else None, "--force" if force else None, "--dry-run" if dry_run else None)
 
 
 @task(help={"workdir": "scratch directory (default demo/)", "assets": "number of sample assets"})

@@ -19,9 +19,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from objathor_release.build.inputs import check_input_dirs, fingerprint, release_inputs
+from objathor_release.build.inputs import SHARDS_STAMP, check_input_dirs, fingerprint, release_inputs
 from objathor_release.errors import InputError, UsageError
 from objathor_release.fsutil import atomic_write, open_regular, prepare_output
 from objathor_release.settings import (
@@ -31,6 +31,9 @@ from objathor_release.settings import (
     format_table,
     validate_version,
 )
+
+if TYPE_CHECKING:
+    from objathor_release.build.shards import ShardPlan
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +50,10 @@ def check_settings(cfg: ReleaseConfig, *, need_assets: bool = True, need_bucket:
     if need_bucket and not cfg.bucket:
         raise UsageError("BUCKET is not set: pass --bucket (make: BUCKET=...) or set $BUCKET")
     upload_config(cfg)  # validates the tunables
+    if cfg.shard_size:
+        from objathor_release.build.shards import parse_shard_size
+
+        parse_shard_size(cfg.shard_size)
 
 
 def upload_config(cfg: ReleaseConfig) -> UploadConfig:
@@ -113,6 +120,7 @@ def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool
     from objathor_release.build.epoch import source_date_epoch as resolve_epoch
     from objathor_release.build.excludes import DEFAULT_EXCLUDES, exclude_list
     from objathor_release.build.manifest import MANIFEST, SIGNATURE, SUMS, verify_release, write_manifest
+    from objathor_release.build.shards import build_shards, remove_stale
     from objathor_release.build.tarball import build_tar
 
     assert cfg.assets_dir and cfg.version
@@ -143,14 +151,31 @@ def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool
                                default_excludes=default_excludes, source_date_epoch=epoch,
                                verbose=verbose, show_progress=show_progress)
             logger.info("%s", result.summary())
+            if name == "assets.tar":
+                for stale in remove_stale(rdir, "assets", keep=["assets.tar"]):
+                    logger.info("removed %s: the release is no longer sharded", stale)
         return run
+
+    def shards() -> None:
+        plan = shard_plan(cfg)
+        logger.info("assets.tar as %s", plan.summary())
+        for result in build_shards(plan, rdir, source_date_epoch=epoch, show_progress=show_progress):
+            logger.info("%s", result.summary())
+        with atomic_write(rdir / SHARDS_STAMP) as fh:
+            fh.write((json.dumps(plan.to_json(), indent=1, sort_keys=True) + "\n").encode())
 
     # the files each builder reads, as `objathor-release deps` lists them for make
     inputs = release_inputs(assets, cfg.features_dir, cfg.excludes, cfg.holodeck_dir)
     step("annotations.json.gz", inputs.fingerprint("annotations.json.gz"), rdir / "annotations.json.gz",
          annotations)
-    step("assets.tar", inputs.fingerprint("assets.tar", epoch, excludes), rdir / "assets.tar",
-         tar(assets, "assets.tar"))
+    if cfg.shard_size:
+        if not shards_fresh(rdir):  # a shard the stamp lists is gone or changed: build them again
+            state.data.pop("assets shards", None)
+        step("assets shards", inputs.fingerprint("assets.tar", epoch, excludes, cfg.shard_size),
+             rdir / SHARDS_STAMP, shards)
+    else:
+        step("assets.tar", inputs.fingerprint("assets.tar", epoch, excludes), rdir / "assets.tar",
+             tar(assets, "assets.tar"))
     if cfg.features_dir:
         step("features.tar", inputs.fingerprint("features.tar", epoch, excludes), rdir / "features.tar",
              tar(Path(cfg.features_dir), "features.tar"))
@@ -167,6 +192,26 @@ def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool
          rdir / MANIFEST,
          lambda: verify_release(rdir, show_progress=show_progress))
     return out
+
+
+def shard_plan(cfg: ReleaseConfig) -> ShardPlan:
+    """The shards ``cfg`` splits its assets into (``cfg.shard_size`` must be set)."""
+    from objathor_release.build.shards import parse_shard_size, plan_shards
+
+    assert cfg.assets_dir and cfg.shard_size
+    return plan_shards(cfg.assets_dir, parse_shard_size(cfg.shard_size), extra_excludes=cfg.excludes)
+
+
+def shards_fresh(rdir: Path) -> bool:
+    """Whether every shard the release directory's stamp lists is there, as it was built."""
+    from objathor_release.build.tarball import read_sidecar
+
+    try:
+        with open_regular(rdir / SHARDS_STAMP) as fh:
+            listed = [s["name"] for s in json.loads(fh.read())["shards"]]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return False
+    return all(isinstance(n, str) and "/" not in n and read_sidecar(rdir / n) is not None for n in listed)
 
 
 # --------------------------------------------------------------------------- publish

@@ -279,6 +279,15 @@ class ReleaseConfig:
                                    make="EXCLUDES")
     public_base_url: str | None = _setting(help="public URL the bucket is served from, for the summary",
                                            flag="--public-base-url", make="PUBLIC_BASE_URL")
+    shard_size: str | None = _setting(
+        help="split assets.tar into shards of at most SIZE, e.g. 2G (default: one assets.tar)",
+        flag="--shard-size", make="SHARD_SIZE", build_only=True)
+    executor: str | None = _setting(
+        help="where shards are built and uploaded: local (processes here; default) or ray",
+        flag="--executor", make="EXECUTOR", build_only=True)
+    ray_address: str | None = _setting(
+        help="the Ray cluster for --executor ray (default $RAY_ADDRESS, else a local Ray)",
+        flag="--ray-address", make="RAY_ADDRESS", env="RAY_ADDRESS", build_only=True)
 
     @classmethod
     def settings(cls) -> dict[str, Setting]:
@@ -344,5 +353,9 @@ RUN_OPTIONS = (
     RunOption("remote", "an rclone S3 remote, NAME:bucket/prefix", "--remote"),
     RunOption("rclone_config", "rclone config file", "--rclone-config", invoke=False),
     RunOption("check_only", "validate the settings and stop", "--check-only", invoke=False,
+              release_only=True),
+    RunOption("only_shard", "build and upload shard K only (one job of a CI matrix)", "--only-shard",
+              release_only=True),
+    RunOption("finish", "merge the shards' entries, publish the rest and the manifest", "--finish",
               release_only=True),
 )

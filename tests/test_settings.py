@@ -83,7 +83,8 @@ def test_make_passes_each_setting_on_as_its_flag(tmp_path: Path) -> None:
               "release_dir": str(tmp_path / "release"),
               "bucket": "some-bucket", "prefix": "some/prefix", "endpoint_url": "http://127.0.0.1:9",
               "profile": "someone", "chunk_size": "8M", "upload_concurrency": "3", "transfers": "2",
-              "public_base_url": "https://pub.example"}
+              "public_base_url": "https://pub.example", "shard_size": "2G", "executor": "ray",
+              "ray_address": "127.0.0.1:6379"}
     assert set(values) == {n for n, s in SETTINGS.items() if s.flag and s.make}
     assigned = [f"{SETTINGS[n].make}={v}" for n, v in values.items()]
     done = subprocess.run(["make", "--no-print-directory", "-n", "-C", str(REPO), "release-settings", *assigned],
@@ -117,7 +118,8 @@ def test_a_config_becomes_make_assignments_under_each_settings_variable(tmp_path
              "bucket": "some-bucket", "prefix": "p", "endpoint_url": "http://127.0.0.1:9",
              "r2_account_id": "0" * 32, "profile": "someone", "chunk_size": "8M", "upload_concurrency": 3,
              "transfers": 2, "source_date_epoch": 5, "excludes": ["*.tmp", "*.bak"],
-             "public_base_url": "https://pub.example"}
+             "public_base_url": "https://pub.example", "shard_size": "2G", "executor": "ray",
+             "ray_address": "127.0.0.1:6379"}
     assert list(every) == list(SETTINGS)
     config = tmp_path / "release.toml"
     config.write_text("[release]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in every.items()))

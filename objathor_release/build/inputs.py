@@ -239,6 +239,11 @@ def make_name(path: str) -> str | None:
     return _ESCAPED.sub(lambda m: m.group(1) * 2 + "\\" + m.group(2), path).replace("$", "$$")
 
 
+#: The file a sharded assets.tar is made as (``make release SHARD_SIZE=...``): the shards have no fixed
+#: names before they are planned, so Make tracks this stamp, which the Makefile touches after them.
+SHARDS_STAMP = ".assets.shards"
+
+
 def stamp_path(release_dir: str, artifact: str) -> str:
     """The file holding the list of an artifact's inputs, rewritten only when the list changes."""
     return f"{release_dir}/.{artifact}.inputs"
@@ -317,7 +322,10 @@ def write_make_deps(inputs: ReleaseInputs, release_dir: str, output: str | Path,
             else:
                 empty[name] = None
             prerequisites.append(name)
-        rules.append(_rule(f"{target_dir}/{artifact}", dict.fromkeys(prerequisites)))
+        targets = f"{target_dir}/{artifact}"
+        if artifact == "assets.tar":  # the same inputs, when it is built as shards
+            targets += f" {target_dir}/{SHARDS_STAMP}"
+        rules.append(_rule(targets, dict.fromkeys(prerequisites)))
     folders = [n for n in (make_name(str(f)) for f in inputs.folders) if n is not None]
     text = "".join([
         DEPS_HEADER,

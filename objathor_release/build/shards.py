@@ -73,16 +73,19 @@ def parse_shard_size(text: str | int) -> int:
 
 @dataclass(frozen=True)
 class Shard:
-    """One shard of a plan: its index and file name, its asset folders (in order), its exact size."""
+    """One shard of a plan: its index and file name, its asset folders (in order), its exact size,
+    its number of regular files and their bytes."""
 
     index: int
     name: str
     units: tuple[str, ...]
     size: int
     files: int
+    data: int
 
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "name": self.name, "size": self.size, "files": self.files,
+                "data": self.data,
                 "assets": len(self.units), "first": self.units[0], "last": self.units[-1]}
 
 
@@ -105,7 +108,7 @@ class ShardPlan:
         """sha256 of what decides the shards' content: their folders, sizes and the exclude list."""
         sha = hashlib.sha256(json.dumps([self.stem, self.shard_size, list(self.excludes)]).encode())
         for s in self.shards:
-            sha.update(json.dumps([s.name, s.size, s.files, list(s.units)]).encode())
+            sha.update(json.dumps([s.name, s.size, s.files, s.data, list(s.units)]).encode())
         return sha.hexdigest()
 
     def shard(self, index: int) -> Shard:
@@ -147,24 +150,25 @@ class _Sizer:
     def __init__(self, excluded: Callable[[str], bool]) -> None:
         self.excluded = excluded
 
-    def entry(self, path: str, rel: str, entry: os.DirEntry[str], depth: int) -> tuple[int, int]:
-        """(bytes, regular files) of ``entry`` and everything below it."""
+    def entry(self, path: str, rel: str, entry: os.DirEntry[str], depth: int) -> tuple[int, int, int]:
+        """(archive bytes, regular files, their bytes) of ``entry`` and everything below it."""
         try:
             if entry.is_dir(follow_symlinks=False):
-                total, files = _header_bytes(_encoded(rel) + b"/"), 0
+                total, files, data = _header_bytes(_encoded(rel) + b"/"), 0, 0
                 if depth > MAX_DEPTH:
-                    return total, files  # the builder names the problem
+                    return total, files, data  # the builder names the problem
                 for sub in self.entries(path, rel):
-                    b, f = self.entry(sub.path, f"{rel}/{sub.name}", sub, depth + 1)
+                    b, f, d = self.entry(sub.path, f"{rel}/{sub.name}", sub, depth + 1)
                     total += b
                     files += f
-                return total, files
+                    data += d
+                return total, files, data
             if entry.is_file(follow_symlinks=False):
                 size = entry.stat(follow_symlinks=False).st_size
-                return _header_bytes(_encoded(rel)) + size + (-size % tf.BLOCK), 1
+                return _header_bytes(_encoded(rel)) + size + (-size % tf.BLOCK), 1, size
         except OSError:
             pass  # unreadable: the builder names the problem with its own message
-        return tf.BLOCK, 0  # a symlink or special file: the builder refuses it
+        return tf.BLOCK, 0, 0  # a symlink or special file: the builder refuses it
 
     def entries(self, path: str, rel: str) -> list[os.DirEntry[str]]:
         try:
@@ -192,22 +196,23 @@ def plan_shards(src_dir: str | Path, shard_size: int, *, extra_excludes: Iterabl
     sizer = _Sizer(compile_excludes(excludes))
     shards: list[Shard] = []
     units: list[str] = []
-    used = files = 0
+    used = files = data = 0
 
     def close() -> None:
-        nonlocal units, used, files
+        nonlocal units, used, files, data
         if units:
             shards.append(Shard(len(shards), shard_name(stem, len(shards)), tuple(units),
-                                used + tf.end_of_archive(used), files))
-        units, used, files = [], 0, 0
+                                used + tf.end_of_archive(used), files, data))
+        units, used, files, data = [], 0, 0, 0
 
     for entry in sizer.entries(str(src), src.name):
-        size, n = sizer.entry(entry.path, f"{src.name}/{entry.name}", entry, 1)
+        size, n, d = sizer.entry(entry.path, f"{src.name}/{entry.name}", entry, 1)
         if units and used + size + tf.end_of_archive(used + size) > shard_size:
             close()
         units.append(entry.name)
         used += size
         files += n
+        data += d
     close()
     if not any(s.files for s in shards):
         raise InputError(f"{src}: holds no files to archive (empty, or everything excluded): check "
@@ -239,13 +244,14 @@ def _write(source: Path, excludes: Sequence[str], shard: Shard, output_dir: Path
     result = build_tar(source, output_dir / shard.name, extra_excludes=excludes, default_excludes=False,
                        source_date_epoch=epoch, show_progress=show_progress, verbose=verbose,
                        units=shard.units)
-    if result.size != shard.size:  # the tree changed between planning and writing
+    wrote = (result.size, len(result.members), sum(m["size"] for m in result.members))
+    if wrote != (shard.size, shard.files, shard.data):  # the tree changed between planning and writing
         for path in (result.path, sidecar_path(result.path)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         raise InputError(f"{source}: changed while shard {shard.name} was being built (planned "
-                         f"{shard.size} bytes, wrote {result.size}): stop whatever writes to the tree and "
-                         "run again")
+                         f"{shard.files} files of {shard.data} bytes, found {wrote[1]} of {wrote[2]}): stop "
+                         "whatever writes to the tree and run again")
     return result
 
 

@@ -34,6 +34,7 @@ environment variables:
   BUCKET, VERSION                            defaults for --bucket and --version
   ASSETS_DIR, FEATURES_DIR, RELEASE_DIR      defaults for --assets-dir, --features-dir, --release-dir
   HOLODECK_DIR                               default for --holodeck-dir
+  RAY_ADDRESS                                the Ray cluster for --executor ray (or --ray-address)
   OBJATHOR_BASE_URL                          download base URL (or --base-url)
   SOURCE_DATE_EPOCH                          timestamp for reproducible tars and manifests
   OBJATHOR_PROGRESS=0                        no progress output

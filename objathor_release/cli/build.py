@@ -85,6 +85,9 @@ def add_tar(sub: Any) -> None:
 
 
 def _run_tar(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from objathor_release.build.shards import remove_stale
     from objathor_release.build.tarball import build_tar
 
     if args.shard_size:
@@ -95,6 +98,10 @@ def _run_tar(args: argparse.Namespace) -> int:
         fsync=args.fsync, on_note=_stderr,
     )
     print(result.summary())
+    out = Path(args.output)
+    if out.name.endswith(".tar"):  # the directory holds one form of the archive: no shards of an earlier run
+        for stale in remove_stale(out.parent, out.name[:-4], keep=[out.name]):
+            print(f"removed {out.parent / stale}: replaced by {out.name}")
     return 0
 
 

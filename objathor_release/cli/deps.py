@@ -37,6 +37,8 @@ def add_deps(sub: Any) -> None:
     p.add_argument("--source-date-epoch", type=int, default=None, metavar="SECONDS",
                    help="the tars' member mtime, recorded so a change rebuilds them "
                    "(default: $SOURCE_DATE_EPOCH, else 0)")
+    p.add_argument("--shard-size", default=None, metavar="SIZE",
+                   help="the shard size assets.tar is split by, recorded so a change rebuilds it")
     p.add_argument("--output", required=True, metavar="FILE", help="the dependency file to write")
     p.set_defaults(func=_run_deps)
 
@@ -52,13 +54,14 @@ def _run_deps(args: argparse.Namespace) -> int:
     holodeck_settings = {"excludes": " ".join(exclude_list(args.exclude, defaults=False)),
                          "source_date_epoch": str(epoch)}
     inputs = release_inputs(args.assets_dir, args.features_dir, args.exclude, args.holodeck_dir)
+    assets_settings = {**tar_settings, "shard_size": args.shard_size or ""}
     result = write_make_deps(
         inputs, args.release_dir, args.output,
-        settings={"assets.tar": tar_settings, "features.tar": tar_settings,
+        settings={"assets.tar": assets_settings, "features.tar": tar_settings,
                   "holodeck.tar": holodeck_settings},
         variables={SETTINGS_VARIABLE: " ".join(" ".join(
             [args.assets_dir, args.features_dir or "", args.holodeck_dir or "", *args.exclude,
-             str(epoch)]).split())},
+             str(epoch), args.shard_size or ""]).split())},
     )
     for path in result.unnameable:
         print(f"{path}: make cannot name this file: its artifact is rebuilt on every make run; "

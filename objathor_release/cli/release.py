@@ -58,6 +58,18 @@ def add_release(sub: Any) -> None:
     p.add_argument("--check-only", action="store_true",
                    help="validate the settings, check that the bucket answers (one ListObjectsV2; "
                    "not with --dry-run), and stop (what `make release` runs first)")
+    p.add_argument("--shard-size", default=None, metavar="SIZE",
+                   help="split assets.tar into shards of at most SIZE, whole asset folders each, e.g. 2G "
+                   "(default: one assets.tar)")
+    p.add_argument("--executor", default=None, choices=("local", "ray"),
+                   help="where shards are built and uploaded: local (processes here; default) or ray")
+    p.add_argument("--ray-address", default=env("RAY_ADDRESS"), metavar="ADDR",
+                   help="the Ray cluster for --executor ray (default $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--only-shard", type=int, default=None, metavar="K",
+                   help="build and upload shard K only (one job of a CI matrix; see `objathor-release plan`)")
+    p.add_argument("--finish", action="store_true",
+                   help="merge the shards' entries, publish the rest and the manifest (after the "
+                   "--only-shard jobs)")
     p.set_defaults(func=_run_release)
 
 
@@ -80,6 +92,8 @@ def settings_from_args(args: argparse.Namespace, *, need_assets: bool = True) ->
         "assets_dir": args.assets_dir if need_assets else None,
         "features_dir": args.features_dir if need_assets else None,
         "holodeck_dir": args.holodeck_dir if need_assets else None,
+        "shard_size": getattr(args, "shard_size", None), "executor": getattr(args, "executor", None),
+        "ray_address": getattr(args, "ray_address", None),
     }
     from objathor_release.settings import ReleaseConfig
 

@@ -46,6 +46,9 @@ def add_download(sub: Any) -> None:
                    "{version} in --base-url puts the version there instead")
     p.add_argument("--uids", default=None, metavar="A,B,C", help="fetch only these assets")
     p.add_argument("--uids-file", default=None, metavar="FILE", help="fetch only the uids in FILE")
+    p.add_argument("--slice", default=None, metavar="K/N",
+                   help="of a sharded release, fetch only the shards whose index is K mod N (N machines, "
+                   "one slice each, together hold every asset; a release of one assets.tar is shard 0)")
     p.add_argument("--require-checksums", action="store_true",
                    help="refuse a version that has no manifest.json to verify against")
     p.add_argument("--trusted-key", action="append", default=[], metavar="KEY",
@@ -79,11 +82,18 @@ def _run_download(args: argparse.Namespace) -> int:
     if uids is not None and args.what not in ("assets", "all"):
         raise UsageError("--uids/--uids-file select assets: use them with 'download assets' or "
                          "'download all'")
+    shard_slice = None
+    if args.slice is not None:
+        from objathor_release.fetch.shards import parse_slice
+
+        chosen = parse_slice(args.slice)
+        shard_slice = (chosen.index, chosen.count)
     result = download_version(
         args.what, args.version, path=args.path, base_url=base_url, layout=args.layout, uids=uids,
         require_checksums=args.require_checksums, show_progress=not args.quiet,
         keep_tar=args.keep_tar, connections=args.connections, trusted_keys=args.trusted_key or (),
         require_signature=args.require_signature, endpoint_url=args.endpoint_url, profile=args.profile,
+        shard_slice=shard_slice,
     )
     print(result.summary())
     return 0

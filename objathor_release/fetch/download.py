@@ -51,6 +51,7 @@ from objathor_release.fetch.layout import DEFAULT_PATH, PARTS, WHATS, Part, reso
 from objathor_release.fetch.markers import locked, read_done
 from objathor_release.fetch.origin import load_manifest
 from objathor_release.fetch.ranges import disk_full
+from objathor_release.fetch.shards import ShardPlan, Slice, fetch_shards, shard_plan
 from objathor_release.fetch.tars import fetch_tar
 from objathor_release.fetch.uids import fetch_uids
 from objathor_release.fsutil import is_disk_full
@@ -80,7 +81,8 @@ class DownloadResult:
 
     @property
     def verified(self) -> bool:
-        return all(p.verified for p in self.parts if p.status != "not in this version")
+        skipped = ("not in this version", "not in this slice")
+        return all(p.verified for p in self.parts if p.status not in skipped)
 
     def path(self, what: str) -> Path:
         return next(p.path for p in self.parts if p.what == what)
@@ -93,6 +95,8 @@ class DownloadResult:
             extra = f", {p.note}" if p.note else ""
             if p.status == "not in this version":
                 lines.append(f"{p.what}: not in version {self.version}")
+            elif p.status == "not in this slice":
+                lines.append(f"{p.what}: {p.note}")
             else:
                 lines.append(f"{p.what}: {p.status} at {p.path} ({check}{size}{extra})")
         lines += self.origin.notes() if self.origin else []
@@ -119,6 +123,7 @@ def download_version(
     on_note: Note | None = None,
     endpoint_url: str | None = None,
     profile: str | None = None,
+    shard_slice: tuple[int, int] | None = None,
 ) -> DownloadResult:
     """Download ``what`` (annotations, assets, features, holodeck-base or all) of ``version``.
 
@@ -138,11 +143,18 @@ def download_version(
     is ``endpoint_url`` (else ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL`` or ``R2_ACCOUNT_ID``), the
     credentials those of ``profile`` or the environment, as the upload finds them; every request is
     presigned just before it is sent, and everything shown or recorded keeps the ``s3://`` form.
+
+    ``shard_slice=(K, N)`` fetches only the shards of a sharded assets tar whose index ``i`` has
+    ``i % N == K`` (an unsharded release's assets.tar is shard 0); see :mod:`.shards`.
     """
     started = time.monotonic()
     if what not in WHATS:
         raise UsageError(f"cannot download {what!r}: choose one of {', '.join(WHATS)}")
     validate_version(version)
+    chosen = Slice(*shard_slice) if shard_slice is not None else None
+    if chosen is not None and (what not in ("assets", "all") or uids is not None):
+        raise UsageError("--slice takes a part of the assets' shards: use it with 'download assets' or "
+                         "'download all', and without --uids/--uids-file")
     uid_list = list(dict.fromkeys(uids)) if uids is not None else None
     for uid in uid_list or []:
         if not uid or "/" in uid or uid in (".", "..") or "\\" in uid:
@@ -159,7 +171,7 @@ def download_version(
               keep_tar=keep_tar, on_note=on_note)
     result = DownloadResult(version, root)
     try:
-        _run(job, result, what, uid_list, require_checksums, trust)
+        _run(job, result, what, uid_list, require_checksums, trust, chosen)
     except ReleaseError as exc:
         if signer is not None:  # messages name s3:// URLs only; this makes sure nothing signed slips through
             exc.args = tuple(_SIGNED_QUERY.sub("", redact(str(a), signer.secrets())) for a in exc.args)
@@ -186,11 +198,12 @@ def _signer(version_url: str, endpoint_url: str | None, profile: str | None) -> 
 
 
 def _run(job: Job, result: DownloadResult, what: str, uid_list: list[str] | None, require_checksums: bool,
-         trust: TrustPolicy) -> None:
+         trust: TrustPolicy, shard_slice: Slice | None) -> None:
     """Load the manifest, choose the parts and fetch each (``download_version`` closes up)."""
     version, source, root = job.version, job.source, job.root
     job.manifest, result.origin = load_manifest(job.http, source.url("manifest.json"), version, trust)
     result.manifest = job.manifest is not None
+    plan = shard_plan(job.manifest, source.url("manifest.json"))  # a bad shard list: before any byte
     parts = {p: Part.of(p, root, source, job.manifest) for p in PARTS}
     chosen = _choose_parts(job, parts, what)
     if job.manifest is None:
@@ -205,15 +218,19 @@ def _run(job: Job, result: DownloadResult, what: str, uid_list: list[str] | None
             if what == "all":
                 result.parts.append(PartResult(name, part.target, "not in this version", True))
             continue
-        result.parts.append(_run_part(job, part, uid_list if name == "assets" else None))
+        if name == "assets":
+            result.parts.append(_run_part(job, part, uid_list, plan, shard_slice))
+        else:
+            result.parts.append(_run_part(job, part, None))
 
 
-def _run_part(job: Job, part: Part, uids: Sequence[str] | None) -> PartResult:
+def _run_part(job: Job, part: Part, uids: Sequence[str] | None, plan: ShardPlan | None = None,
+              chosen: Slice | None = None) -> PartResult:
     """Fetch one part under its lock; a full disk or an unwritable folder becomes one line."""
     job.needed = None
     try:
         with locked(part.lock, f"{part.what} of {job.version}", job.note):
-            return _fetch_part(job, part, uids)
+            return _fetch_part(job, part, uids, plan, chosen)
     except ReleaseError:
         raise
     except OSError as exc:
@@ -227,8 +244,15 @@ def _run_part(job: Job, part: Part, uids: Sequence[str] | None) -> PartResult:
                             "check --path and run the command again") from None
 
 
-def _fetch_part(job: Job, part: Part, uids: Sequence[str] | None) -> PartResult:
+def _fetch_part(job: Job, part: Part, uids: Sequence[str] | None, plan: ShardPlan | None,
+                chosen: Slice | None) -> PartResult:
     """The part's fetcher, unless its marker says it is done (the caller holds the lock)."""
+    if plan is not None:
+        return fetch_shards(job, part, plan, chosen, uids)
+    if chosen is not None and not chosen.holds(0):
+        return PartResult(part.what, part.target, "not in this slice", True,
+                          note=f"version {job.version} is one {part.name} (shard 0 of 1), which slice "
+                          f"{chosen} does not hold: nothing to fetch")
     if uids is not None:
         return fetch_uids(job, part, uids)
     mark = read_done(part, job.note)

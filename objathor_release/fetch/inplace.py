@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +54,44 @@ def expected_in_place(artifact: Mapping[str, Any], flatten: bool) -> dict[str, E
     return out
 
 
-def difference(folder: Path, expected: Mapping[str, ExpectedMember], *, show_progress: bool = False) -> str:
-    """How ``folder`` differs from ``expected`` ("" when it holds exactly those files with those bytes)."""
+def difference(folder: Path, expected: Mapping[str, ExpectedMember], *, show_progress: bool = False,
+               within: Collection[str] | None = None) -> str:
+    """How ``folder`` differs from ``expected`` ("" when it holds exactly those files with those bytes).
+
+    ``within`` (a shard's asset folders) limits the check to those folders of ``folder``: the other
+    folders there are other shards', and not this check's business."""
     found: dict[str, int] = {}
     depth = max((k.count("/") for k in expected), default=0)
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+    roots = [folder] if within is None else [folder / name for name in sorted(within)]
+    for root in roots:
+        if root is not folder and (root.is_symlink() or not root.is_dir()):
+            return f"{root.name} is not a folder"
+        why = _walk(folder, root, expected, depth, found)
+        if why:
+            return why
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        return f"{len(missing)} file(s) of the release are missing (first: {missing[0]})"
+    for rel, size in found.items():
+        if size != expected[rel].size:
+            return f"{rel} is {size} bytes, the release's is {expected[rel].size}"
+    total = sum(found.values())
+    with progress(total, f"check {folder.name} in place", unit="B", enabled=show_progress) as bar:
+        for rel in sorted(found):
+            try:
+                digest = _sha256(folder / rel, bar.update)
+            except OSError as exc:
+                return f"{rel} cannot be read ({exc.strerror or exc})"
+            if digest != expected[rel].sha256:
+                return f"{rel} has other bytes than the release's (sha256 {digest[:12]}...)"
+    return ""
+
+
+def _walk(folder: Path, root: Path, expected: Mapping[str, ExpectedMember], depth: int,
+          found: dict[str, int]) -> str:
+    """Walk ``root`` (``folder`` or one of its folders), noting each file's size below ``folder`` in
+    ``found``; the first thing that cannot be the release's is returned ("" when none)."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         rel_dir = os.path.relpath(dirpath, folder)
         if rel_dir != "." and rel_dir.count("/") >= depth:  # before os.walk goes deeper than any member
             return f"{rel_dir} is a folder deeper than any file of the release"
@@ -75,21 +108,6 @@ def difference(folder: Path, expected: Mapping[str, ExpectedMember], *, show_pro
             if rel not in expected:
                 return f"{rel} is not in the release"
             found[rel] = st.st_size
-    missing = sorted(set(expected) - set(found))
-    if missing:
-        return f"{len(missing)} file(s) of the release are missing (first: {missing[0]})"
-    for rel, size in found.items():
-        if size != expected[rel].size:
-            return f"{rel} is {size} bytes, the release's is {expected[rel].size}"
-    total = sum(found.values())
-    with progress(total, f"check {folder.name} in place", unit="B", enabled=show_progress) as bar:
-        for rel in sorted(found):
-            try:
-                digest = _sha256(folder / rel, bar.update)
-            except OSError as exc:
-                return f"{rel} cannot be read ({exc.strerror or exc})"
-            if digest != expected[rel].sha256:
-                return f"{rel} has other bytes than the release's (sha256 {digest[:12]}...)"
     return ""
 
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,17 @@ logger = logging.getLogger(__name__)
 Note = Callable[[str], None]
 
 
+class Stopped(TransferError):
+    """A stream given up because another part of the same download failed (its staging is kept)."""
+
+
 @dataclass
 class PartResult:
     """One part of a version: where it is and what this run did about it."""
 
     what: str
     path: Path
-    status: str  # "downloaded", "already there", "not in this version"
+    status: str  # "downloaded", "already there", "not in this version", "not in this slice"
     verified: bool
     bytes: int = 0
     note: str = ""
@@ -69,6 +74,8 @@ class Job:
     keep_tar: bool = False
     on_note: Note | None = None
     needed: int | None = None  # bytes the part being fetched needs on disk, once known
+    share: int = 1  # tars streamed at once (shards): each gets this share of the connections and buffer
+    cancel: threading.Event = field(default_factory=threading.Event)  # set: every stream stops
 
     @property
     def version(self) -> str:

@@ -122,7 +122,9 @@ class Part:
     ``flatten`` puts every ``*.pkl`` of the tar flat in one folder (objathor's
     features layout); ``artifact`` is the manifest's entry (None: unlisted);
     ``fallback_url`` is where to look when ``url`` answers an HTML page
-    (objathor's ``BASE/features.tar``; None for every other part).
+    (objathor's ``BASE/features.tar``; None for every other part). ``merge``
+    (a shard of a sharded assets tar) moves the extracted asset folders into
+    ``target`` one by one instead of replacing it.
     """
 
     what: str
@@ -136,6 +138,7 @@ class Part:
     flatten: bool
     artifact: Mapping[str, Any] | None
     fallback_url: str | None = None
+    merge: bool = False
 
     @classmethod
     def of(cls, what: str, root: Path, source: Source, manifest: Mapping[str, Any] | None) -> Part:
@@ -151,6 +154,15 @@ class Part:
         return cls(what, version, source.url(name), vdir / (name if what == "annotations" else what),
                    vdir / STATE, what, tar, vdir / name if tar else None, what == "features",
                    artifact(manifest, name), source.fallback(name) if what == "features" else None)
+
+    @classmethod
+    def shard(cls, assets: Part, source: Source, art: Mapping[str, Any]) -> Part:
+        """The shard ``art`` of the sharded assets tar: its own URL, marker and staging folder, landing
+        in the assets folder beside the other shards' asset folders."""
+        name = art["name"]
+        return cls(assets.what, assets.version, source.url(name), assets.target, assets.state,
+                   f"shard-{name.removesuffix('.tar')}", True, assets.target.parent / name, False, art,
+                   merge=True)
 
     @property
     def name(self) -> str:
@@ -193,3 +205,13 @@ def top_folder(artifact: Mapping[str, Any] | None) -> str | None:
         raise InputError(f"manifest.json: {artifact and artifact['name']} lists members under "
                          f"{len(tops)} top-level folders ({', '.join(sorted(tops)[:3])}): expected one")
     return tops.pop() if tops else None
+
+
+def asset_folders(artifact: Mapping[str, Any]) -> list[str]:
+    """The asset folders (``<uid>`` of ``assets/<uid>/...``) the artifact's members lie in, in order."""
+    found: dict[str, None] = {}
+    for m in artifact.get("members") or []:
+        parts = member_parts(m["path"])
+        if len(parts) >= 3:
+            found.setdefault(parts[1])
+    return list(found)

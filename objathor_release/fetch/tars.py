@@ -27,8 +27,8 @@ from objathor_release.errors import ChecksumError, DiskFullError, InputError, Tr
 from objathor_release.fetch.extract import TarStreamExtractor, expected_members
 from objathor_release.fetch.files import fetch_into
 from objathor_release.fetch.inplace import difference, expected_in_place
-from objathor_release.fetch.job import Job, PartResult
-from objathor_release.fetch.layout import Part, top_folder
+from objathor_release.fetch.job import Job, PartResult, Stopped
+from objathor_release.fetch.layout import Part, asset_folders, top_folder
 from objathor_release.fetch.markers import write_done
 from objathor_release.fetch.pages import is_html_type, sniff_page
 from objathor_release.fetch.parallel import parallel_stream
@@ -118,7 +118,12 @@ def _already_in_place(job: Job, part: Part) -> PartResult | None:
     expected = expected_in_place(art, part.flatten)
     if expected is None:
         return None
-    why = difference(part.target, expected, show_progress=job.show_progress)
+    within = None
+    if part.merge:  # a shard: its own asset folders, when every one is there (else it was never fetched)
+        within = asset_folders(art)
+        if not all((part.target / uid).is_dir() for uid in within):
+            return None
+    why = difference(part.target, expected, show_progress=job.show_progress, within=within)
     if why:
         job.note(f"{part.target} is there but is not this release ({why}): downloading {part.name}; the "
                  "folder is replaced once the new one is verified")
@@ -186,9 +191,11 @@ def _extract_stream(job: Job, url: str, art: Mapping[str, Any] | None, staging: 
         head: bytearray | None = bytearray()  # the first block, held back until it is sniffed
         try:
             config = job.http.config
+            piece = config.stream_piece  # several shards at once share the connections and the buffer
+            buffer = max(2 * piece, config.stream_buffer // job.share - QUEUED * piece)
             for data in parallel_stream(job.http, url, on_open=check, stop=stop, adaptive=config.adaptive,
-                                        piece=config.stream_piece,
-                                        buffer=config.stream_buffer - QUEUED * config.stream_piece,
+                                        connections=max(1, config.connections // job.share),
+                                        piece=piece, buffer=buffer,
                                         size_hint=art["size"] if art else None, start=start):
                 digest.update(data)
                 total += len(data)
@@ -212,7 +219,12 @@ def _extract_stream(job: Job, url: str, art: Mapping[str, Any] | None, staging: 
         thread.start()
         try:
             while True:
-                item = chunks.get()
+                try:
+                    item = chunks.get(timeout=0.2)
+                except queue.Empty:
+                    if job.cancel.is_set():
+                        raise Stopped(f"{url}: stopped, as another part of this download failed") from None
+                    continue
                 if item is end:
                     break
                 if isinstance(item, BaseException):
@@ -272,6 +284,8 @@ def _place(part: Part) -> str:
     staging = part.staging
     entries = sorted(staging.iterdir())
     part.target.parent.mkdir(parents=True, exist_ok=True)
+    if part.merge:
+        return _merge(part, entries)
     if part.flatten:
         flat = _flat_path(part)
         remove_path(flat)
@@ -281,6 +295,27 @@ def _place(part: Part) -> str:
     if len(entries) != 1 or not entries[0].is_dir():
         raise InputError(f"{part.url} holds {len(entries)} top-level entries: expected one folder")
     replace_dir(entries[0], part.target, part.trash)
+    return entries[0].name
+
+
+def _merge(part: Part, entries: list[Path]) -> str:
+    """A shard: move each extracted asset folder into the assets folder, replacing only that folder.
+
+    The manifest gives every asset folder to one shard, so this never touches another shard's; a folder
+    the shard's manifest entry does not list may only be empty, and never replaces one that is there."""
+    if len(entries) != 1 or not entries[0].is_dir() or entries[0].is_symlink():
+        raise InputError(f"{part.url} holds {len(entries)} top-level entries: expected one folder")
+    listed = set(asset_folders(part.artifact or {}))
+    part.target.mkdir(exist_ok=True)
+    for folder in sorted(entries[0].iterdir()):
+        dest = part.target / folder.name
+        if folder.name not in listed:
+            if folder.is_symlink() or not folder.is_dir() or any(folder.iterdir()):
+                raise InputError(f"{part.url} holds {folder.name}, which manifest.json does not list among "
+                                 f"{part.name}'s asset folders: the release is malformed; tell its publisher")
+            if dest.exists() or dest.is_symlink():
+                continue  # an empty folder: never in place of another shard's asset
+        replace_dir(folder, dest, part.trash)
     return entries[0].name
 
 

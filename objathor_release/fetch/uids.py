@@ -65,7 +65,7 @@ def fetch_uids(job: Job, part: Part, uids: Sequence[str]) -> PartResult:
     for uid in uids:
         _check_members(job.source.url("manifest.json"), by_uid[uid], int(art["size"]))
     target = part.target
-    record = part.state / "assets.uids.json"
+    record = part.state / f"{part.key}.uids.json"  # one per shard of a sharded release
     sha = art["sha256"].lower()
     have: set[str] = set()
     if read_done(part, job.note) is None:

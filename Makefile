@@ -80,7 +80,7 @@ install: $(INSTALLED)
 .PHONY: lock  ## regenerate requirements.lock, requirements-dev.lock and requirements-uv.lock (pinned, with hashes)
 lock: $(INSTALLED)
 	$(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.10 --generate-hashes --quiet -o requirements.lock
-	$(VENV)/bin/uv pip compile pyproject.toml --extra test --extra dev --universal --python-version 3.10 --generate-hashes --quiet -o requirements-dev.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --extra dev --extra ray --universal --python-version 3.10 --generate-hashes --quiet -o requirements-dev.lock
 	grep -o '^uv==[^ ]*' requirements-dev.lock | $(VENV)/bin/uv pip compile - --universal --python-version 3.10 --generate-hashes --quiet --no-header -o requirements-uv.lock
 
 .PHONY: lint  ## ruff and mypy over the package, tests, benchmarks and tasks

@@ -34,6 +34,8 @@ from objathor_release.settings import (
 
 if TYPE_CHECKING:
     from objathor_release.build.shards import ShardPlan
+    from objathor_release.publish.shards import ShardEntry
+    from objathor_release.s3.target import S3Target
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +116,13 @@ class LocalBuild:
     skipped: list[str] = field(default_factory=list)
 
 
-def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool = False) -> LocalBuild:
-    """Prepare annotations, build the tars, write the manifest and verify, skipping what is up to date."""
+def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool = False,
+                elsewhere: list[dict[str, Any]] | None = None) -> LocalBuild:
+    """Prepare annotations, build the tars, write the manifest and verify, skipping what is up to date.
+
+    ``elsewhere`` (the finishing run of a distributed release) are the manifest entries of the
+    asset shards other machines built and uploaded: no assets tar is built here, and the manifest
+    lists them beside the local artifacts (the local verify leaves them to the remote one)."""
     from objathor_release.build.annotations import prepare_annotations
     from objathor_release.build.epoch import source_date_epoch as resolve_epoch
     from objathor_release.build.excludes import DEFAULT_EXCLUDES, exclude_list
@@ -168,7 +175,10 @@ def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool
     inputs = release_inputs(assets, cfg.features_dir, cfg.excludes, cfg.holodeck_dir)
     step("annotations.json.gz", inputs.fingerprint("annotations.json.gz"), rdir / "annotations.json.gz",
          annotations)
-    if cfg.shard_size:
+    if elsewhere is not None:
+        for stale in remove_stale(rdir, "assets", keep=[]):
+            logger.info("removed %s: this release's asset shards were built elsewhere", stale)
+    elif cfg.shard_size:
         if not shards_fresh(rdir):  # a shard the stamp lists is gone or changed: build them again
             state.data.pop("assets shards", None)
         step("assets shards", inputs.fingerprint("assets.tar", epoch, excludes, cfg.shard_size),
@@ -184,13 +194,15 @@ def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool
         step("holodeck.tar", inputs.fingerprint("holodeck.tar", epoch, holodeck_excludes),
              rdir / "holodeck.tar", tar(Path(cfg.holodeck_dir), "holodeck.tar", default_excludes=False))
     bookkeeping = (MANIFEST, SUMS, SIGNATURE)
+    given = sorted(elsewhere or [], key=lambda a: a["name"])
     artifacts = fingerprint(rdir, lambda rel: not rel.startswith(".") and rel not in bookkeeping,
-                            cfg.version, epoch)
+                            cfg.version, epoch, json.dumps([[a["name"], a["sha256"]] for a in given]))
     step("manifest.json", artifacts, rdir / "manifest.json",
-         lambda: write_manifest(rdir, cfg.version or "", show_progress=show_progress))
+         lambda: write_manifest(rdir, cfg.version or "", show_progress=show_progress,
+                                extra_artifacts=given or None))
     step("verify", fingerprint(rdir, lambda rel: not rel.startswith(".") and rel != SIGNATURE),
          rdir / MANIFEST,
-         lambda: verify_release(rdir, show_progress=show_progress))
+         lambda: verify_release(rdir, show_progress=show_progress, elsewhere=[a["name"] for a in given]))
     return out
 
 
@@ -253,16 +265,34 @@ def _public_url(cfg: ReleaseConfig, endpoint_url: str, bucket: str, key: str) ->
     return f"{endpoint_url.rstrip('/')}/{bucket}/{key}"
 
 
+def connect(cfg: ReleaseConfig, *, remote: str | None = None, rclone_config: str | None = None,
+            dry_run: bool = False) -> tuple[S3Target, Any, UploadConfig]:
+    """The bucket ``cfg`` publishes to, a client for it (None for a dry run) and the upload settings."""
+    from objathor_release.publish.client import make_client
+    from objathor_release.s3.target import resolve_target
+
+    config = upload_config(cfg)
+    env = {**os.environ, **({"R2_ACCOUNT_ID": cfg.r2_account_id} if cfg.r2_account_id else {})}
+    target = resolve_target(bucket=cfg.bucket, prefix=cfg.prefix or cfg.version,
+                            endpoint_url=cfg.endpoint_url, profile=cfg.profile, remote=remote,
+                            rclone_config=rclone_config, require_credentials=not dry_run, env=env)
+    client = None if dry_run else make_client(target, max_pool_connections=config.connections + 8)
+    return target, client, config
+
+
 def publish(cfg: ReleaseConfig, *, remote: str | None = None, rclone_config: str | None = None,
             force: bool = False, dry_run: bool = False, show_progress: bool = True,
-            verbose: bool = False) -> Summary:
+            verbose: bool = False, elsewhere: list[ShardEntry] | None = None) -> Summary:
     """Upload the built release (refusing to change a published version without ``force``),
-    then HEAD every object against the manifest. Nothing is reported as published before that."""
+    then HEAD every object against the manifest. Nothing is reported as published before that.
+
+    ``elsewhere`` are the shards other machines uploaded (the finishing run of a distributed
+    release): not uploaded here, checked on the server by their entries' ETags."""
     from objathor_release.build.manifest import load_manifest
-    from objathor_release.publish.client import make_client
+    from objathor_release.publish.client import artifact_key
     from objathor_release.publish.remote import verify_remote
     from objathor_release.publish.upload import upload_release
-    from objathor_release.s3.target import redact, resolve_target
+    from objathor_release.s3.target import redact
     from objathor_release.trust.origin import sign_release
 
     rdir = release_dir_of(cfg)
@@ -272,24 +302,26 @@ def publish(cfg: ReleaseConfig, *, remote: str | None = None, rclone_config: str
                          "rebuild it or check VERSION")
     signed = sign_release(rdir)  # manifest.json.sig (or none), uploaded before manifest.json
     logger.info("%s", signed.message)
-    config = upload_config(cfg)
-    env = {**os.environ, **({"R2_ACCOUNT_ID": cfg.r2_account_id} if cfg.r2_account_id else {})}
-    target = resolve_target(bucket=cfg.bucket, prefix=cfg.prefix or cfg.version,
-                            endpoint_url=cfg.endpoint_url, profile=cfg.profile, remote=remote,
-                            rclone_config=rclone_config, require_credentials=not dry_run, env=env)
-    client = None if dry_run else make_client(
-        target, max_pool_connections=config.connections + 8)
+    target, client, config = connect(cfg, remote=remote, rclone_config=rclone_config, dry_run=dry_run)
     prefix = target.prefix or str(cfg.version)
+    shards = {e.name: e for e in elsewhere or []}
     try:
         report = upload_release(client, rdir, target, config, force=force, dry_run=dry_run,
-                                show_progress=show_progress, verbose=verbose)
+                                show_progress=show_progress, verbose=verbose, elsewhere=shards)
+        etags = {**{n: e.etag for n, e in shards.items()}, **report.etags()}
         checks = {} if dry_run else {
             c.name: c for c in verify_remote(client, target.bucket, prefix, manifest, release_dir=rdir,
-                                             expected_etags=report.etags(), config=config)}
+                                             expected_etags=etags, config=config)}
     except Exception as exc:
         exc.args = tuple(redact(str(a), target.secrets()) for a in exc.args)
         raise
     rows = []
+    for e in shards.values():  # the shards' objects, checked above like the rest
+        key = artifact_key(prefix, e.name, str(cfg.version))
+        parts = int(e.etag.rpartition("-")[2]) if "-" in e.etag else 1
+        rows.append({"name": e.name, "size": e.artifact["size"], "sha256": e.artifact["sha256"],
+                     "parts": parts, "status": "uploaded by its shard's run" + (", verified" * (not dry_run)),
+                     "etag": e.etag, "url": _public_url(cfg, target.endpoint_url, target.bucket, key)})
     for r in report.results:
         status = r.status if dry_run else (f"{r.status}, verified" if r.name in checks else r.status)
         rows.append({"name": r.name, "size": r.size, "sha256": r.sha256, "parts": r.parts,

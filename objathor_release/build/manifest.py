@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -418,8 +418,11 @@ def _compare_members(name: str, listed: list[dict[str, Any]], found: list[dict[s
 
 
 def verify_release(release_dir: str | Path, *, members: bool = False, show_progress: bool = True,
-                   on_problem: Callable[[str], None] | None = None) -> None:
+                   on_problem: Callable[[str], None] | None = None, elsewhere: Collection[str] = ()) -> None:
     """Re-hash every artifact of ``release_dir`` against its manifest (``members``: every tar member too).
+
+    Artifacts named in ``elsewhere`` were built and uploaded on other machines (shards of a
+    distributed release): they are not expected here, and are checked on the server instead.
 
     Reports each problem (mismatch, missing file, extra file) as one line, to
     ``on_problem`` if given, else as a warning of this module's logger, then
@@ -430,7 +433,7 @@ def verify_release(release_dir: str | Path, *, members: bool = False, show_progr
     listed = {a["name"]: a for a in manifest["artifacts"]}
     present = list_artifacts(root)
     problems: list[str] = []
-    for name in sorted(set(listed) - set(present)):
+    for name in sorted(set(listed) - set(present) - set(elsewhere)):
         problems.append(f"{root / name}: missing (listed in {MANIFEST})")
     for name in sorted(set(present) - set(listed)):
         problems.append(f"{root / name}: extra file, not in {MANIFEST}")

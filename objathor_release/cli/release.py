@@ -108,6 +108,7 @@ def _run_release(args: argparse.Namespace) -> int:
     from objathor_release.publish.preflight import check_release_target
 
     cfg = settings_from_args(args)
+    mode = _mode(args, cfg)
     if args.check_only and args.dry_run:  # the local steps' check: no bucket, no request
         print(f"settings OK: version {cfg.version}, assets {cfg.assets_dir}, "
               f"release dir {release_dir_of(cfg)}")
@@ -119,10 +120,62 @@ def _run_release(args: argparse.Namespace) -> int:
         print(f"settings OK: version {cfg.version}, assets {cfg.assets_dir}, "
               f"release dir {release_dir_of(cfg)}, bucket {checked}")
         return 0
+    if mode != "local":
+        return _run_distributed(mode, cfg, args)
     build = build_local(cfg, show_progress=not args.quiet, verbose=args.verbose)
     if build.built:
         logger.info("built: %s", ", ".join(build.built))
+    else:
+        logger.info("every local step is up to date")
     return _publish(cfg, args)
+
+
+def _mode(args: argparse.Namespace, cfg: ReleaseConfig) -> str:
+    """``local`` (the whole release here), ``shard`` (--only-shard), ``finish`` or ``ray``; the
+    combinations that make no sense are one line each."""
+    chosen = [name for name, on in (("--only-shard", args.only_shard is not None), ("--finish", args.finish),
+                                    ("--executor ray", cfg.executor == "ray")) if on]
+    if len(chosen) > 1:
+        raise UsageError(f"{' and '.join(chosen)} are different ways to run a sharded release: choose one")
+    if chosen and not cfg.shard_size:
+        raise UsageError(f"{chosen[0]} is for a sharded release: pass --shard-size too "
+                         "(make: SHARD_SIZE=...)")
+    if chosen and args.dry_run:
+        raise UsageError(f"{chosen[0]} --dry-run: a dry run of a sharded release is `release "
+                         "--shard-size ... --dry-run` (all shards here), or `objathor-release plan` for the "
+                         "shards alone")
+    if args.only_shard is not None:
+        return "shard"
+    return "finish" if args.finish else ("ray" if cfg.executor == "ray" else "local")
+
+
+def _run_distributed(mode: str, cfg: ReleaseConfig, args: argparse.Namespace) -> int:
+    """One shard (--only-shard K), the finishing run (--finish), or every shard on Ray then the finish."""
+    from objathor_release.scale.distributed import finish_release, release_shard
+
+    where = {"remote": args.remote, "rclone_config": args.rclone_config, "force": args.force,
+             "show_progress": not args.quiet, "verbose": args.verbose}
+    if mode == "shard":
+        outcome = release_shard(cfg, args.only_shard, **where)
+        print(outcome.summary())
+        print("then, once every shard is uploaded: objathor-release release --finish (same settings)")
+        return 0
+    if mode == "ray":
+        from objathor_release.scale.ray_executor import release_on_ray
+
+        ran = release_on_ray(cfg, **where)
+        for outcome in ran.shards:
+            print(outcome.summary())
+        finished = ran.finished
+    else:
+        finished = finish_release(cfg, **where)
+    print(finished.summary.text())
+    if args.summary:
+        from objathor_release.fsutil import atomic_write
+
+        with atomic_write(args.summary) as fh:
+            fh.write((json.dumps(finished.summary.to_json(), indent=2) + "\n").encode())
+    return 0
 
 
 def _run_publish(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -141,9 +142,11 @@ def connections_note(config: UploadConfig) -> str:
 
 
 def plan_jobs(rd: ReleaseDir, manifest: dict[str, Any], manifest_file: LocalFile, prefix: str,
-              config: UploadConfig) -> list[Job]:
+              config: UploadConfig, *, finals: bool = True, elsewhere: Collection[str] = ()) -> list[Job]:
     """Every file to upload, artifacts first, then SHA256SUMS, manifest.json.sig (when the release
-    has one) and manifest.json. Each file is opened here, once (a regular file, no symlink on the
+    has one) and manifest.json (``finals=False``: the artifacts only). Artifacts named in
+    ``elsewhere`` were uploaded by another machine (the shards of a distributed release) and are not
+    local: they get no job. Each file is opened here, once (a regular file, no symlink on the
     way), and its size checked on the open descriptor; the jobs own the descriptors (close them with
     :func:`close_jobs`; they are closed here when planning fails). Nothing is logged: the caller says
     which part sizes had to grow (:func:`part_size_note`)."""
@@ -158,6 +161,8 @@ def plan_jobs(rd: ReleaseDir, manifest: dict[str, Any], manifest_file: LocalFile
             check_name(art["name"], rd.path)
         for art in manifest["artifacts"]:
             name, size, sha = art["name"], int(art["size"]), str(art["sha256"])
+            if name in elsewhere:
+                continue
             file = rd.open(name)
             if file is None:
                 raise InputError(f"{rd.path / name}: listed in manifest.json but missing: "
@@ -166,6 +171,8 @@ def plan_jobs(rd: ReleaseDir, manifest: dict[str, Any], manifest_file: LocalFile
             if file.size != size:
                 raise InputError(f"{file.path}: size {file.size} does not match manifest.json ({size}): "
                                  "rebuild the release or rerun 'objathor-release manifest'")
+        if not finals:
+            return jobs
         sums = rd.open(SUMS_NAME)
         if sums is None:
             raise InputError(f"{rd.path / SUMS_NAME}: not found: run 'objathor-release manifest' for this "

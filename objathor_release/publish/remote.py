@@ -188,8 +188,10 @@ def verify_remote(
     release_dir: str | Path | None = None,
     expected_etags: dict[str, str] | None = None,
     config: UploadConfig | None = None,
+    artifacts_only: bool = False,
 ) -> list[RemoteCheck]:
-    """HEAD every artifact (size, ETag, sha256 metadata) and read back manifest.json.
+    """HEAD every artifact (size, ETag, sha256 metadata) and read back manifest.json
+    (``artifacts_only``: the artifacts alone, as one shard's upload leaves them).
 
     The exact expected ETag comes from ``expected_etags`` (e.g. ``report.etags()``),
     else from the local files in ``release_dir`` (the upload's state record, or a
@@ -206,12 +208,13 @@ def verify_remote(
         states = local.state_dir(create=False) if local is not None else None
         if states is not None:
             stack.callback(states.close)
-        return _verify(client, bucket, prefix, manifest, local, states, expected_etags or {}, config)
+        return _verify(client, bucket, prefix, manifest, local, states, expected_etags or {}, config,
+                       artifacts_only)
 
 
 def _verify(client: Any, bucket: str, prefix: str, manifest: dict[str, Any], local: ReleaseDir | None,
-            states: StateDir | None, expected_etags: dict[str, str], config: UploadConfig | None
-            ) -> list[RemoteCheck]:
+            states: StateDir | None, expected_etags: dict[str, str], config: UploadConfig | None,
+            artifacts_only: bool = False) -> list[RemoteCheck]:
     endpoint = str(client.meta.endpoint_url)
     problems: list[str] = []
     checks: list[RemoteCheck] = []
@@ -256,7 +259,7 @@ def _verify(client: Any, bucket: str, prefix: str, manifest: dict[str, Any], loc
             problems.extend(errs)
             if result is not None and not errs:
                 checks.append(result)
-    for name in (SUMS_NAME, SIGNATURE_NAME, MANIFEST_NAME):
+    for name in () if artifacts_only else (SUMS_NAME, SIGNATURE_NAME, MANIFEST_NAME):
         key = object_key(prefix, name)
         head = head_or_none(client, bucket, key)
         data = _local_small(local, name)

@@ -63,7 +63,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -141,13 +141,14 @@ class Coordinator:
         self.slots = slots or Slots(Ramp(START_CONNECTIONS, config.connections, config.adaptive, "upload"),
                                     config.per_file)
 
-    def run(self, jobs: list[Job], manifest: dict[str, Any], force: bool, show_progress: bool
+    def run(self, jobs: list[Job], manifest: dict[str, Any] | None, force: bool, show_progress: bool
             ) -> list[FileResult]:
         """Every job's result, in the jobs' order: artifacts in parallel, then SHA256SUMS,
-        manifest.json.sig and manifest.json one after the other."""
+        manifest.json.sig and manifest.json one after the other. ``manifest`` (None: artifacts
+        only, the published manifest is not this run's business) is compared with the published one."""
         ctx = self.ctx
-        remote_manifest = published_manifest(ctx.client, ctx.bucket, ctx.prefix)
-        if remote_manifest is not None and remote_manifest != manifest:
+        remote_manifest = None if manifest is None else published_manifest(ctx.client, ctx.bucket, ctx.prefix)
+        if manifest is not None and remote_manifest is not None and remote_manifest != manifest:
             if not force:
                 raise PublishedError(f"version {manifest.get('version')} is already published at {ctx.where} "
                                      "with a different manifest.json: pass --force to replace it")
@@ -313,9 +314,15 @@ def upload_release(
     log: Log | None = None,
     verbose: bool = False,
     retry: RetryPolicy | None = None,
+    artifacts_only: bool = False,
+    elsewhere: Collection[str] = (),
 ) -> UploadReport:
     """Upload a release directory: every artifact of its manifest, then SHA256SUMS,
     manifest.json.sig (when there is one) and manifest.json.
+
+    ``artifacts_only`` uploads the artifacts and nothing else (one shard of a distributed release,
+    whose manifest is published by the finishing run); ``elsewhere`` names artifacts another machine
+    uploaded (not local, not uploaded here; the caller verifies them).
 
     ``executor`` runs the part uploads (it needs ``config.connections`` workers for
     full speed); by default one is made and shut down here. Every file's requests
@@ -341,7 +348,8 @@ def upload_release(
         endpoint = str(client.meta.endpoint_url) if client is not None else getattr(
             target_or_bucket_and_prefix, "endpoint_url", "")
         report = UploadReport(bucket, prefix, endpoint, dry_run=dry_run)
-        jobs = plan_jobs(rd, manifest, manifest_file, prefix, config)
+        jobs = plan_jobs(rd, manifest, manifest_file, prefix, config, finals=not artifacts_only,
+                         elsewhere=elsewhere)
         stack.callback(close_jobs, jobs)
         report.notes = [n for n in (part_size_note(j, config) for j in jobs) if n]
         for note in report.notes:
@@ -366,7 +374,8 @@ def upload_release(
                       retry or RetryPolicy(attempts=config.max_part_attempts), conditional=not force,
                       verbose=verbose, log=log, on_throttle=slots.throttled)
         try:
-            report.results = Coordinator(ctx, config, pool, slots).run(jobs, manifest, force, show_progress)
+            report.results = Coordinator(ctx, config, pool, slots).run(
+                jobs, None if artifacts_only else manifest, force, show_progress)
         finally:
             if own_pool:
                 pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,1 @@
+"""A sharded release past one machine: one shard per job (a CI matrix, Ray tasks), then one finish."""

@@ -1,0 +1,151 @@
+"""A sharded release built by separate jobs: `plan --json`, `release --only-shard K` per shard, `--finish`.
+
+Each job has its own release directory (as separate CI machines would), the bucket is a real
+moto server, and the published version is downloaded back over the S3 API and compared with the
+source tree. The hostile cases: a finish before every shard is up, a shard built from another
+tree, a malformed entry in the bucket, flags that make no sense together.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devtools.sample import make_sample_dataset
+from devtools.served_release import expected_tree, tree
+from objathor_release.fetch.download import download_version
+from tests.conftest import run_cli
+
+V = "2024_05_05"
+SIZE = "1M"
+
+
+@pytest.fixture
+def tree_src(tmp_path: Path) -> Path:
+    src = tmp_path / "assets"
+    make_sample_dataset(src, 10, seed=3, asset_bytes=300 * 1024)
+    return src
+
+
+def job(src: Path, rdir: Path, bucket: str, env: dict[str, str], *extra: str) -> Any:
+    return run_cli("release", "--version", V, "--assets-dir", str(src), "--release-dir", str(rdir),
+                   "--bucket", bucket, "--shard-size", SIZE, "--quiet", *extra,
+                   env={**env, "OBJATHOR_PROGRESS": "0"})
+
+
+def plan_count(src: Path) -> int:
+    out = run_cli("plan", "--assets-dir", str(src), "--shard-size", SIZE, "--json")
+    assert out.returncode == 0, out.stderr
+    return len(json.loads(out.stdout)["shards"])
+
+
+def keys(client: Any, bucket: str) -> set[str]:
+    return {o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+
+def one_line_error(out: Any) -> str:
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, out.stderr
+    return lines[0]
+
+
+def test_shard_jobs_then_finish_publish_a_release_that_downloads_equal_to_the_source(
+        tree_src: Path, tmp_path: Path, bucket: str, s3_env: dict[str, str], s3_client: Any) -> None:
+    n = plan_count(tree_src)
+    assert n >= 3
+    for k in range(n):
+        out = job(tree_src, tmp_path / f"job{k}", bucket, s3_env, "--only-shard", str(k))
+        assert out.returncode == 0, out.stderr
+        assert f"shard {k} assets-{k:05d}.tar: uploaded" in out.stdout
+        assert not (tmp_path / f"job{k}" / ".shard-work" / f"assets-{k:05d}").exists(), "cleaned up"
+    have = keys(s3_client, bucket)
+    assert f"{V}/manifest.json" not in have, "no shard job publishes the version"
+    assert {f"{V}/.shards/assets-{k:05d}.tar.json" for k in range(n)} <= have
+
+    again = job(tree_src, tmp_path / "job0-again", bucket, s3_env, "--only-shard", "0")
+    assert again.returncode == 0 and "already published" in again.stdout, "a re-run skips a finished shard"
+
+    out = job(tree_src, tmp_path / "finish", bucket, s3_env, "--finish")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("uploaded by its shard's run, verified") == n
+    assert not list((tmp_path / "finish").glob("assets*.tar")), "the finish builds no shard"
+    manifest = json.loads(s3_client.get_object(Bucket=bucket, Key=f"{V}/manifest.json")["Body"].read())
+    assert manifest["shards"] == {"assets.tar": [f"assets-{k:05d}.tar" for k in range(n)]}
+    sums = s3_client.get_object(Bucket=bucket, Key=f"{V}/SHA256SUMS")["Body"].read().decode()
+    assert all(f"assets-{k:05d}.tar" in sums for k in range(n))
+
+    result = download_version("assets", V, path=tmp_path / "dl", base_url=f"s3://{bucket}",
+                              endpoint_url=s3_env["AWS_ENDPOINT_URL"], show_progress=False)
+    assert result.verified
+    assert tree(tmp_path / "dl" / V / "assets") == expected_tree(tree_src)
+
+    # the same content published by one machine with --shard-size: the same manifest artifacts
+    local = job(tree_src, tmp_path / "one", bucket, s3_env, "--dry-run")
+    assert local.returncode == 0, local.stderr
+    one = json.loads((tmp_path / "one" / "manifest.json").read_text())
+    assert [(a["name"], a["sha256"]) for a in one["artifacts"]] == [
+        (a["name"], a["sha256"]) for a in manifest["artifacts"]]
+
+
+def test_a_finish_before_every_shard_is_up_names_the_missing_ones_and_publishes_nothing(
+        tree_src: Path, tmp_path: Path, bucket: str, s3_env: dict[str, str], s3_client: Any) -> None:
+    n = plan_count(tree_src)
+    assert job(tree_src, tmp_path / "j1", bucket, s3_env, "--only-shard", "1").returncode == 0
+    line = one_line_error(job(tree_src, tmp_path / "finish", bucket, s3_env, "--finish"))
+    assert f"{n - 1} of {n} shards are not uploaded" in line and "shard 0, 2" in line, line
+    assert "--only-shard K" in line
+    assert f"{V}/manifest.json" not in keys(s3_client, bucket)
+
+
+def test_a_shard_built_from_another_tree_is_refused_at_the_finish(
+        tree_src: Path, tmp_path: Path, bucket: str, s3_env: dict[str, str], s3_client: Any) -> None:
+    n = plan_count(tree_src)
+    for k in range(n):
+        assert job(tree_src, tmp_path / f"j{k}", bucket, s3_env, "--only-shard", str(k)).returncode == 0
+    uid = sorted(p.name for p in tree_src.iterdir() if p.is_dir())[0]
+    victim = next(p for p in sorted((tree_src / uid).rglob("*")) if p.is_file() and p.suffix != ".json")
+    victim.write_bytes(victim.read_bytes() + b"grown")  # shard 0's folders changed after its job ran
+    line = one_line_error(job(tree_src, tmp_path / "finish", bucket, s3_env, "--finish"))
+    assert "shard 0 (assets-00000.tar)" in line and "other asset folders or settings" in line, line
+    assert "--only-shard 0" in line
+    assert f"{V}/manifest.json" not in keys(s3_client, bucket)
+
+
+@pytest.mark.parametrize("body", [b"", b"{not json", b'{"entry_format": 1}', b"[]" * 10,
+                                  b'{"entry_format": 1, "version": "2024_05_05", "plan": "x", "etag": "e", '
+                                  b'"artifact": {"name": "assets-00000.tar", "size": -1, "sha256": "zz", '
+                                  b'"members": [{"path": "../../etc/passwd"}]}}'])
+def test_a_malformed_entry_in_the_bucket_is_one_line(tree_src: Path, tmp_path: Path, bucket: str,
+                                                     s3_env: dict[str, str], s3_client: Any,
+                                                     body: bytes) -> None:
+    n = plan_count(tree_src)
+    for k in range(1, n):
+        assert job(tree_src, tmp_path / f"j{k}", bucket, s3_env, "--only-shard", str(k)).returncode == 0
+    s3_client.put_object(Bucket=bucket, Key=f"{V}/.shards/assets-00000.tar.json", Body=body)
+    line = one_line_error(job(tree_src, tmp_path / "finish", bucket, s3_env, "--finish"))
+    assert f"s3://{bucket}/{V}/.shards/assets-00000.tar.json" in line, line
+    assert f"{V}/manifest.json" not in keys(s3_client, bucket)
+
+
+@pytest.mark.parametrize(("flags", "expect"), [
+    (("--only-shard", "0", "--finish"), "choose one"),
+    (("--only-shard", "99"), "the plan has shards 0 to"),
+    (("--only-shard", "-1"), "the plan has shards 0 to"),
+    (("--finish", "--dry-run"), "dry run of a sharded release"),
+])
+def test_flags_that_do_not_fit_are_one_line(tree_src: Path, tmp_path: Path, bucket: str,
+                                            s3_env: dict[str, str], flags: tuple[str, ...],
+                                            expect: str) -> None:
+    assert expect in one_line_error(job(tree_src, tmp_path / "r", bucket, s3_env, *flags))
+
+
+def test_only_shard_without_a_shard_size_is_one_line(tree_src: Path, tmp_path: Path, bucket: str,
+                                                    s3_env: dict[str, str]) -> None:
+    out = run_cli("release", "--version", V, "--assets-dir", str(tree_src), "--release-dir",
+                  str(tmp_path / "r"), "--bucket", bucket, "--only-shard", "0", env=s3_env)
+    assert "pass --shard-size too" in one_line_error(out)

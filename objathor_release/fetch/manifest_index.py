@@ -139,9 +139,9 @@ def members_of(source: BinaryIO | bytes | str | Path, uids: Iterable[str], *, to
     render_manifest's layout or a kept member is malformed.
     """
     if isinstance(source, (str, Path)):
-        with open(source, "rb") as fh:
-            return members_of(fh, uids, top=top, name=str(source))
-    fh = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+        with open(source, "rb") as opened:
+            return members_of(opened, uids, top=top, name=str(source))
+    fh: BinaryIO = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     wanted_str = set(uids)
     wanted = {u.encode() for u in wanted_str}
     top_b = top.encode()

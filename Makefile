@@ -165,6 +165,32 @@ release-settings: $(INSTALLED)
 	@$(CHECK_SETTINGS) $(if $(and $(filter release release-settings,$(MAKECMDGOALS)),$(if $(DRY_RUN),,1)),,--dry-run)
 	@mkdir -p '$(RELEASE_DIR)' && touch '$(RELEASE_DIR)/.make-started'  # release says "up to date" when nothing published after this
 
+# A sharded release as separate jobs (a CI matrix: release.yml): the plan, one job per shard, the finish.
+# Every job needs the same VERSION, ASSETS_DIR, SHARD_SIZE and CONFIG; EXCLUDES reach them only through CONFIG.
+DISTRIBUTED = $(CLI) release $(PUBLISH_FLAGS) --assets-dir '$(ASSETS_DIR)' --shard-size '$(SHARD_SIZE)' \
+	$(if $(CONFIG),--config '$(CONFIG)') $(if $(FEATURES_DIR),--features-dir '$(FEATURES_DIR)') \
+	$(if $(HOLODECK_DIR),--holodeck-dir '$(HOLODECK_DIR)')
+distributed-settings = $(if $(SHARD_SIZE),,$(error $(1) needs SHARD_SIZE=..., the same in every job)) \
+	$(if $(and $(DRY_RUN),$(filter-out release-plan,$(1))),$(error $(1) does not dry-run: make release DRY_RUN=1 SHARD_SIZE=... shows the whole sharded release)) \
+	$(if $(and $(EXCLUDES),$(if $(CONFIG),,1)),$(error $(1): put EXCLUDES in a release.toml and pass CONFIG=..., so every job reads the same list))
+
+.PHONY: release-plan  ## print the shards of ASSETS_DIR at SHARD_SIZE as JSON (the matrix of the shard jobs)
+release-plan: $(INSTALLED)
+	@$(call distributed-settings,release-plan)
+	@$(CLI) plan --quiet --assets-dir '$(ASSETS_DIR)' --shard-size '$(SHARD_SIZE)' --json \
+		$(foreach p,$(EXCLUDES),--exclude '$(p)')
+
+.PHONY: release-shard  ## build, upload and verify shard SHARD=K of a sharded release (one job of a matrix)
+release-shard: release-settings
+	@$(call distributed-settings,release-shard)
+	$(if $(SHARD),,$(error release-shard needs SHARD=K, one of the indexes make release-plan prints))
+	$(DISTRIBUTED) --only-shard '$(SHARD)'
+
+.PHONY: release-finish  ## after every release-shard job: build the rest, merge the shards, publish the manifest last
+release-finish: release-settings
+	@$(call distributed-settings,release-finish)
+	$(DISTRIBUTED) --finish
+
 .PHONY: release-dry-run  ## everything local, then print what the upload would do (make release DRY_RUN=1)
 release-dry-run: $(RELEASE_DIR)/manifest.json | release-settings
 	$(CLI) publish --dry-run $(PUBLISH_FLAGS)

@@ -155,6 +155,8 @@ def run_job(job: dict[str, Any], workspace: Path, context: dict[str, str],
     github_env.touch()
     output, uses = [], []
     for number, step in enumerate(job["steps"]):
+        github_output = workspace.parent / f"github-output-{number}"
+        github_output.write_text("")
         exported = dict(line.split("=", 1) for line in github_env.read_text().splitlines() if line)
         context.update({f"env.{k}": v for k, v in exported.items()})
         if "uses" in step:
@@ -162,13 +164,16 @@ def run_job(job: dict[str, Any], workspace: Path, context: dict[str, str],
                                                         for k, v in step.get("with", {}).items()}})
             continue
         env = {**base_env, **exported, **{k: evaluate(v, context) for k, v in step.get("env", {}).items()},
-               "GITHUB_ENV": str(github_env)}
+               "GITHUB_ENV": str(github_env), "GITHUB_OUTPUT": str(github_output)}
         script = workspace.parent / f"step-{number}.sh"
         script.write_text(step["run"])
         done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)], cwd=workspace,
                               env=env, capture_output=True, text=True, timeout=900)
         output.append(done.stdout + done.stderr)
         assert done.returncode == 0, f"step {step.get('name')!r} failed:\n{done.stdout}\n{done.stderr}"
+        for line in github_output.read_text().splitlines():  # the step's outputs, for the job's outputs
+            key, _, value = line.partition("=")
+            context[f"steps.{step.get('id')}.outputs.{key}"] = value
     return "".join(output), uses
 
 
@@ -200,18 +205,55 @@ def test_a_release_tag_sets_the_version(tmp_path: Path) -> None:
     settings = next(s for s in job["steps"] if s.get("name", "").startswith("settings"))
     workspace = tmp_path / "workspace"
     (workspace / "assets").mkdir(parents=True)
-    context = {"inputs.version": "", "inputs.assets_dir": "", "inputs.dry_run": "", "vars.ASSETS_DIR": ""}
+    shutil.copytree(REPO / "scripts", workspace / "scripts")
+    context = {**NO_INPUTS, "inputs.dry_run": ""}
     run_job({"steps": [settings]}, workspace, context, runner_env(workspace, "push", "release-2023_09_23"))
     exported = (tmp_path / "github-env").read_text().splitlines()
-    assert exported == ["VERSION=2023_09_23", f"ASSETS_PATH={workspace / 'assets'}", "DRY_RUN="]
+    assert exported == ["VERSION=2023_09_23", f"ASSETS_PATH={workspace / 'assets'}", "DRY_RUN=", "SHARD_SIZE="]
+
+
+NO_INPUTS = {"inputs.version": "", "inputs.assets_dir": "", "inputs.dry_run": "false", "inputs.shard_size": "",
+             "vars.ASSETS_DIR": "", "vars.SHARD_SIZE": ""}
+
+
+@pytest.mark.parametrize(("shard_size", "ok"), [("2G", True), ("500M", True), ("1.5GiB", True), ("", True),
+                                                ("2G; rm -rf /", False), ("$(id)", False), ("-1", False)])
+def test_the_settings_step_checks_the_shard_size(tmp_path: Path, shard_size: str, ok: bool) -> None:
+    settings = next(s for s in load("release.yml")["jobs"]["plan"]["steps"] if s.get("name", "").startswith("settings"))
+    workspace = tmp_path / "workspace"
+    (workspace / "assets").mkdir(parents=True)
+    shutil.copytree(REPO / "scripts", workspace / "scripts")
+    context = {**NO_INPUTS, "inputs.version": "2024_02_01", "inputs.shard_size": shard_size}
+    env = runner_env(workspace, "workflow_dispatch", "main")
+    if ok:
+        run_job({"steps": [settings]}, workspace, context, env)
+        assert f"SHARD_SIZE={shard_size}" in (tmp_path / "github-env").read_text().splitlines()
+    else:
+        with pytest.raises(AssertionError, match="is not a size such as 2G"):
+            run_job({"steps": [settings]}, workspace, context, env)
+
+
+def test_a_shard_size_turns_the_one_release_job_into_plan_shards_and_finish() -> None:
+    jobs = load("release.yml")["jobs"]
+    sharded = "(inputs.shard_size || vars.SHARD_SIZE)"
+    assert jobs["release"]["if"] == f"{sharded} == ''" and jobs["plan"]["if"] == f"{sharded} != ''"
+    assert jobs["shard"]["needs"] == "plan" and jobs["finish"]["needs"] == ["plan", "shard"]
+    assert jobs["shard"]["strategy"] == {"fail-fast": False,
+                                         "matrix": {"shard": "${{ fromJSON(needs.plan.outputs.shards) }}"}}
+    assert jobs["shard"]["if"] == jobs["finish"]["if"] == "needs.plan.outputs.dry_run == ''"
+    runs = {name: " ".join(s.get("run", "") for s in job["steps"]) for name, job in jobs.items()}
+    assert "make --silent release-plan" in runs["plan"] and "make --silent release-shard" in runs["shard"]
+    assert "make --silent release-finish" in runs["finish"]
+    plan_secrets = set(re.findall(r"secrets\.(\w+)", json.dumps(jobs["plan"])))
+    assert plan_secrets == {"BUCKET"}, "the plan job needs no credential (its dry run names the bucket)"
 
 
 def test_a_malformed_version_input_stops_the_job(tmp_path: Path) -> None:
     job = load("release.yml")["jobs"]["release"]
     workspace = tmp_path / "workspace"
     (workspace / "assets").mkdir(parents=True)
-    context = {"inputs.version": "2024-02-01", "inputs.assets_dir": "", "inputs.dry_run": "false",
-               "vars.ASSETS_DIR": ""}
+    shutil.copytree(REPO / "scripts", workspace / "scripts")
+    context = {**NO_INPUTS, "inputs.version": "2024-02-01"}
     with pytest.raises(AssertionError, match="is not of the form YYYY_MM_DD"):
         run_job(job, workspace, context, runner_env(workspace, "workflow_dispatch", "main"))
 
@@ -233,8 +275,8 @@ def test_release_job_runs_here_against_moto(release_image: str, base_image: str,
                "R2_SECRET_ACCESS_KEY": "workflow-canary-secret-5e2b9d71", "BUCKET": bucket,
                "OBJATHOR_SIGNING_KEY": signing_key}
     context = {**{f"secrets.{k}": v for k, v in secrets.items()},
-               "inputs.version": version, "inputs.assets_dir": "", "inputs.dry_run": "false",
-               "vars.ASSETS_DIR": "", "vars.BASE_IMAGE": base_image, "vars.ENDPOINT_URL": s3_server.endpoint_url}
+               **NO_INPUTS, "inputs.version": version, "vars.BASE_IMAGE": base_image,
+               "vars.ENDPOINT_URL": s3_server.endpoint_url}
     env = {**runner_env(workspace, "workflow_dispatch", "main"), "SOURCE_DATE_EPOCH": str(TEST_EPOCH)}
 
     output, uses = run_job(load("release.yml")["jobs"]["release"], workspace, context, env)

@@ -33,6 +33,7 @@ from objathor_release.settings import (
 )
 
 if TYPE_CHECKING:
+    from objathor_release.build.annotations import BatchMap
     from objathor_release.build.shards import ShardPlan
     from objathor_release.publish.shards import ShardEntry
     from objathor_release.s3.target import S3Target
@@ -117,12 +118,14 @@ class LocalBuild:
 
 
 def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool = False,
-                elsewhere: list[dict[str, Any]] | None = None) -> LocalBuild:
+                elsewhere: list[dict[str, Any]] | None = None,
+                batch_map: BatchMap | None = None) -> LocalBuild:
     """Prepare annotations, build the tars, write the manifest and verify, skipping what is up to date.
 
     ``elsewhere`` (the finishing run of a distributed release) are the manifest entries of the
     asset shards other machines built and uploaded: no assets tar is built here, and the manifest
-    lists them beside the local artifacts (the local verify leaves them to the remote one)."""
+    lists them beside the local artifacts (the local verify leaves them to the remote one).
+    ``batch_map`` validates the annotations' batches elsewhere (see ``prepare_annotations``)."""
     from objathor_release.build.annotations import prepare_annotations
     from objathor_release.build.epoch import source_date_epoch as resolve_epoch
     from objathor_release.build.excludes import DEFAULT_EXCLUDES, exclude_list
@@ -149,7 +152,8 @@ def build_local(cfg: ReleaseConfig, *, show_progress: bool = True, verbose: bool
         out.built.append(name)
 
     def annotations() -> None:
-        result = prepare_annotations(assets, rdir / "annotations.json.gz", show_progress=show_progress)
+        result = prepare_annotations(assets, rdir / "annotations.json.gz", show_progress=show_progress,
+                                     batch_map=batch_map)
         logger.info("%s", result.summary())
 
     def tar(source: Path, name: str, default_excludes: bool = True) -> Callable[[], None]:

@@ -22,8 +22,9 @@ import pytest
 
 from devtools.sample import make_sample_dataset
 from devtools.served_release import expected_tree, tree
+from objathor_release.build.annotations import prepare_annotations
 from objathor_release.fetch.download import download_version
-from tests.support.faultproxy import PASS, Action, FaultProxy, Request
+from tests.support.faultproxy import PASS, Action, FaultProxy, Request, drop
 
 pytest.importorskip("ray", reason="Ray is the optional extra objathor-release[ray] (in the dev lock)")
 
@@ -63,6 +64,10 @@ def test_a_sharded_release_on_ray_downloads_equal_to_the_source(src: Path, tmp_p
                               endpoint_url=s3_env["AWS_ENDPOINT_URL"], show_progress=False)
     assert result.verified
     assert tree(tmp_path / "dl" / V / "assets") == expected_tree(src)
+    # the annotations, validated in batches as Ray tasks, are byte for byte what one machine writes
+    prepare_annotations(src, tmp_path / "here.json.gz", show_progress=False, workers=1)
+    published = s3_client.get_object(Bucket=bucket, Key=f"{V}/annotations.json.gz")["Body"].read()
+    assert published == (tmp_path / "here.json.gz").read_bytes()
 
 
 def test_a_killed_driver_resumes_skipping_the_shards_already_published(
@@ -72,6 +77,7 @@ def test_a_killed_driver_resumes_skipping_the_shards_already_published(
     def hold_late_shards(req: Request) -> Action:
         if req.method in ("PUT", "POST") and any(f"assets-0000{k}.tar" in req.path for k in (2, 3)):
             held.wait(90)  # shards 2 and 3 never get their bytes up while the driver lives
+            return drop()  # nor after it was killed
         return PASS
 
     with FaultProxy(s3_env["AWS_ENDPOINT_URL"], hold_late_shards) as proxy:

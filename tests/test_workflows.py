@@ -302,3 +302,55 @@ def test_release_job_runs_here_against_moto(release_image: str, base_image: str,
     assert verify_manifest_signature(manifest, signature, [key_id]) == key_id
     summary = json.loads((workspace / "release-summary.json").read_text())
     assert summary and "***" in json.dumps(summary)  # the bucket name, redacted like GitHub masks it
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_the_matrix_jobs_run_here_against_moto(release_image: str, base_image: str, s3_server: LocalS3,
+                                               s3_client: Any, bucket: str, tmp_path: Path) -> None:
+    """plan, then each shard job (in reverse order: they are independent), then finish, each in its own
+    fresh copy of the checkout as separate runners would be, sharing only the asset tree."""
+    assets = tmp_path / "shared-assets"
+    make_sample_dataset(assets, 8, seed=12, asset_bytes=300 * 1024)
+    version = "2024_03_03"
+    secrets = {"R2_ACCOUNT_ID": "0f1e2d3c4b5a69788796a5b4c3d2e1f0", "R2_ACCESS_KEY_ID": "AKIAWORKFLOWCANARY02",
+               "R2_SECRET_ACCESS_KEY": "workflow-canary-secret-7c4a1e90", "BUCKET": bucket,
+               "OBJATHOR_SIGNING_KEY": ""}
+    context = {**{f"secrets.{k}": v for k, v in secrets.items()}, **NO_INPUTS, "inputs.version": version,
+               "inputs.assets_dir": str(assets), "inputs.shard_size": "1M", "vars.BASE_IMAGE": base_image,
+               "vars.ENDPOINT_URL": s3_server.endpoint_url}
+    jobs = load("release.yml")["jobs"]
+
+    def runner(name: str) -> tuple[Path, dict[str, str]]:
+        workspace = checkout(tmp_path / name)
+        return workspace, {**runner_env(workspace, "workflow_dispatch", "main"),
+                           "SOURCE_DATE_EPOCH": str(TEST_EPOCH)}
+
+    workspace, env = runner("plan")
+    plan_context = dict(context)
+    run_job(jobs["plan"], workspace, plan_context, env)
+    outputs = {k: evaluate(v, plan_context) for k, v in jobs["plan"]["outputs"].items()}
+    shards = json.loads(outputs["shards"])
+    assert outputs["dry_run"] == "" and shards == list(range(len(shards))) and len(shards) >= 3
+    needs = {f"needs.plan.outputs.{k}": v for k, v in outputs.items()}
+    output = ""
+    for k in reversed(shards):
+        workspace, env = runner(f"shard{k}")
+        out, _ = run_job(jobs["shard"], workspace, {**context, **needs, "matrix.shard": str(k)}, env)
+        assert f"shard {k} assets-{k:05d}.tar: uploaded" in out
+        output += out
+    names = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert f"{version}/manifest.json" not in names
+    workspace, env = runner("finish")
+    out, uses = run_job(jobs["finish"], workspace, {**context, **needs}, env)
+    output += out
+    assert out.count("uploaded by its shard's run, verified") == len(shards) and "every object verified" in out
+    for name in ("R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY"):
+        assert secrets[name] not in output, f"{name} shows in a job's output"
+    manifest = json.loads(s3_client.get_object(Bucket=bucket, Key=f"{version}/manifest.json")["Body"].read())
+    assert manifest["shards"]["assets.tar"] == [f"assets-{k:05d}.tar" for k in shards]
+    (upload,) = [u for u in uses if u["uses"].startswith("actions/upload-artifact@")]
+    kept = [workspace / p for p in upload["with"]["path"].splitlines()]
+    assert (workspace / "release-summary.json") in kept and (workspace / "release-summary.json").is_file()
+    for path in (p for p in kept if p.is_file()):
+        assert not [n for n, v in secrets.items() if v and v in path.read_text(errors="replace")], path

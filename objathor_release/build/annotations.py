@@ -25,7 +25,7 @@ import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
@@ -77,9 +77,19 @@ def _batches(sources: list[AssetSource], size: int) -> Iterator[list[AssetSource
         yield sources[i : i + size]
 
 
-def _results(sources: list[AssetSource], workers: int,
-             limit: int) -> Iterator[tuple[str, bytes | None, list[Problem]]]:
-    """Every asset's result, in uid order."""
+Result = tuple[str, bytes | None, list[Problem]]
+#: ``map(fn, batches)`` in order, elsewhere: a process pool's ``map``, or Ray tasks (the ray executor)
+BatchMap = Callable[[Callable[[list[AssetSource]], list[Result]], Iterable[list[AssetSource]]],
+                    Iterable[list[Result]]]
+
+
+def _results(sources: list[AssetSource], workers: int, limit: int,
+             batch_map: BatchMap | None = None) -> Iterator[Result]:
+    """Every asset's result, in uid order (``batch_map``: the batches validated where it runs them)."""
+    if batch_map is not None:
+        for batch in batch_map(functools.partial(load_batch, limit=limit), _batches(sources, BATCH)):
+            yield from batch
+        return
     if workers <= 1 or len(sources) < INPROCESS_BELOW:
         for src in sources:
             yield load_one(src, limit)
@@ -124,6 +134,7 @@ def prepare_annotations(
     compresslevel: int = 6,
     max_size: int = DEFAULT_MAX_SIZE,
     on_problem: Callable[[str], None] | None = None,
+    batch_map: BatchMap | None = None,
 ) -> PrepareResult:
     """Validate and merge every asset's annotation into ``output_file``.
 
@@ -132,6 +143,8 @@ def prepare_annotations(
     this module's logger. Without ``skip_invalid`` any problem raises InputError and
     nothing is written; with it the invalid assets are left out. ``max_size``
     bounds each annotation (decompressed), thor_metadata.json and tar member.
+    ``batch_map`` runs the validation of each batch of assets elsewhere (``--executor ray``: one Ray
+    task per batch), returning the batches' results in order; by default ``workers`` processes do.
     """
     save_dir = Path(save_dir)
     report_line = on_problem if on_problem is not None else _warn
@@ -148,7 +161,7 @@ def prepare_annotations(
             out = io.BufferedWriter(gz, buffer_size=1 << 20)
             out.write(b"{")
             first = True
-            for uid, body, problems in _results(sources, workers, max_size):
+            for uid, body, problems in _results(sources, workers, max_size, batch_map):
                 bar.update(1)
                 if problems:
                     result.problems.extend(problems)

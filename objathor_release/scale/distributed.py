@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from objathor_release.errors import UsageError
 from objathor_release.pipeline import (
@@ -29,6 +30,9 @@ from objathor_release.pipeline import (
 )
 from objathor_release.publish.shards import ShardEntry, ShardOutcome, publish_shard, read_entries
 from objathor_release.settings import ReleaseConfig
+
+if TYPE_CHECKING:
+    from objathor_release.build.annotations import BatchMap
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +78,11 @@ class Finished:
 
 
 def finish_release(cfg: ReleaseConfig, *, remote: str | None = None, rclone_config: str | None = None,
-                   force: bool = False, show_progress: bool = True, verbose: bool = False) -> Finished:
+                   force: bool = False, show_progress: bool = True, verbose: bool = False,
+                   batch_map: BatchMap | None = None) -> Finished:
     """Read every shard's entry (refusing a missing or stale one), build the rest, write the manifest
-    with the shards in it, upload the rest and publish the manifest last, every object verified."""
+    with the shards in it, upload the rest and publish the manifest last, every object verified
+    (``batch_map``: where the annotations' batches are validated, see ``prepare_annotations``)."""
     from objathor_release.build.epoch import source_date_epoch
     from objathor_release.s3.target import redact
 
@@ -91,7 +97,7 @@ def finish_release(cfg: ReleaseConfig, *, remote: str | None = None, rclone_conf
         raise
     logger.info("all %d shards are uploaded and verified: finishing %s", len(entries), cfg.version)
     build = build_local(cfg, show_progress=show_progress, verbose=verbose,
-                        elsewhere=[e.artifact for e in entries])
+                        elsewhere=[e.artifact for e in entries], batch_map=batch_map)
     summary = publish(cfg, remote=remote, rclone_config=rclone_config, force=force,
                       show_progress=show_progress, verbose=verbose, elsewhere=entries)
     return Finished(summary, entries, build.built)

@@ -4,8 +4,9 @@ The driver plans the shards, submits one task per shard (each runs
 :func:`~objathor_release.scale.distributed.release_shard`: it builds the shard
 from the asset folders where the worker sees them, uploads it straight from the
 worker and leaves its verified entry in the bucket), waits for them, then runs
-:func:`~objathor_release.scale.distributed.finish_release` (annotations and the
-rest built here, the manifest merged and published last).
+:func:`~objathor_release.scale.distributed.finish_release`: the annotations are
+validated in batches as Ray tasks and merged here, the rest built here, the
+manifest merged and published last.
 
 What Ray adds: placement and retries. A task whose worker dies is run again by
 Ray (``max_retries``); one that fails with a network error is retried too
@@ -24,8 +25,11 @@ with one worker per core and stopped at the end.
 
 from __future__ import annotations
 
+import collections
+import functools
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 #: how often Ray runs a shard's task again after its worker died or the network failed
 TASK_RETRIES = 3
+#: batches of annotations being validated at once (each a task): enough to keep a cluster busy
+IN_FLIGHT = 64
 
 
 @dataclass
@@ -87,29 +93,46 @@ def release_on_ray(cfg: ReleaseConfig, *, remote: str | None = None, rclone_conf
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
                 for ref in ready:
-                    outcomes[refs[ref]] = _result(ray, ref, plan.shards[refs[ref]].name)
+                    outcomes[refs[ref]] = _result(ray, ref, f"shard {plan.shards[refs[ref]].name}")
                     bar.update(1)
         logger.info("%d shards on Ray in %.1f s", len(outcomes), time.monotonic() - began)
+        finished = finish_release(cfg, rclone_config=rclone_config, force=force, show_progress=show_progress,
+                                  verbose=verbose, batch_map=functools.partial(_ray_map, ray))
     finally:
         if started_here:
             ray.shutdown()
-    finished = finish_release(cfg, rclone_config=rclone_config, force=force, show_progress=show_progress,
-                              verbose=verbose)
     return RayRun([outcomes[k] for k in sorted(outcomes)], finished)
 
 
-def _result(ray: Any, ref: Any, name: str) -> ShardOutcome:
+def _ray_map(ray: Any, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+    """``map(fn, items)`` as Ray tasks, :data:`IN_FLIGHT` at a time, the results in order."""
+    task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(_call)
+    window: collections.deque[Any] = collections.deque()
+    for item in items:
+        window.append(task.remote(fn, item))
+        if len(window) >= IN_FLIGHT:
+            yield _result(ray, window.popleft(), "annotations")
+    while window:
+        yield _result(ray, window.popleft(), "annotations")
+
+
+def _call(fn: Callable[[Any], Any], item: Any) -> Any:
+    """``fn(item)`` on a Ray worker (Ray's tasks are plain functions; ``fn`` may be a partial)."""
+    return fn(item)
+
+
+def _result(ray: Any, ref: Any, name: str) -> Any:
     """The task's outcome; its error as the project's own one-line error, never Ray's traceback."""
     try:
-        outcome: ShardOutcome = ray.get(ref)
+        outcome = ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause if isinstance(exc.cause, ReleaseError) else None
         if cause is not None:
-            raise type(cause)(f"shard {name} (on Ray): {cause}") from None
-        raise TransferError(f"shard {name}: its Ray task failed ({type(exc.cause).__name__}: "
+            raise type(cause)(f"{name} (on Ray): {cause}") from None
+        raise TransferError(f"{name}: its Ray task failed ({type(exc.cause).__name__}: "
                             f"{str(exc.cause).splitlines()[0] if str(exc.cause) else ''}): run the release "
                             "again (finished shards are skipped)") from None
     except ray.exceptions.RayError as exc:
-        raise TransferError(f"shard {name}: Ray could not run it ({type(exc).__name__}): check the cluster "
+        raise TransferError(f"{name}: Ray could not run it ({type(exc).__name__}): check the cluster "
                             "and run the release again (finished shards are skipped)") from None
     return outcome

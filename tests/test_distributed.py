@@ -9,6 +9,10 @@ tree, a malformed entry in the bucket, flags that make no sense together.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from devtools.sample import make_sample_dataset
 from devtools.served_release import expected_tree, tree
 from objathor_release.fetch.download import download_version
 from tests.conftest import run_cli
+from tests.support.faultproxy import PASS, Action, FaultProxy, Request, drop
 
 V = "2024_05_05"
 SIZE = "1M"
@@ -149,3 +154,45 @@ def test_only_shard_without_a_shard_size_is_one_line(tree_src: Path, tmp_path: P
     out = run_cli("release", "--version", V, "--assets-dir", str(tree_src), "--release-dir",
                   str(tmp_path / "r"), "--bucket", bucket, "--only-shard", "0", env=s3_env)
     assert "pass --shard-size too" in one_line_error(out)
+
+
+def test_a_shard_job_killed_mid_upload_resumes_from_its_parts(tmp_path: Path, bucket: str,
+                                                               s3_env: dict[str, str], s3_client: Any) -> None:
+    """One 12 MB shard in 5 MiB parts; the job is killed while part 2 is held by the proxy. The re-run
+    reuses the tar it built (same plan) and the part on the server: part 1 is not sent again."""
+    src = tmp_path / "big"
+    make_sample_dataset(src, 8, seed=9, asset_bytes=1536 * 1024)
+    seen, hold = threading.Event(), threading.Event()
+
+    def rule(req: Request) -> Action:
+        if req.method == "PUT" and "partNumber=2" in req.path:
+            seen.set()
+            hold.wait(60)
+            return drop()
+        return PASS
+
+    argv = [sys.executable, "-m", "objathor_release", "release", "--version", V, "--assets-dir", str(src),
+            "--release-dir", str(tmp_path / "job"), "--bucket", bucket, "--shard-size", "64M",
+            "--chunk-size", "5M", "--upload-concurrency", "1", "--only-shard", "0", "--quiet"]
+    with FaultProxy(s3_env["AWS_ENDPOINT_URL"], rule) as proxy:  # one endpoint for both runs, as a user's
+        env = {**os.environ, **s3_env, "AWS_ENDPOINT_URL": proxy.url, "OBJATHOR_PROGRESS": "0"}
+        job_proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert seen.wait(60), "part 2 was never sent"
+            job_proc.kill()
+            job_proc.wait(30)
+        finally:
+            if job_proc.poll() is None:
+                job_proc.kill()
+        assert (tmp_path / "job" / ".shard-work" / "assets-00000" / "assets-00000.tar").is_file(), "kept"
+        proxy.set_rule(lambda req: PASS)
+        hold.set()
+        before = len(proxy.log)
+        again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+        parts = sorted(int(r.path.split("partNumber=")[1].split("&")[0]) for r in proxy.log[before:]
+                       if r.method == "PUT" and "partNumber=" in r.path)
+    assert again.returncode == 0, again.stderr
+    assert "shard 0 assets-00000.tar: uploaded" in again.stdout
+    assert parts == [2, 3], f"parts sent again: {parts}"
+    head = s3_client.head_object(Bucket=bucket, Key=f"{V}/assets-00000.tar")
+    assert head["ETag"].strip('"').endswith("-3")

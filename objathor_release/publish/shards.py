@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 ENTRY_FORMAT = 1
 ENTRY_DIR = ".shards"
 ENTRY_LIMIT = 256 * 1024 * 1024  # an entry lists its shard's members: far below this even for 1M files
+PLAN_STAMP = "shard.plan"  # in a shard's work folder: the fingerprint of the plan its tar was built from
 _ENTRY_KEYS = {"entry_format", "version", "plan", "etag", "artifact"}
 
 
@@ -170,9 +171,15 @@ def publish_shard(client: Any, target: S3Target, plan: ShardPlan, index: int, ve
         return ShardOutcome(index, entry, "already published")
     work = work_dir / shard.name.removesuffix(".tar")
     work.mkdir(parents=True, exist_ok=True)
-    built = build_shard(plan, index, work, source_date_epoch=epoch, show_progress=show_progress,
-                        verbose=verbose)
-    art = {"name": shard.name, "size": built.size, "sha256": built.sha256, "members": built.members}
+    art = _built_before(work, shard.name, fingerprint)
+    if art is None:
+        built = build_shard(plan, index, work, source_date_epoch=epoch, show_progress=show_progress,
+                            verbose=verbose)
+        art = {"name": shard.name, "size": built.size, "sha256": built.sha256, "members": built.members}
+        with atomic_write(work / PLAN_STAMP) as fh:
+            fh.write(fingerprint.encode())
+    else:  # an interrupted run's tar: kept as it is, so its upload resumes from the parts already sent
+        logger.info("%s: built by an earlier run of this plan: resuming its upload", shard.name)
     published = published_manifest(client, target.bucket, prefix)
     if published is not None and not force:
         listed = next((a for a in published["artifacts"] if a.get("name") == shard.name), None)
@@ -199,6 +206,24 @@ def publish_shard(client: Any, target: S3Target, plan: ShardPlan, index: int, ve
     shutil.rmtree(work, ignore_errors=True)
     status = "uploaded" if report.bytes_sent else "already uploaded"
     return ShardOutcome(index, done, status, report.bytes_sent)
+
+
+def _built_before(work: Path, name: str, fingerprint: str) -> dict[str, Any] | None:
+    """The manifest entry of ``work/NAME`` when an earlier run built it from this plan and it is
+    unchanged since (its sidecar still describes it), else None."""
+    from objathor_release.build.tarball import read_sidecar
+    from objathor_release.fsutil import open_regular
+
+    try:
+        with open_regular(work / PLAN_STAMP) as fh:
+            if fh.read(200).decode("ascii", "replace") != fingerprint:
+                return None
+    except OSError:
+        return None
+    side = read_sidecar(work / name)
+    if side is None:
+        return None
+    return {"name": name, "size": side["size"], "sha256": side["sha256"], "members": side["members"]}
 
 
 def read_entries(client: Any, target: S3Target, plan: ShardPlan, version: str, epoch: int,

@@ -201,7 +201,8 @@ def _run(job: Job, result: DownloadResult, what: str, uid_list: list[str] | None
          trust: TrustPolicy, shard_slice: Slice | None) -> None:
     """Load the manifest, choose the parts and fetch each (``download_version`` closes up)."""
     version, source, root = job.version, job.source, job.root
-    job.manifest, result.origin = load_manifest(job.http, source.url("manifest.json"), version, trust)
+    slim = uid_list if what == "assets" else None  # only these assets' members are needed, and kept
+    job.manifest, result.origin = load_manifest(job.http, source.url("manifest.json"), version, trust, slim)
     result.manifest = job.manifest is not None
     plan = shard_plan(job.manifest, source.url("manifest.json"))  # a bad shard list: before any byte
     parts = {p: Part.of(p, root, source, job.manifest) for p in PARTS}

@@ -11,6 +11,7 @@ checked against its schema, its version and safe member paths.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
 from objathor_release.errors import InputError, ReleaseError, TransferError
@@ -29,9 +30,13 @@ from objathor_release.trust.registry import load_registry
 MANIFEST_LIMIT = 256 * 1024 * 1024  # bytes: a manifest of 100,000 members is about 20 MB
 
 
-def load_manifest(http: Http, url: str, version: str,
-                  trust: TrustPolicy) -> tuple[dict[str, Any] | None, OriginResult]:
-    """manifest.json (None if the version has none), after its origin checks on the exact bytes."""
+def load_manifest(http: Http, url: str, version: str, trust: TrustPolicy,
+                  uids: Collection[str] | None = None) -> tuple[dict[str, Any] | None, OriginResult]:
+    """manifest.json (None if the version has none), after its origin checks on the exact bytes.
+
+    ``uids`` (``download assets --uids``): only those assets' members are kept (see
+    :func:`check_manifest_for_uids`), so a manifest of a million members costs its bytes, not a
+    dict per member."""
     def check(info: Info) -> None:
         if is_page_type(info.content_type, "json"):
             raise TransferError(f"{url} returned a page of type {info.content_type} instead of JSON: "
@@ -42,13 +47,31 @@ def load_manifest(http: Http, url: str, version: str,
         return None, check_served_manifest(http, url, version, None, trust)
     sniff_page(url, data, "JSON")
     origin = check_served_manifest(http, url, version, data, trust)
+    if uids is not None:
+        return check_manifest_for_uids(data, url, version, uids), origin
     return check_manifest(data, url, version), origin
+
+
+def check_manifest_for_uids(data: bytes, url: str, version: str, uids: Collection[str]) -> dict[str, Any]:
+    """``check_manifest`` of the manifest with only the members of ``uids`` (``assets/<uid>/...``) kept.
+
+    Read line by line in the layout the project writes (:mod:`.manifest_index`), the other members
+    cost a few byte comparisons each and are never parsed; a manifest in any other layout is parsed
+    whole, as before. What is kept is checked as a whole manifest is (schema, version, paths)."""
+    from objathor_release.fetch.manifest_index import LayoutError, members_of
+
+    try:
+        index = members_of(data, uids, name=url)
+    except LayoutError:
+        return check_manifest(data, url, version)
+    slim = dict(index.top)
+    slim["artifacts"] = [{**a.fields, "name": a.name, "size": a.size, "sha256": a.sha256,
+                          "members": a.members} for a in index.artifacts.values()]
+    return check_parsed(slim, url, version)
 
 
 def check_manifest(data: bytes, url: str, version: str) -> dict[str, Any]:
     """Parse manifest.json; check it against schemas/manifest.schema.json, its version and member paths."""
-    from objathor_release.build.manifest import manifest_problems
-
     def bad(why: str) -> InputError:
         return InputError(f"{url}: {why}: the release's manifest is malformed; tell its publisher")
 
@@ -58,6 +81,16 @@ def check_manifest(data: bytes, url: str, version: str) -> dict[str, Any]:
         raise bad(f"not JSON ({str(exc)[:100]})") from None
     except RecursionError:
         raise bad("nested too deeply to be a manifest") from None
+    return check_parsed(manifest, url, version)
+
+
+def check_parsed(manifest: Any, url: str, version: str) -> dict[str, Any]:
+    """The parsed manifest checked against the schema, its version and its member paths."""
+    from objathor_release.build.manifest import manifest_problems
+
+    def bad(why: str) -> InputError:
+        return InputError(f"{url}: {why}: the release's manifest is malformed; tell its publisher")
+
     try:
         problems = manifest_problems(manifest)
     except RecursionError:

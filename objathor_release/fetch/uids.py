@@ -48,7 +48,7 @@ from objathor_release.progress import Progress, progress
 def fetch_uids(job: Job, part: Part, uids: Sequence[str]) -> PartResult:
     """Fetch the assets ``uids`` into ``part`` (the assets folder); the caller holds its lock."""
     art = part.artifact
-    if art is None or not art.get("members"):
+    if art is None:
         raise UsageError(f"--uids needs the release's manifest.json with member offsets, and version "
                          f"{job.version} has none at {job.source.url('manifest.json')}: download all assets "
                          "instead")

@@ -196,3 +196,20 @@ def test_a_shard_job_killed_mid_upload_resumes_from_its_parts(tmp_path: Path, bu
     assert parts == [2, 3], f"parts sent again: {parts}"
     head = s3_client.head_object(Bucket=bucket, Key=f"{V}/assets-00000.tar")
     assert head["ETag"].strip('"').endswith("-3")
+
+
+def test_an_entry_that_does_not_describe_its_planned_shard_is_refused(
+        tree_src: Path, tmp_path: Path, bucket: str, s3_env: dict[str, str], s3_client: Any) -> None:
+    """Shard 1's valid entry put in place of shard 0's (its name changed, its plan fingerprint kept
+    as shard 0's): the size, files and asset folders are not shard 0's, so the finish refuses it."""
+    n = plan_count(tree_src)
+    for k in range(n):
+        assert job(tree_src, tmp_path / f"j{k}", bucket, s3_env, "--only-shard", str(k)).returncode == 0
+    read = lambda k: json.loads(s3_client.get_object(  # noqa: E731
+        Bucket=bucket, Key=f"{V}/.shards/assets-{k:05d}.tar.json")["Body"].read())
+    zero, one = read(0), read(1)
+    forged = {**one, "plan": zero["plan"], "artifact": {**one["artifact"], "name": "assets-00000.tar"}}
+    s3_client.put_object(Bucket=bucket, Key=f"{V}/.shards/assets-00000.tar.json", Body=json.dumps(forged))
+    line = one_line_error(job(tree_src, tmp_path / "finish", bucket, s3_env, "--finish"))
+    assert "shard 0 (assets-00000.tar)" in line and "--only-shard 0" in line, line
+    assert f"{V}/manifest.json" not in keys(s3_client, bucket)

@@ -226,6 +226,22 @@ def _built_before(work: Path, name: str, fingerprint: str) -> dict[str, Any] | N
     return {"name": name, "size": side["size"], "sha256": side["sha256"], "members": side["members"]}
 
 
+def _off_plan(plan: ShardPlan, index: int, entry: ShardEntry) -> bool:
+    """Whether the entry's artifact is not what the plan says shard ``index`` holds: another size or
+    number of files, or a member outside the shard's own asset folders."""
+    shard = plan.shard(index)
+    art = entry.artifact
+    if art["size"] != shard.size or len(art["members"]) != shard.files:
+        return True
+    units = set(shard.units)
+    top = plan.source.name
+    for m in art["members"]:
+        parts = [p for p in str(m["path"]).split("/") if p not in ("", ".")]
+        if len(parts) < 3 or parts[0] != top or parts[1] not in units:
+            return True
+    return False
+
+
 def read_entries(client: Any, target: S3Target, plan: ShardPlan, version: str, epoch: int,
                  on_entry: Callable[[int], None] | None = None) -> list[ShardEntry]:
     """Every shard's entry, in order, each of this plan; InputError naming the shards to run again."""
@@ -244,7 +260,7 @@ def read_entries(client: Any, target: S3Target, plan: ShardPlan, version: str, e
         raise InputError(f"{len(missing)} of {len(plan.shards)} shards are not uploaded to {where} yet "
                          f"(shard {shown}): run `release --only-shard K` for each, then --finish again")
     stale = [i for i, e in enumerate(entries)
-             if e is not None and e.plan != shard_fingerprint(plan, i, epoch)]
+             if e is not None and (e.plan != shard_fingerprint(plan, i, epoch) or _off_plan(plan, i, e))]
     if stale:
         raise InputError(f"shard {stale[0]} ({plan.shards[stale[0]].name}) at {where} was built from other "
                          f"asset folders or settings than this plan ({len(stale)} such): run `release "

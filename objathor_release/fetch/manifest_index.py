@@ -17,7 +17,9 @@ and size. It does not validate the members it skips against the schema, as the
 full parse does; ``sha256`` of the result is the digest of every byte read, so
 a caller that pins or signs the manifest's bytes can still check them.
 
-Not wired into the download path (yet): ``fetch.uids`` still parses the whole manifest.
+``download assets --uids`` reads its manifest through it
+(:func:`objathor_release.fetch.origin.check_manifest_for_uids`), which then checks
+what is kept as a whole manifest is checked.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ of the child and its reaped children from wait4):
 * manifest index:   the streaming reader (``fetch.manifest_index``) picking the same 10 uids, if present
 * baseline:         a child that imports the same modules and does nothing (its RSS is the floor)
 
+Peak RSS is GNU time's (/usr/bin/time starts each step), so each figure is the step's own process
+and its workers' largest, not inherited from this script (Linux passes a parent's peak to its child).
+
 The shard size is chosen per tree for about 12 shards. It prints a table per tree, the per-asset time
 ratios against the smallest tree, the worker speed-ups, and writes a log-log chart of time against
 number of assets to benchmarks/results/scale.png. Scratch data goes under benchmarks/work/scale/
@@ -50,6 +53,7 @@ RESULTS = REPO / "benchmarks" / "results"
 VERSION = "2024_02_01"
 TARGET_SHARDS = 12
 PICK = 10  # uids picked from the manifest
+TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None  # GNU time, for peak RSS
 REAL_ASSETS, REAL_BYTES = 300, 1_350_000
 
 STEPS = ["annotations", "tar", "shards-w1", "shards-w2", "ray-w1", "ray-w2", "manifest-load",
@@ -273,7 +277,13 @@ def run_step(name: str, **kwargs: Any) -> dict[str, Any]:
     """Run one step in a fresh child: its own figures plus wall time, CPU and peak RSS (wait4)."""
     args = {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()}
     argv = [sys.executable, str(Path(__file__).resolve()), "--step", name, "--step-args", json.dumps(args)]
+    # Linux hands a child the parent's peak RSS at fork (ru_maxrss survives exec), so the peak comes
+    # from GNU time, a small process that starts the step: the step's own figure, not this process's.
+    usage_file = WORK / f".usage-{os.getpid()}"
+    if TIME:
+        argv = [TIME, "-f", "%M", "-o", str(usage_file), *argv]
     os.sync()  # no step pays for the previous one's writeback
+    load = os.getloadavg()[0]  # another job on the machine shows here
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=REPO,
                             env={**os.environ, "OBJATHOR_PROGRESS": "0", "RAY_USAGE_STATS_ENABLED": "0"})
@@ -286,8 +296,10 @@ def run_step(name: str, **kwargs: Any) -> dict[str, Any]:
     if code != 0 or not lines:
         raise SystemExit(f"step {name} failed (exit {code}): {argv}\n{out[-2000:]}")
     result: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
+    peak_kb = int(usage_file.read_text().split()[-1]) if TIME else usage.ru_maxrss
+    usage_file.unlink(missing_ok=True)
     result.update(process_seconds=wall, cpu_seconds=usage.ru_utime + usage.ru_stime,
-                  peak_rss_mb=usage.ru_maxrss / 1024)
+                  peak_rss_mb=peak_kb / 1024, load_before=load, load_after=os.getloadavg()[0])
     return result
 
 

@@ -9,8 +9,11 @@ of the child and its reaped children from wait4):
 * tar + manifest:   ``build_tar`` of the whole tree, then ``write_manifest``
 * shards wK:        ``plan_shards``, ``build_shards(workers=K)`` for K = 1, 2, then ``write_manifest``
 * ray shards wK:    the same shards as Ray tasks (one per shard), ``ray.init(num_cpus=K)``, if Ray imports
-* manifest load:    what ``download --uids`` does with manifest.json: parse and check it
+* manifest load:    what ``download`` did with manifest.json before --uids kept only its members
+                    (a full download still does): parse and check it
                     (``fetch.origin.check_manifest``), index members by uid, pick 10 uids' members
+* manifest --uids:  what ``download assets --uids`` does now: ``check_manifest_for_uids`` (the
+                    streaming reader, then the check of what it kept), the same index and 10 uids
 * manifest index:   the streaming reader (``fetch.manifest_index``) picking the same 10 uids, if present
 * baseline:         a child that imports the same modules and does nothing (its RSS is the floor)
 
@@ -57,7 +60,7 @@ TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None  # GNU t
 REAL_ASSETS, REAL_BYTES = 300, 1_350_000
 
 STEPS = ["annotations", "tar", "shards-w1", "shards-w2", "ray-w1", "ray-w2", "manifest-load",
-         "manifest-index"]
+         "manifest-uids", "manifest-index"]
 LABELS = {
     "annotations": "annotations (prepare_annotations)",
     "tar": "tar + manifest (single assets.tar)",
@@ -66,6 +69,7 @@ LABELS = {
     "ray-w1": "Ray shards, 1 CPU (+ plan, manifest)",
     "ray-w2": "Ray shards, 2 CPUs (+ plan, manifest)",
     "manifest-load": f"manifest load + pick {PICK} uids (full parse)",
+    "manifest-uids": f"manifest load for --uids, {PICK} uids (slim)",
     "manifest-index": f"manifest index: pick {PICK} uids (streaming)",
     "baseline": "baseline child (imports only)",
 }
@@ -236,6 +240,28 @@ def step_manifest_load(manifest: Path, n: int, **_: Any) -> dict[str, Any]:
             "members": total, "picked_members": picked}
 
 
+def step_manifest_uids(manifest: Path, n: int, **_: Any) -> dict[str, Any]:
+    """What ``download assets --uids`` does now: keep only the wanted members (check_manifest_for_uids)."""
+    from objathor_release.fetch.extract import member_parts
+    from objathor_release.fetch.origin import check_manifest_for_uids
+
+    uids = _picked(n)
+    t0 = time.perf_counter()
+    data = manifest.read_bytes()
+    parsed = check_manifest_for_uids(data, str(manifest), VERSION, uids)
+    t1 = time.perf_counter()
+    picked = 0
+    for art in parsed["artifacts"]:
+        by_uid: dict[str, list[dict[str, Any]]] = {}
+        for m in art["members"]:
+            parts = member_parts(m["path"])
+            if len(parts) >= 3:
+                by_uid.setdefault(parts[1], []).append(m)
+        picked += sum(len(by_uid.get(u, [])) for u in uids)
+    t2 = time.perf_counter()
+    return {"seconds": t2 - t0, "parse_seconds": t1 - t0, "index_seconds": t2 - t1, "picked_members": picked}
+
+
 def step_manifest_index(manifest: Path, n: int, **_: Any) -> dict[str, Any]:
     manifest_index = importlib.import_module("objathor_release.fetch.manifest_index")
     t0 = time.perf_counter()
@@ -256,7 +282,8 @@ def step_baseline(**_: Any) -> dict[str, Any]:
 
 CHILD_STEPS: dict[str, Callable[..., dict[str, Any]]] = {
     "annotations": step_annotations, "tar": step_tar, "shards": step_shards, "ray": step_ray,
-    "manifest-load": step_manifest_load, "manifest-index": step_manifest_index, "baseline": step_baseline,
+    "manifest-load": step_manifest_load, "manifest-uids": step_manifest_uids,
+    "manifest-index": step_manifest_index, "baseline": step_baseline,
 }
 
 
@@ -336,7 +363,7 @@ def bench_tree(kind: str, n: int, steps: list[str]) -> dict[str, Any]:
             res[step] = run_step("shards" if kind_ == "shards" else "ray", src=src, out=scratch / step,
                                  shard_size=size, workers=int(w))
             shutil.rmtree(scratch / step, ignore_errors=True)
-        elif step in ("manifest-load", "manifest-index"):
+        elif step in ("manifest-load", "manifest-uids", "manifest-index"):
             res[step] = run_step(step, manifest=scratch / "tar" / "manifest.json", n=n)
         elif step == "baseline":
             res[step] = run_step("baseline")
@@ -481,7 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     if not have_ray():
         steps = [s for s in steps if not s.startswith("ray-")]
     if not have_index():
-        steps = [s for s in steps if s != "manifest-index"]
+        steps = [s for s in steps if s not in ("manifest-index", "manifest-uids")]
+    elif not hasattr(importlib.import_module("objathor_release.fetch.origin"), "check_manifest_for_uids"):
+        steps = [s for s in steps if s != "manifest-uids"]
     steps.append("baseline")
     free = shutil.disk_usage(WORK.parent if WORK.parent.exists() else REPO).free
     print(f"bench_scale: tiny trees {sizes}, {real} realistic assets, steps {','.join(steps)}; "
@@ -495,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.keep:
                 shutil.rmtree(WORK / f"tiny-{n}", ignore_errors=True)
         if real:
-            real_steps = [s for s in steps if s not in ("manifest-load", "manifest-index", "baseline")]
+            real_steps = [s for s in steps if not s.startswith("manifest-") and s != "baseline"]
             trees.append(bench_tree("real", real, real_steps))
     finally:
         if not args.keep:

@@ -41,7 +41,7 @@ from objathor_release.progress import progress
 POOL = 3
 LOGICAL = "assets.tar"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.tar")
-_SLICE = re.compile(r"([0-9]+)/([0-9]+)")
+_SLICE = re.compile(r"([0-9]{1,9})/([0-9]{1,9})")  # bounded: int() refuses over 4300 digits (a traceback)
 
 
 @dataclass(frozen=True)

@@ -114,13 +114,18 @@ def _member(line: bytes, where: str) -> dict[str, Any]:
 
 def _uid_of(line: bytes, top: bytes) -> bytes | None:
     """The uid folder of a member line's path (fast path), or None when the line needs a real parse."""
+    # Only a line whose one "path" key is plain text is read without a parse: a backslash (an escaped
+    # key or value) or a second "path" (a repeated key, where JSON keeps the last; two members on one
+    # line) could make the first `"path": "` another path than the one json.loads gives.
+    if b"\\" in line or line.count(b'"path"') != 1:
+        return None
     i = line.find(_PATH_KEY)
     if i < 0:
         return None
     start = i + len(_PATH_KEY)
     end = line.find(b'"', start)
     path = line[start:end]
-    if end < 0 or b"\\" in path:
+    if end < 0:
         return None
     parts = [p for p in path.split(b"/") if p not in (b"", b".")]
     return parts[1] if len(parts) >= 3 and parts[0] == top else b""
@@ -151,6 +156,16 @@ def members_of(source: BinaryIO | bytes | str | Path, uids: Iterable[str], *, to
     top_fields: dict[str, Any] = {}
     artifacts: dict[str, ArtifactMembers] = {}
     art: ArtifactMembers | None = None
+    # keys seen in the manifest and in the artifact being read: JSON keeps a repeated key's last value,
+    # this reader would merge them (a second "artifacts" or "members" list), so a repeat is not the layout
+    top_keys: set[str] = set()
+    art_keys: set[str] = set()
+
+    def once(seen: set[str], key: str, where: str) -> None:
+        if key in seen:
+            raise LayoutError(f"{where}: field {key!r} given twice")
+        seen.add(key)
+
     state = "start"  # start, top, artifacts, artifact, members, end
     read = 0
     for n, line in _lines(fh, sha):
@@ -178,15 +193,19 @@ def members_of(source: BinaryIO | bytes | str | Path, uids: Iterable[str], *, to
                 assert art is not None
                 if art.name is None:
                     raise LayoutError(f"{where}: an artifact without a name")
+                if art.name in artifacts:  # the full parse refuses it
+                    raise LayoutError(f"{where}: artifact {art.name!r} listed twice")
                 artifacts[art.name] = art
                 state = "artifacts"
                 continue
             if line.rstrip(b"\n") == b'      "members": [':
+                once(art_keys, "members", where)
                 state = "members"
                 continue
             if not line.startswith(_ARTIFACT_KEY) or line.startswith(_ARTIFACT_KEY + b" "):
                 raise LayoutError(f"{where}: expected an artifact field")
             key, value = _value(line, where)
+            once(art_keys, key, where)
             assert art is not None
             if key == "name" and isinstance(value, str):
                 art.name = value
@@ -203,6 +222,7 @@ def members_of(source: BinaryIO | bytes | str | Path, uids: Iterable[str], *, to
         if state == "artifacts":
             if line.rstrip(b"\n") == b"    {":
                 art = ArtifactMembers()
+                art_keys = set()
                 state = "artifact"
                 continue
             if line.rstrip(b",\n") == b"  ]":
@@ -219,11 +239,15 @@ def members_of(source: BinaryIO | bytes | str | Path, uids: Iterable[str], *, to
                 state = "end"
                 continue
             if line.rstrip(b"\n") == b'  "artifacts": [':
+                once(top_keys, "artifacts", where)
                 state = "artifacts"
                 continue
             if not line.startswith(_TOP) or line.startswith(_TOP + b" "):
                 raise LayoutError(f"{where}: expected a top-level field")
             key, value = _value(line, where)
+            once(top_keys, key, where)
+            if key == "artifacts":  # a list on one line: not the layout, and would be dropped below
+                raise LayoutError(f"{where}: artifacts on one line")
             top_fields[key] = value
             continue
         if line.strip():

@@ -99,6 +99,10 @@ def check_parsed(manifest: Any, url: str, version: str) -> dict[str, Any]:
         raise bad(f"field {problems[0]}")
     if manifest["version"] != version:
         raise bad(f"field version is {manifest['version']!r}, not {version}")
+    names = [a["name"] for a in manifest["artifacts"]]
+    if len(set(names)) != len(names):  # a part takes the first copy, the shard list the last: refused
+        twice = next(n for i, n in enumerate(names) if n in names[:i])
+        raise bad(f"field artifacts lists {twice!r} twice")
     for i, art in enumerate(manifest["artifacts"]):
         for j, m in enumerate(art["members"]):
             try:

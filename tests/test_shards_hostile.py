@@ -1,0 +1,194 @@
+"""Hostile input against the sharded-release code: shard entries, shard lists, --slice, the streaming
+manifest reader of ``download assets --uids``.
+
+Each test here either caught a real hole (and now guards its fix) or pins a check that would let a
+hostile input through if it were removed. The streaming reader must never mean something other than
+the full parse of the same bytes: a pinned or signed manifest is trusted for its bytes, so two
+readings of them would let one publisher's file say two things.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from objathor_release.build.manifest import MANIFEST_FORMAT, render_manifest
+from objathor_release.errors import InputError
+from objathor_release.fetch.origin import check_manifest, check_manifest_for_uids
+from tests.conftest import run_cli
+
+V = "2024_02_01"
+URL = "http://example.invalid/2024_02_01/manifest.json"
+QUIET = {"OBJATHOR_PROGRESS": "0", "OBJATHOR_DOWNLOAD_BACKOFF": "0.01"}
+
+
+def uid(a: int) -> str:
+    return f"{a:032x}"
+
+
+def member(a: int, f: int, offset: int) -> dict[str, Any]:
+    return {"path": f"assets/{uid(a)}/file{f}.bin", "offset": offset, "size": 100, "sha256": f"{a * 10 + f:064x}"}
+
+
+def manifest(n_assets: int = 6) -> dict[str, Any]:
+    members = [member(a, f, 512 + 1024 * (a * 2 + f)) for a in range(n_assets) for f in range(2)]
+    return {"manifest_format": MANIFEST_FORMAT, "version": V, "tool_version": "0.1.0", "excludes": [],
+            "artifacts": [
+                {"name": "annotations.json.gz", "size": 10, "sha256": "a" * 64, "members": []},
+                {"name": "assets.tar", "size": 512 + 1024 * 2 * n_assets + 1024, "sha256": "b" * 64,
+                 "members": members}]}
+
+
+def wanted_members(m: dict[str, Any], u: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Per artifact, in order: the members of asset ``u``, as the download's index would see them."""
+    out = []
+    for a in m["artifacts"]:
+        mine = [x for x in a["members"] if [p for p in x["path"].split("/") if p not in ("", ".")][1:2] == [u]]
+        out.append((a["name"], mine))
+    return out
+
+
+def both(data: bytes, u: str) -> tuple[Any, Any]:
+    """(full parse, streaming reading) of ``data`` for asset ``u``: the members, or the error's class."""
+    def run(fn: Any) -> Any:
+        try:
+            return wanted_members(fn(), u)
+        except InputError:
+            return InputError
+    return run(lambda: check_manifest(data, URL, V)), run(lambda: check_manifest_for_uids(data, URL, V, {u}))
+
+
+def text_lines() -> list[str]:
+    return render_manifest(manifest()).splitlines(keepends=True)
+
+
+def member_line_index(lines: list[str], a: int, f: int) -> int:
+    return next(i for i, ln in enumerate(lines) if f'"assets/{uid(a)}/file{f}.bin"' in ln)
+
+
+# ---------------------------------------------------------------------- the streaming manifest reader
+
+
+def _dup_path_key(lines: list[str]) -> None:
+    """A member line with two "path" keys: JSON keeps the last (asset 2's), the first is asset 1's."""
+    i = member_line_index(lines, 1, 0)
+    lines[i] = lines[i].replace(f'"path": "assets/{uid(1)}/file0.bin"',
+                                f'"path": "assets/{uid(1)}/file0.bin", "path": "assets/{uid(2)}/extra.bin"')
+
+
+def _escaped_key_first(lines: list[str]) -> None:
+    """An extra key whose escaped name ends in path": its text holds `"path": "` before the real path."""
+    i = member_line_index(lines, 1, 0)
+    lines[i] = lines[i].replace('{"offset"', '{"a\\"path": "assets/' + uid(1) + '/decoy", "offset"')
+    lines[i] = lines[i].replace(f"assets/{uid(1)}/file0.bin", f"assets/{uid(2)}/extra.bin")
+
+
+def _two_members_one_line(lines: list[str]) -> None:
+    """Two members on one line: the first is another asset's, the second asset 2's."""
+    i = member_line_index(lines, 1, 0)
+    extra = json.dumps(member(2, 9, 512 + 1024 * 40))
+    lines[i] = lines[i].rstrip("\n").rstrip(",") + ", " + extra + ",\n"
+
+
+def _second_artifacts_list(lines: list[str]) -> None:
+    """A top-level "artifacts" key after the list: JSON keeps the last, an empty list."""
+    end = max(i for i, ln in enumerate(lines) if ln.rstrip(",\n") == "  ]")
+    lines[end] = "  ],\n"
+    lines.insert(end + 1, '  "artifacts": [],\n')
+    # the key after it must still end without a comma
+    last = max(i for i, ln in enumerate(lines) if ln.startswith('  "') and i > end + 1)
+    lines[last] = lines[last].rstrip("\n").rstrip(",") + "\n"
+
+
+def _members_then_empty(lines: list[str]) -> None:
+    """assets.tar's "members" list, then a second "members": [] in the same artifact (JSON keeps [])."""
+    i = max(i for i, ln in enumerate(lines) if ln.rstrip(",\n") == "      ]")
+    lines[i] = "      ],\n"
+    lines.insert(i + 1, '      "members": [],\n')
+    # the artifact field that followed ("name", "sha256", "size") keeps its own comma; the last one
+    j = max(k for k in range(i + 2, len(lines)) if lines[k].startswith('      "') and
+            all(not lines[x].startswith("    }") for x in range(i + 2, k)))
+    lines[j] = lines[j].rstrip("\n").rstrip(",") + "\n"
+
+
+def _duplicate_artifact(lines: list[str]) -> None:
+    """assets.tar listed twice: the first copy without asset 2, the second with it."""
+    start = next(i for i, ln in enumerate(lines) if ln.rstrip("\n") == "    {" and
+                 '"assets.tar"' in "".join(lines[i:]).split("    }")[0])
+    end = next(i for i in range(start, len(lines)) if lines[i].rstrip(",\n") == "    }")
+    block = lines[start:end + 1]
+    first = [ln for ln in block if f"assets/{uid(2)}/" not in ln]
+    first[-1] = "    },\n"
+    lines[start:start] = first
+
+
+READER_HOLES = {
+    "a member line with two path keys": _dup_path_key,
+    "an escaped key holding the path key's text": _escaped_key_first,
+    "two members on one line": _two_members_one_line,
+    "a second artifacts list": _second_artifacts_list,
+    "a second members list": _members_then_empty,
+    "an artifact listed twice": _duplicate_artifact,
+}
+
+
+@pytest.mark.parametrize("case", sorted(READER_HOLES))
+def test_the_streaming_reader_never_reads_other_members_than_the_full_parse(case: str) -> None:
+    lines = text_lines()
+    READER_HOLES[case](lines)
+    data = "".join(lines).encode()
+    json.loads(data)  # still JSON: the crafted text is a manifest the full parse reads
+    full, slim = both(data, uid(2))
+    assert slim == full, f"{case}: the full parse reads {full}, the streaming reader {slim}"
+
+
+def test_an_artifact_listed_twice_is_refused_by_either_reading() -> None:
+    """Which copy a part takes would depend on the code path (the first for a part, the last for the
+    shard list and the streaming reader): refused outright, in one line."""
+    lines = text_lines()
+    _duplicate_artifact(lines)
+    data = "".join(lines).encode()
+    for read in (lambda: check_manifest(data, URL, V), lambda: check_manifest_for_uids(data, URL, V, {uid(2)})):
+        with pytest.raises(InputError, match="lists .assets.tar. twice") as err:
+            read()
+        assert "\n" not in str(err.value)
+
+
+FINE = {
+    # CRLF line ends: not the layout, so the full parse (the same answer)
+    "crlf": lambda lines: [ln.replace("\n", "\r\n") for ln in lines],
+    # a path with JSON escapes for asset 2: the slow path decodes it, as the full parse does
+    "escaped path": lambda lines: [ln.replace(f'"assets/{uid(2)}/file1.bin"',
+                                              '"assets\\/' + uid(2)[:-1] + '\\u00' + uid(2)[-1].encode().hex()
+                                              + '/file1.bin"') for ln in lines],
+    # a member of asset 2 inside another artifact: both keep it in that artifact
+    "member in another artifact": lambda lines: [
+        ln.replace('"members": []', '"members": [' + json.dumps(member(2, 7, 512)) + "]")
+        if '"members": []' in ln else ln for ln in lines],
+    # one line of 5 MB (an unknown top-level field): read as one line, the same answer
+    "a huge line": lambda lines: [lines[0], '  "aaa": "' + "x" * 5_000_000 + '",\n', *lines[1:]],
+}
+
+
+@pytest.mark.parametrize("case", sorted(FINE))
+def test_layouts_the_streaming_reader_reads_as_the_full_parse(case: str) -> None:
+    lines = FINE[case](text_lines())
+    data = "".join(lines).encode()
+    full, slim = both(data, uid(2))
+    assert full is not InputError or case == "member in another artifact"
+    assert slim == full
+
+
+# ---------------------------------------------------------------------- --slice
+
+
+@pytest.mark.parametrize("bad", ["1/" + "9" * 5000, "9" * 5000 + "/1", "0/" + "0" * 5000])
+def test_a_slice_of_huge_numbers_is_one_usage_line(tmp_path: Path, bad: str) -> None:
+    proc = run_cli("download", "assets", "--version", V, "--path", str(tmp_path), "--base-url",
+                   "http://127.0.0.1:9/none", f"--slice={bad}", env=QUIET)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-500:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--slice" in proc.stderr, proc.stderr[-500:]
+    assert not (tmp_path / V).exists()

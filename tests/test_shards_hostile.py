@@ -192,3 +192,97 @@ def test_a_slice_of_huge_numbers_is_one_usage_line(tmp_path: Path, bad: str) -> 
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-500:]
     assert len(proc.stderr.strip().splitlines()) == 1 and "--slice" in proc.stderr, proc.stderr[-500:]
     assert not (tmp_path / V).exists()
+
+
+# ---------------------------------------------------------------------- shard jobs and their entries
+
+SIZE = "1M"
+
+
+@pytest.fixture
+def tree_src(tmp_path: Path) -> Path:
+    from devtools.sample import make_sample_dataset
+
+    src = tmp_path / "assets"
+    make_sample_dataset(src, 10, seed=3, asset_bytes=300 * 1024)
+    return src
+
+
+def job(src: Path, rdir: Path, bucket: str, env: dict[str, str], *extra: str) -> Any:
+    return run_cli("release", "--version", V, "--assets-dir", str(src), "--release-dir", str(rdir),
+                   "--bucket", bucket, "--shard-size", SIZE, "--quiet", *extra,
+                   env={**env, "OBJATHOR_PROGRESS": "0"})
+
+
+def shard_count(src: Path) -> int:
+    out = run_cli("plan", "--assets-dir", str(src), "--shard-size", SIZE, "--json")
+    assert out.returncode == 0, out.stderr
+    return len(json.loads(out.stdout)["shards"])
+
+
+def one_line_error(out: Any) -> str:
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, out.stderr
+    return lines[0]
+
+
+def entry_of(s3_client: Any, bucket: str, k: int) -> dict[str, Any]:
+    body = s3_client.get_object(Bucket=bucket, Key=f"{V}/.shards/assets-{k:05d}.tar.json")["Body"].read()
+    doc: dict[str, Any] = json.loads(body)
+    return doc
+
+
+def test_a_shard_resumed_from_its_kept_tar_after_the_version_is_published(
+        tree_src: Path, tmp_path: Path, bucket: str, s3_env: dict[str, str], s3_client: Any) -> None:
+    """The version is published; shard 0's job is run again, its entry write fails (the tar and its
+    plan stamp are kept to resume), then it runs once more: it resumes from the kept tar, which the
+    published-version check must read as the tar's own sha256 (it read the fresh build's, unset here)."""
+    from tests.support.faultproxy import PASS, FaultProxy, Request, status
+
+    n = shard_count(tree_src)
+    for k in range(n):
+        assert job(tree_src, tmp_path / f"j{k}", bucket, s3_env, "--only-shard", str(k)).returncode == 0
+    assert job(tree_src, tmp_path / "finish", bucket, s3_env, "--finish").returncode == 0
+    s3_client.delete_object(Bucket=bucket, Key=f"{V}/.shards/assets-00000.tar.json")
+
+    def no_entry(req: Request) -> Any:
+        return status(403) if req.method == "PUT" and "/.shards/" in req.path else PASS
+
+    with FaultProxy(s3_env["AWS_ENDPOINT_URL"], no_entry) as proxy:
+        failed = job(tree_src, tmp_path / "again", bucket, {**s3_env, "AWS_ENDPOINT_URL": proxy.url},
+                     "--only-shard", "0")
+    assert ".shards/assets-00000.tar.json" in one_line_error(failed)
+    work = tmp_path / "again" / ".shard-work" / "assets-00000"
+    assert (work / "assets-00000.tar").is_file() and (work / "shard.plan").is_file(), "kept to resume"
+
+    again = job(tree_src, tmp_path / "again", bucket, s3_env, "--only-shard", "0")
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-2000:]
+    assert "shard 0 assets-00000.tar" in again.stdout
+    assert entry_of(s3_client, bucket, 0)["artifact"]["name"] == "assets-00000.tar"
+
+
+def _dup_path(art: dict[str, Any]) -> None:
+    """A member's path replaced by another's of the same asset folder: the count of files unchanged."""
+    art["members"][1]["path"] = art["members"][0]["path"]
+
+
+def _other_size(art: dict[str, Any]) -> None:
+    """One member's size changed, the shard's size and count of files unchanged."""
+    art["members"][0]["size"] += 1
+
+
+@pytest.mark.parametrize("forge", [_dup_path, _other_size], ids=["a path listed twice", "a member's size"])
+def test_an_entry_whose_members_are_not_its_shards_files_is_refused(
+        tree_src: Path, tmp_path: Path, bucket: str, s3_env: dict[str, str], s3_client: Any, forge: Any) -> None:
+    n = shard_count(tree_src)
+    for k in range(n):
+        assert job(tree_src, tmp_path / f"j{k}", bucket, s3_env, "--only-shard", str(k)).returncode == 0
+    doc = entry_of(s3_client, bucket, 0)
+    assert len(doc["artifact"]["members"]) >= 2
+    forge(doc["artifact"])
+    s3_client.put_object(Bucket=bucket, Key=f"{V}/.shards/assets-00000.tar.json", Body=json.dumps(doc))
+    line = one_line_error(job(tree_src, tmp_path / "finish", bucket, s3_env, "--finish"))
+    assert "assets-00000.tar" in line and "--only-shard 0" in line, line
+    listed = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    assert f"{V}/manifest.json" not in listed, "nothing published"

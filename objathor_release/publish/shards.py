@@ -183,7 +183,7 @@ def publish_shard(client: Any, target: S3Target, plan: ShardPlan, index: int, ve
     published = published_manifest(client, target.bucket, prefix)
     if published is not None and not force:
         listed = next((a for a in published["artifacts"] if a.get("name") == shard.name), None)
-        if listed is None or listed.get("sha256") != built.sha256:
+        if listed is None or listed.get("sha256") != art["sha256"]:  # art: built now, or kept to resume
             raise PublishedError(f"version {version} is already published at s3://{target.bucket}/{prefix} "
                                  f"without this {shard.name}: pass --force to replace it")
     one = {"manifest_format": MANIFEST_FORMAT, "version": version, "tool_version": "shard",
@@ -227,11 +227,15 @@ def _built_before(work: Path, name: str, fingerprint: str) -> dict[str, Any] | N
 
 
 def _off_plan(plan: ShardPlan, index: int, entry: ShardEntry) -> bool:
-    """Whether the entry's artifact is not what the plan says shard ``index`` holds: another size or
-    number of files, or a member outside the shard's own asset folders."""
+    """Whether the entry's artifact is not what the plan says shard ``index`` holds: another size,
+    number of files or bytes of files, a path listed twice, or a member outside the shard's own
+    asset folders (the plan knows the files' count and bytes, not their names)."""
     shard = plan.shard(index)
     art = entry.artifact
     if art["size"] != shard.size or len(art["members"]) != shard.files:
+        return True
+    paths = {"/".join(p for p in str(m["path"]).split("/") if p not in ("", ".")) for m in art["members"]}
+    if len(paths) != len(art["members"]) or sum(int(m["size"]) for m in art["members"]) != shard.data:
         return True
     units = set(shard.units)
     top = plan.source.name

@@ -286,3 +286,111 @@ def test_an_entry_whose_members_are_not_its_shards_files_is_refused(
     assert "assets-00000.tar" in line and "--only-shard 0" in line, line
     listed = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])}
     assert f"{V}/manifest.json" not in listed, "nothing published"
+
+
+# ---------------------------------------------------------------------- a sharded download
+
+
+def _coherent(rel: Any, name: str) -> None:
+    """The manifest's entry for shard ``name`` made to match the tar now served (size and sha256), its
+    members left as they were: the whole-stream check passes, only the member checks remain."""
+    import hashlib
+
+    from tests.test_download_shards import publish_manifest
+
+    data = (rel.vdir / name).read_bytes()
+    m = json.loads((rel.vdir / "manifest.json").read_text())
+    art = next(a for a in m["artifacts"] if a["name"] == name)
+    art["size"], art["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    publish_manifest(rel.vdir, m)
+
+
+def _symlink_in_shard(rel: Any) -> None:
+    from tests.test_download_shards import shard_tar
+
+    (rel.src / rel.shard_uids[1][0] / "zz-link").symlink_to("/etc/passwd")
+    shard_tar(rel.src, rel.shard_uids[1], rel.vdir / rel.names[1])
+    _coherent(rel, rel.names[1])
+
+
+def _folder_not_in_entry(rel: Any) -> None:
+    from tests.test_download_shards import shard_tar
+
+    shard_tar(rel.src, [*rel.shard_uids[1], rel.shard_uids[2][0]], rel.vdir / rel.names[1])
+    _coherent(rel, rel.names[1])
+
+
+def _other_content(rel: Any) -> None:
+    (rel.vdir / rel.names[1]).write_bytes((rel.vdir / rel.names[2]).read_bytes())  # not re-described
+
+
+SHARD_TARS = {"a symlink in a shard": _symlink_in_shard,
+              "an asset folder not in the shard's entry": _folder_not_in_entry,
+              "a shard whose bytes are another's": _other_content}
+
+
+@pytest.mark.parametrize("case", sorted(SHARD_TARS))
+def test_a_shard_tar_unlike_its_entry_is_refused_and_lands_nothing(web: Any, tmp_path: Path, case: str) -> None:
+    from devtools.served_release import tree
+    from objathor_release.errors import ReleaseError
+    from objathor_release.fetch.download import download_version
+    from tests.test_download_shards import ONE, Sharded
+    from tests.test_download_shards import V as SV
+
+    rel = Sharded(web, tmp_path, assets=6, per_shard=2)
+    SHARD_TARS[case](rel)
+    dest = tmp_path / "dl"
+    with pytest.raises(ReleaseError) as err:
+        download_version("assets", SV, path=dest, base_url=rel.base, show_progress=False, http_config=ONE)
+    assert rel.names[1] in str(err.value) and "\n" not in str(err.value), str(err.value)
+    assets = dest / SV / "assets"
+    assert not [p for p in dest.rglob("*") if p.is_symlink()], "no link written"
+    landed = {p.name for p in assets.iterdir()} if assets.exists() else set()
+    assert not landed & set(rel.shard_uids[1]), f"{case}: shard 1's folders landed: {landed}"
+    # the shards that did land (0, and 2 when the pool had taken it up) are whole and verified
+    if landed:
+        assert tree(assets) == rel.expected(sorted(landed))
+    assert not list((dest / SV / ".objathor-release").glob("shard-assets-00001.*")), "no staging, no marker"
+    proc = run_cli("download", "assets", "--version", SV, "--path", str(tmp_path / "cli"), "--base-url",
+                   rel.base, "--connections", "1", env=QUIET)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("objathor-release: error:")]
+    assert len(errors) == 1 and rel.names[1] in errors[0], proc.stderr  # (the retry's note comes first)
+
+
+@pytest.mark.parametrize("alias", ["assets/./{u}/stolen.bin", "assets//{u}/stolen.bin", "./assets/{u}/stolen.bin"])
+def test_two_shards_claiming_one_folder_by_another_spelling_are_refused(alias: str) -> None:
+    from objathor_release.fetch.shards import shard_plan
+
+    def shard(name: str, paths: list[str]) -> dict[str, Any]:
+        return {"name": name, "size": 4096, "sha256": "c" * 64,
+                "members": [{"path": p, "offset": 512 * (i + 1), "size": 1, "sha256": "d" * 64}
+                            for i, p in enumerate(paths)]}
+    m = {"shards": {"assets.tar": ["assets-00000.tar", "assets-00001.tar"]},
+         "artifacts": [shard("assets-00000.tar", [f"assets/{uid(1)}/a.bin"]),
+                       shard("assets-00001.tar", [f"assets/{uid(2)}/b.bin", alias.format(u=uid(1))])]}
+    with pytest.raises(InputError, match="is in two shards"):
+        shard_plan(m, URL)
+
+
+def _format_true(doc: dict[str, Any]) -> None:
+    doc["entry_format"] = True  # == 1 in Python, not the number 1
+
+
+def _extra_field(doc: dict[str, Any]) -> None:
+    doc["artifact"]["url"] = "http://elsewhere.invalid/assets-00000.tar"  # would be published as is
+
+
+@pytest.mark.parametrize("forge", [_format_true, _extra_field], ids=["entry_format true", "an extra field"])
+def test_an_entry_not_as_a_shard_job_writes_it_is_refused(
+        tree_src: Path, tmp_path: Path, bucket: str, s3_env: dict[str, str], s3_client: Any, forge: Any) -> None:
+    n = shard_count(tree_src)
+    for k in range(n):
+        assert job(tree_src, tmp_path / f"j{k}", bucket, s3_env, "--only-shard", str(k)).returncode == 0
+    doc = entry_of(s3_client, bucket, 0)
+    forge(doc)
+    s3_client.put_object(Bucket=bucket, Key=f"{V}/.shards/assets-00000.tar.json", Body=json.dumps(doc))
+    line = one_line_error(job(tree_src, tmp_path / "finish", bucket, s3_env, "--finish"))
+    assert f"s3://{bucket}/{V}/.shards/assets-00000.tar.json" in line, line
+    listed = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    assert f"{V}/manifest.json" not in listed, "nothing published"

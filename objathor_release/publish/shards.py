@@ -60,6 +60,7 @@ ENTRY_DIR = ".shards"
 ENTRY_LIMIT = 256 * 1024 * 1024  # an entry lists its shard's members: far below this even for 1M files
 PLAN_STAMP = "shard.plan"  # in a shard's work folder: the fingerprint of the plan its tar was built from
 _ENTRY_KEYS = {"entry_format", "version", "plan", "etag", "artifact"}
+_ARTIFACT_KEYS = {"name", "size", "sha256", "members"}  # what publish_shard writes
 
 
 def entry_key(prefix: str, name: str) -> str:
@@ -101,11 +102,14 @@ class ShardEntry:
             doc = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise bad("is not a JSON shard entry") from None
-        if not isinstance(doc, dict) or set(doc) != _ENTRY_KEYS or doc["entry_format"] != ENTRY_FORMAT:
+        if (not isinstance(doc, dict) or set(doc) != _ENTRY_KEYS or type(doc["entry_format"]) is not int
+                or doc["entry_format"] != ENTRY_FORMAT):  # type(): true == 1
             raise bad(f"is not a shard entry of format {ENTRY_FORMAT}")
         art, etag, plan = doc["artifact"], doc["etag"], doc["plan"]
         if not isinstance(etag, str) or not isinstance(plan, str) or not isinstance(art, dict):
             raise bad("field etag, plan or artifact has the wrong type")
+        if set(art) != _ARTIFACT_KEYS:  # the schema allows other fields; the finish would publish them
+            raise bad(f"its artifact has fields {sorted(art)}, not {sorted(_ARTIFACT_KEYS)}")
         if doc["version"] != version:
             raise bad(f"is for version {doc['version']!r}, not {version}")
         if art.get("name") != name:

@@ -157,6 +157,19 @@ def test_an_artifact_listed_twice_is_refused_by_either_reading() -> None:
         assert "\n" not in str(err.value)
 
 
+def _name_first(lines: list[str]) -> list[str]:
+    """Each artifact's "name" line moved to be its first field (its comma fixed)."""
+    out = list(lines)
+    for i, ln in enumerate(lines):
+        if ln.startswith('      "name": '):
+            start = max(k for k in range(i) if out[k].rstrip("\n") == "    {")
+            name = out.pop(i).rstrip("\n").rstrip(",")
+            out.insert(start + 1, name + ",\n")
+            last = next(k for k in range(i, len(out)) if out[k].startswith("    }")) - 1
+            out[last] = out[last].rstrip("\n").rstrip(",") + "\n"
+    return out
+
+
 FINE = {
     # CRLF line ends: not the layout, so the full parse (the same answer)
     "crlf": lambda lines: [ln.replace("\n", "\r\n") for ln in lines],
@@ -168,6 +181,13 @@ FINE = {
     "member in another artifact": lambda lines: [
         ln.replace('"members": []', '"members": [' + json.dumps(member(2, 7, 512)) + "]")
         if '"members": []' in ln else ln for ln in lines],
+    # a member's keys in another order (path first, size before sha256): found wherever "path" is
+    "member keys reordered": lambda lines: [
+        json.dumps(dict(sorted(json.loads(ln.strip().rstrip(",")).items(), key=lambda kv: kv[0] != "path")))
+        .join(["        ", ",\n" if ln.rstrip("\n").endswith(",") else "\n"])
+        if ln.startswith("        {") else ln for ln in lines],
+    # an artifact's fields in another order (name first, members last): the same artifact
+    "artifact keys reordered": lambda lines: _name_first(lines),
     # one line of 5 MB (an unknown top-level field): read as one line, the same answer
     "a huge line": lambda lines: [lines[0], '  "aaa": "' + "x" * 5_000_000 + '",\n', *lines[1:]],
 }

@@ -38,6 +38,7 @@ _TOP = b"  "
 _ARTIFACT_KEY = b"      "
 _MEMBER = b"        {"
 _PATH_KEY = b'"path": "'
+_NAME_OF_PATH = b'"path"'
 
 
 class LayoutError(ValueError):
@@ -117,10 +118,8 @@ def _uid_of(line: bytes, top: bytes) -> bytes | None:
     # Only a line whose one "path" key is plain text is read without a parse: a backslash (an escaped
     # key or value) or a second "path" (a repeated key, where JSON keeps the last; two members on one
     # line) could make the first `"path": "` another path than the one json.loads gives.
-    if b"\\" in line or line.count(b'"path"') != 1:
-        return None
-    i = line.find(_PATH_KEY)
-    if i < 0:
+    i = line.find(_NAME_OF_PATH)
+    if i < 0 or not line.startswith(_PATH_KEY, i) or line.find(_NAME_OF_PATH, i + 6) >= 0 or b"\\" in line:
         return None
     start = i + len(_PATH_KEY)
     end = line.find(b'"', start)

@@ -66,6 +66,14 @@ def sample_assets(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture
+def tree_src(tmp_path: Path) -> Path:
+    """Ten assets of about 300 KB at tmp_path/assets: four or so shards at --shard-size 1M."""
+    src = tmp_path / "assets"
+    make_sample_dataset(src, 10, seed=3, asset_bytes=300 * 1024)
+    return src
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run ``python -m objathor_release ARGS`` as a real process and capture its output."""

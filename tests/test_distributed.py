@@ -28,13 +28,6 @@ V = "2024_05_05"
 SIZE = "1M"
 
 
-@pytest.fixture
-def tree_src(tmp_path: Path) -> Path:
-    src = tmp_path / "assets"
-    make_sample_dataset(src, 10, seed=3, asset_bytes=300 * 1024)
-    return src
-
-
 def job(src: Path, rdir: Path, bucket: str, env: dict[str, str], *extra: str) -> Any:
     return run_cli("release", "--version", V, "--assets-dir", str(src), "--release-dir", str(rdir),
                    "--bucket", bucket, "--shard-size", SIZE, "--quiet", *extra,

@@ -216,39 +216,14 @@ def test_a_slice_of_huge_numbers_is_one_usage_line(tmp_path: Path, bad: str) -> 
 
 # ---------------------------------------------------------------------- shard jobs and their entries
 
-SIZE = "1M"
-
-
-@pytest.fixture
-def tree_src(tmp_path: Path) -> Path:
-    from devtools.sample import make_sample_dataset
-
-    src = tmp_path / "assets"
-    make_sample_dataset(src, 10, seed=3, asset_bytes=300 * 1024)
-    return src
-
-
-def job(src: Path, rdir: Path, bucket: str, env: dict[str, str], *extra: str) -> Any:
-    return run_cli("release", "--version", V, "--assets-dir", str(src), "--release-dir", str(rdir),
-                   "--bucket", bucket, "--shard-size", SIZE, "--quiet", *extra,
-                   env={**env, "OBJATHOR_PROGRESS": "0"})
-
-
-def shard_count(src: Path) -> int:
-    out = run_cli("plan", "--assets-dir", str(src), "--shard-size", SIZE, "--json")
-    assert out.returncode == 0, out.stderr
-    return len(json.loads(out.stdout)["shards"])
-
-
-def one_line_error(out: Any) -> str:
-    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
-    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, out.stderr
-    return lines[0]
+# the shard jobs as tests/test_distributed.py runs them (its version, tree and one-line check)
+from tests.test_distributed import V as JOB_V  # noqa: E402
+from tests.test_distributed import job, one_line_error  # noqa: E402
+from tests.test_distributed import plan_count as shard_count  # noqa: E402
 
 
 def entry_of(s3_client: Any, bucket: str, k: int) -> dict[str, Any]:
-    body = s3_client.get_object(Bucket=bucket, Key=f"{V}/.shards/assets-{k:05d}.tar.json")["Body"].read()
+    body = s3_client.get_object(Bucket=bucket, Key=f"{JOB_V}/.shards/assets-{k:05d}.tar.json")["Body"].read()
     doc: dict[str, Any] = json.loads(body)
     return doc
 
@@ -264,7 +239,7 @@ def test_a_shard_resumed_from_its_kept_tar_after_the_version_is_published(
     for k in range(n):
         assert job(tree_src, tmp_path / f"j{k}", bucket, s3_env, "--only-shard", str(k)).returncode == 0
     assert job(tree_src, tmp_path / "finish", bucket, s3_env, "--finish").returncode == 0
-    s3_client.delete_object(Bucket=bucket, Key=f"{V}/.shards/assets-00000.tar.json")
+    s3_client.delete_object(Bucket=bucket, Key=f"{JOB_V}/.shards/assets-00000.tar.json")
 
     def no_entry(req: Request) -> Any:
         return status(403) if req.method == "PUT" and "/.shards/" in req.path else PASS
@@ -301,11 +276,11 @@ def test_an_entry_whose_members_are_not_its_shards_files_is_refused(
     doc = entry_of(s3_client, bucket, 0)
     assert len(doc["artifact"]["members"]) >= 2
     forge(doc["artifact"])
-    s3_client.put_object(Bucket=bucket, Key=f"{V}/.shards/assets-00000.tar.json", Body=json.dumps(doc))
+    s3_client.put_object(Bucket=bucket, Key=f"{JOB_V}/.shards/assets-00000.tar.json", Body=json.dumps(doc))
     line = one_line_error(job(tree_src, tmp_path / "finish", bucket, s3_env, "--finish"))
     assert "assets-00000.tar" in line and "--only-shard 0" in line, line
     listed = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])}
-    assert f"{V}/manifest.json" not in listed, "nothing published"
+    assert f"{JOB_V}/manifest.json" not in listed, "nothing published"
 
 
 # ---------------------------------------------------------------------- a sharded download
@@ -409,8 +384,8 @@ def test_an_entry_not_as_a_shard_job_writes_it_is_refused(
         assert job(tree_src, tmp_path / f"j{k}", bucket, s3_env, "--only-shard", str(k)).returncode == 0
     doc = entry_of(s3_client, bucket, 0)
     forge(doc)
-    s3_client.put_object(Bucket=bucket, Key=f"{V}/.shards/assets-00000.tar.json", Body=json.dumps(doc))
+    s3_client.put_object(Bucket=bucket, Key=f"{JOB_V}/.shards/assets-00000.tar.json", Body=json.dumps(doc))
     line = one_line_error(job(tree_src, tmp_path / "finish", bucket, s3_env, "--finish"))
-    assert f"s3://{bucket}/{V}/.shards/assets-00000.tar.json" in line, line
+    assert f"s3://{bucket}/{JOB_V}/.shards/assets-00000.tar.json" in line, line
     listed = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])}
-    assert f"{V}/manifest.json" not in listed, "nothing published"
+    assert f"{JOB_V}/manifest.json" not in listed, "nothing published"

@@ -108,6 +108,25 @@ START_CONNECTIONS = 8  # in flight at first when the count adapts
 AUTO_TRANSFERS = 8  # files at once when --transfers is not given (they share the connections)
 
 
+def auto_part_size(file_size: int, connections: int = MAX_CONNECTIONS) -> int:
+    """The automatic part size of a multipart file: whole MiB, small enough that each of
+    ``connections`` has :data:`PARTS_PER_CONNECTION` parts, at most :data:`AUTO_MAX_PART` unless the
+    10,000-part limit needs more, then kept within the S3 limits by :func:`adjust_part_size`.
+
+    With the default ``connections`` it is the part size the build records in the manifest (and the
+    upload then uses, so the object's ETag is the one the manifest expects).
+    """
+    fitted = file_size // (connections * PARTS_PER_CONNECTION) // MiB * MiB
+    return adjust_part_size(file_size, min(fitted, AUTO_MAX_PART))
+
+
+def planned_part_size(file_size: int) -> int | None:
+    """The part size the default upload gives a file of ``file_size`` bytes; None: one PUT."""
+    if file_size < AUTO_THRESHOLD or file_size <= 0:
+        return None
+    return auto_part_size(file_size)
+
+
 @dataclass(frozen=True)
 class UploadConfig:
     """Tunables for the multipart upload, named after the rclone flags users know.

@@ -29,6 +29,7 @@ from tests.support.tarball_helpers import (
     SEED_EXCLUDES,
     gnu_tar,
     gnu_tar_available,
+    s3_etag_fields,
     sha256_of,
     tarfile_members,
     write,
@@ -58,7 +59,8 @@ def independent(rel: Path, name: str) -> dict[str, Any]:
     """What the manifest must say about one artifact, computed without the package."""
     path = rel / name
     members = tarfile_members(path) if name.endswith(".tar") else []
-    return {"name": name, "size": path.stat().st_size, "sha256": sha256_of(path), "members": members}
+    return {"name": name, "size": path.stat().st_size, "sha256": sha256_of(path), "members": members,
+            **s3_etag_fields(path)}
 
 
 # --------------------------------------------------------------------------- writing

@@ -30,6 +30,7 @@ from typing import Any
 
 from objathor_release._version import __version__
 from objathor_release.build.epoch import from_environment
+from objathor_release.build.etags import ETAG_KEYS, UploadDigests, etag_problem, file_digests
 from objathor_release.build.excludes import DEFAULT_EXCLUDES
 from objathor_release.build.tarball import read_sidecar
 from objathor_release.build.tarscan import scan_tar
@@ -37,7 +38,7 @@ from objathor_release.build.validation import schema_errors, too_deep
 from objathor_release.errors import ChecksumError, InputError
 from objathor_release.fsutil import CHUNK, atomic_write, describe_mode, open_regular
 from objathor_release.progress import progress
-from objathor_release.settings import validate_version
+from objathor_release.settings import planned_part_size, validate_version
 
 logger = logging.getLogger(__name__)
 
@@ -94,20 +95,34 @@ def list_artifacts(release_dir: str | Path) -> list[str]:
     return sorted(names)
 
 
-def _hash_file(path: Path, tick: Callable[[int], None]) -> tuple[int, str]:
+def _hash_file(path: Path, tick: Callable[[int], None], expected: int | None = None,
+               ) -> tuple[int, str, dict[str, Any]]:
+    """(size, sha256, ETag fields) of ``path`` in one read; the ETag fields assume ``expected``
+    bytes (the size listed beforehand) and are empty when the file turns out to have another size."""
     import hashlib
 
     sha = hashlib.sha256()
+    digests = UploadDigests(planned_part_size(expected)) if expected is not None else None
     size = 0
     try:
         with open_regular(path, buffering=0) as fh:
             while block := fh.read(CHUNK):
                 sha.update(block)
+                if digests is not None:
+                    digests.update(block)
                 size += len(block)
                 tick(len(block))
     except OSError as exc:
         raise _unreadable(path, exc) from None
-    return size, sha.hexdigest()
+    return size, sha.hexdigest(), digests.fields() if digests is not None and size == expected else {}
+
+
+def _etag_fields(path: Path, size: int) -> dict[str, Any]:
+    """The ETag fields of an artifact whose other figures came without them (read once more)."""
+    try:
+        return file_digests(path, size)
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
 
 
 def _unreadable(path: Path, exc: OSError) -> InputError:
@@ -248,7 +263,8 @@ def write_manifest(release_dir: str | Path, version: str, *, show_progress: bool
         raise InputError(f"{root}: holds no artifacts: build assets.tar and annotations.json.gz there first")
     sidecars = {name: read_sidecar(root / name) for name in names if name.endswith(".tar")}
     to_read = [n for n in names if sidecars.get(n) is None]
-    total = sum(_sizes(root, to_read).values())
+    sizes = _sizes(root, to_read)
+    total = sum(sizes.values())
     artifacts: list[dict[str, Any]] = []
     known: dict[str, list[str]] = {}
     with progress(total, f"manifest {root.name}", enabled=show_progress and total > 0) as bar:
@@ -258,14 +274,17 @@ def write_manifest(release_dir: str | Path, version: str, *, show_progress: bool
             if side is not None:
                 art = {"name": name, "size": side["size"], "sha256": side["sha256"],
                        "members": side["members"]}
+                art.update({k: side[k] for k in ETAG_KEYS if k in side} or _etag_fields(path, art["size"]))
                 if isinstance(side.get("excludes"), list) and not name.startswith("holodeck"):
                     known[name] = side["excludes"]  # the Holodeck base keeps every file: not the list
             elif name.endswith(".tar"):
                 scan = scan_tar(path, on_bytes=bar.update)
-                art = {"name": name, "size": scan.size, "sha256": scan.sha256, "members": scan.members}
+                art = {"name": name, "size": scan.size, "sha256": scan.sha256, "members": scan.members,
+                       **_etag_fields(path, scan.size)}
             else:
-                size, sha = _hash_file(path, bar.update)
-                art = {"name": name, "size": size, "sha256": sha, "members": []}
+                size, sha, fields = _hash_file(path, bar.update, sizes[name])
+                art = {"name": name, "size": size, "sha256": sha, "members": [],
+                       **(fields or _etag_fields(path, size))}
             artifacts.append(art)
     artifacts = sorted([*artifacts, *given.values()], key=lambda a: a["name"])
     sets = shard_sets([a["name"] for a in artifacts])
@@ -335,6 +354,12 @@ def manifest_problems(manifest: Any) -> list[str]:
                 art = {**art, "members": []}
             skeleton["artifacts"].append(art)
     problems = schema_errors(skeleton, "manifest")
+    if not problems:
+        for i, art in enumerate(skeleton["artifacts"]):
+            problem = etag_problem(art)
+            if problem:
+                problems.append(f"$.artifacts[{i}]: {problem}")
+                break
     for i, listed in found:
         for j, m in enumerate(listed):
             problem = _member_problem(m, f"$.artifacts[{i}].members[{j}]")
@@ -453,7 +478,7 @@ def verify_release(release_dir: str | Path, *, members: bool = False, show_progr
                 sha = scan.sha256
                 problems.extend(f"{root}/{p}" for p in _compare_members(name, art["members"], scan.members))
             else:
-                _, sha = _hash_file(path, bar.update)
+                _, sha, _ = _hash_file(path, bar.update)
             if sha != art["sha256"]:
                 problems.append(f"{path}: sha256 {sha}, manifest says {art['sha256']}")
     sums = root / SUMS

@@ -31,16 +31,17 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from objathor_release.build.epoch import source_date_epoch as source_date_epoch_of
+from objathor_release.build.etags import ETAG_KEYS, etag_problem, file_digests
 from objathor_release.build.excludes import compile_excludes, exclude_list
-from objathor_release.build.tarwriter import write_archive
+from objathor_release.build.tarwriter import estimate_size, write_archive
 from objathor_release.errors import InputError, UsageError
 from objathor_release.fsutil import atomic_path, open_regular, prepare_output
-from objathor_release.settings import format_size
+from objathor_release.settings import format_size, planned_part_size
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class TarResult:
     excluded: int = 0
     seconds: float = 0.0
     source_date_epoch: int = 0
+    upload: dict[str, Any] = field(default_factory=dict)  # md5, etag, part_size (see build/etags.py)
 
     def summary(self) -> str:
         """One line for the CLI."""
@@ -153,19 +155,24 @@ def build_tar(
     if excluded(src.name):
         raise InputError(f"{src}: its own name matches an exclude pattern: rename it or drop the --exclude")
     sidecar = sidecar_path(out_path)
+    part_size = planned_part_size(estimate_size(src, excluded, units))
     with atomic_path(out_path) as tmp:
         with open(tmp, "wb", buffering=0) as fh:
             written = write_archive(fh, src, excluded, epoch, desc=f"tar {out_path.name}",
-                                    show_progress=show_progress, units=units)
+                                    show_progress=show_progress, units=units, part_size=part_size)
             if fsync:
                 os.fsync(fh.fileno())
+        if planned_part_size(written.size) != part_size:  # the tree changed between the two walks
+            logger.info("%s: reading it once more for its md5s (the tree changed while it was archived)",
+                        out_path)
+            written.upload = file_digests(tmp, written.size)
         with contextlib.suppress(FileNotFoundError):
             sidecar.unlink()  # a stale sidecar must never describe the new archive
     st = os.stat(out_path)
     result = TarResult(
         path=out_path, size=written.size, sha256=written.sha256, members=written.members,
         excludes=excludes, directories=written.directories, excluded=written.excluded,
-        seconds=time.monotonic() - started, source_date_epoch=epoch,
+        seconds=time.monotonic() - started, source_date_epoch=epoch, upload=written.upload,
     )
     write_sidecar(result, st)
     return result
@@ -176,7 +183,7 @@ def write_sidecar(result: TarResult, st: os.stat_result) -> None:
     index = {
         "format": SIDECAR_FORMAT, "tar": result.path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
         "sha256": result.sha256, "excludes": result.excludes, "source_date_epoch": result.source_date_epoch,
-        "members": result.members,
+        "members": result.members, **result.upload,
     }
     # No fsync: after a crash a sidecar is at worst empty or unreadable, and then simply not used.
     with atomic_path(sidecar_path(result.path)) as tmp:
@@ -199,6 +206,9 @@ def read_sidecar(tar_path: str | Path) -> dict[str, Any] | None:
         or not all(_sidecar_member(m) for m in index["members"])
     ):
         return None
+    if etag_problem(index) is not None or index.get("md5") is None:  # absent: written before md5s were
+        for key in ETAG_KEYS:
+            index.pop(key, None)
     return index
 
 

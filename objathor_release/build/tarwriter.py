@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from objathor_release.build import tarformat as tf
+from objathor_release.build.etags import UploadDigests
 from objathor_release.errors import InputError, ReleaseError
 from objathor_release.fsutil import describe_mode
 from objathor_release.progress import progress
@@ -38,32 +39,73 @@ _ZEROS = bytes(tf.RECORD)
 # --------------------------------------------------------------------------- the writer thread
 
 
-class _Writer(threading.Thread):
-    """Hashes and writes full buffers while the main thread reads and hashes files."""
+_Item = tuple[bytearray, int] | None
 
-    def __init__(self, fh: BinaryIO, n_buffers: int = N_BUFFERS) -> None:
-        super().__init__(name="tar-writer", daemon=True)
-        self.fh = fh
-        self.sha = hashlib.sha256()
-        self.full: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
-        self.free: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(n_buffers):
-            self.free.put(bytearray(BUFFER))
-        self.error: BaseException | None = None
-        self.written = 0
+
+class _Md5(threading.Thread):
+    """Feeds written buffers to one md5 of the :class:`~.etags.UploadDigests` (``feed``: the whole
+    file's or the parts'), then hands them on (``then``). Two of these, one after the other, so
+    each md5 can run on a core of its own beside the reading and the sha256s."""
+
+    def __init__(self, name: str, feed: Callable[[memoryview], None], then: queue.Queue[Any]) -> None:
+        super().__init__(name=name, daemon=True)
+        self.feed = feed
+        self.then = then
+        self.full: queue.Queue[_Item] = queue.Queue()
 
     def run(self) -> None:
         while (item := self.full.get()) is not None:
             buf, n = item
-            if self.error is None:
-                try:
-                    view = memoryview(buf)[:n]
-                    self.sha.update(view)
-                    self.fh.write(view)
-                    self.written += n
-                except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                    self.error = exc
-            self.free.put(buf)
+            with memoryview(buf) as view:
+                self.feed(view[:n])
+            self.then.put(buf if isinstance(self.then, _FreeList) else item)
+        if not isinstance(self.then, _FreeList):
+            self.then.put(None)
+
+
+class _FreeList(queue.Queue[bytearray]):
+    """The buffers ready to be filled."""
+
+
+class _Writer(threading.Thread):
+    """Hashes and writes full buffers while the main thread reads and hashes files; the md5
+    thread then hashes them once more and frees them."""
+
+    def __init__(self, fh: BinaryIO, digests: UploadDigests, n_buffers: int = N_BUFFERS) -> None:
+        super().__init__(name="tar-writer", daemon=True)
+        self.fh = fh
+        self.sha = hashlib.sha256()
+        self.full: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        self.free: _FreeList = _FreeList()
+        for _ in range(n_buffers):
+            self.free.put(bytearray(BUFFER))
+        self.parts = _Md5("tar-md5-parts", digests.update_parts, self.free)
+        self.md5 = _Md5("tar-md5", digests.update_whole, self.parts.full)
+        self.error: BaseException | None = None
+        self.written = 0
+
+    def run(self) -> None:
+        self.md5.start()
+        self.parts.start()
+        try:
+            while (item := self.full.get()) is not None:
+                buf, n = item
+                if self.error is None:
+                    try:
+                        view = memoryview(buf)[:n]
+                        self.sha.update(view)
+                        self.fh.write(view)
+                        self.written += n
+                    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                        self.error = exc
+                if self.error is None:
+                    self.md5.full.put((buf, n))
+                else:
+                    self.free.put(buf)
+        finally:
+            self.md5.full.put(None)  # passed on to the parts thread when the md5 thread is done
+            self.md5.join()
+            self.parts.join()
 
     def check(self) -> None:
         if self.error is not None:
@@ -339,28 +381,79 @@ def _archive(builder: _Builder, src: Path, desc: str, show_progress: bool,
         os.close(top)
 
 
+def _header_bytes(name: bytes) -> int:
+    """The bytes of one member's header block(s) (see ``GnuHeaders.entry``)."""
+    if len(name) <= 100:
+        return tf.BLOCK
+    return 2 * tf.BLOCK + len(name) + 1 + (-(len(name) + 1) % tf.BLOCK)
+
+
+def estimate_size(src: Path, excluded: Callable[[str], bool], units: Sequence[str] | None = None) -> int:
+    """The size the archive of ``src`` will have, from a walk of names and sizes only (no file is read).
+
+    Exact while the tree does not change; anything the walk cannot read counts as nothing (the real
+    walk names it). It tells the build which part layout the md5s are for before the first byte.
+    """
+    total = 0
+
+    def walk(path: str, rel: str, depth: int, only: Sequence[str] | None) -> None:
+        nonlocal total
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError:
+            return
+        wanted = set(only) if only is not None else None
+        for e in entries:
+            if wanted is not None and e.name not in wanted:
+                continue
+            child_rel = f"{rel}/{e.name}"
+            if excluded(child_rel):
+                continue
+            name = os.fsencode(child_rel)
+            try:
+                if e.is_file(follow_symlinks=False):
+                    size = e.stat(follow_symlinks=False).st_size
+                    total += _header_bytes(name) + size + (-size % tf.BLOCK)
+                elif e.is_dir(follow_symlinks=False) and depth < MAX_DEPTH:
+                    total += _header_bytes(name + b"/")
+                    walk(e.path, child_rel, depth + 1, None)
+            except OSError:
+                continue
+
+    if units is None:
+        total += _header_bytes(os.fsencode(src.name) + b"/")
+    walk(str(src), src.name, 1, units)
+    return total + tf.end_of_archive(total)
+
+
 @dataclass
 class Written:
-    """What ``write_archive`` wrote: the byte count and sha256, every regular file's figures, the counts."""
+    """What ``write_archive`` wrote: the byte count and sha256, every regular file's figures, the counts,
+    and the md5s for the expected ETag (``upload``: the fields of :meth:`.UploadDigests.fields`)."""
 
     size: int
     sha256: str
     members: list[dict[str, Any]]
     directories: int
     excluded: int
+    upload: dict[str, Any]
 
 
 def write_archive(fh: BinaryIO, src: Path, excluded: Callable[[str], bool], mtime: int, *,
-                  desc: str, show_progress: bool, units: Sequence[str] | None = None) -> Written:
+                  desc: str, show_progress: bool, units: Sequence[str] | None = None,
+                  part_size: int | None = None) -> Written:
     """Write the tar of ``src`` (one top-level folder named after it) to ``fh``; see the module docstring.
 
-    ``units`` writes only those entries of ``src`` (a shard; see ``_archive``).
+    ``units`` writes only those entries of ``src`` (a shard; see ``_archive``). ``part_size`` is the
+    part layout the md5s of ``Written.upload`` are for (None: one PUT).
 
     Bad input (symlink, special file, unreadable or changing file, name that
     is not UTF-8, a tree too deep or with nothing to archive) raises
     InputError naming the path; a failed write raises ReleaseError.
     """
-    writer = _Writer(fh)
+    digests = UploadDigests(part_size)
+    writer = _Writer(fh, digests)
     writer.start()
     out = _Out(writer)
     builder = _Builder(src, excluded, tf.GnuHeaders(mtime), out)
@@ -371,4 +464,4 @@ def write_archive(fh: BinaryIO, src: Path, excluded: Callable[[str], bool], mtim
         writer.join()
     writer.check()
     return Written(size=writer.written, sha256=writer.sha.hexdigest(), members=builder.members,
-                   directories=builder.directories, excluded=builder.n_excluded)
+                   directories=builder.directories, excluded=builder.n_excluded, upload=digests.fields())

@@ -39,17 +39,18 @@ from objathor_release.publish.localfiles import LocalFile
 from objathor_release.settings import (
     AUTO_MAX_PART,
     MAX_OBJECT_SIZE,
+    MAX_PART_SIZE,
     MAX_PARTS,
     MIN_PART_SIZE,
     PARTS_PER_CONNECTION,
-    MiB,
     UploadConfig,
     adjust_part_size,
+    auto_part_size,
     format_size,
 )
 
 __all__ = ["SHA256_META", "Job", "Layout", "PartReader", "SequentialSha256", "layout_for", "local_digests",
-           "local_etag", "multipart_etag"]
+           "local_etag", "manifest_layout", "multipart_etag"]
 
 SHA256_META = "sha256"  # the object metadata key that carries the file's sha256
 HASH_BLOCK = 1024 * 1024
@@ -86,8 +87,7 @@ def layout_for(size: int, config: UploadConfig) -> Layout:
         return Layout(True, part, parts, f"--chunk-size {format_size(config.chunk_size)} would need more "
                       f"than {MAX_PARTS:,} parts: {format_size(part)}")
     wanted = connections * PARTS_PER_CONNECTION
-    fitted = size // wanted // MiB * MiB  # whole MiB, rounded down: at least ``wanted`` parts
-    part = adjust_part_size(size, min(fitted, AUTO_MAX_PART))
+    part = auto_part_size(size, connections)
     parts = math.ceil(size / part)
     each = f"each of {connections} connections"
     if part == MIN_PART_SIZE and parts < wanted:
@@ -98,6 +98,24 @@ def layout_for(size: int, config: UploadConfig) -> Layout:
     else:
         why = f"auto: {parts} parts so that {each} has at least {PARTS_PER_CONNECTION}"
     return Layout(True, part, parts, why)
+
+
+def manifest_layout(artifact: dict[str, Any], config: UploadConfig) -> Layout | None:
+    """The layout the manifest's ``etag`` was worked out for (``part_size``; none: one PUT), when the
+    run leaves the part size automatic and that layout is within the S3 limits; else None (the
+    caller uses :func:`layout_for`). Uploading in it gives the object the ETag the manifest lists."""
+    etag, part, size = artifact.get("etag"), artifact.get("part_size"), int(artifact["size"])
+    if not isinstance(etag, str) or config.chunk_size is not None or config.multipart_threshold is not None:
+        return None
+    if part is None:
+        if size > MAX_PART_SIZE:
+            return None
+        return Layout(False, max(size, 1), 1, "one PUT, as manifest.json lists it (its etag)")
+    if type(part) is not int or part < MIN_PART_SIZE or adjust_part_size(size, part) != part:
+        return None
+    parts = math.ceil(size / part)
+    return Layout(True, part, parts, f"{parts} parts of {format_size(part)}, as manifest.json lists them "
+                  "(its etag)")
 
 
 def multipart_etag(md5s: Sequence[bytes]) -> str:
@@ -250,6 +268,8 @@ class Job:
     mtime_ns: int
     file: LocalFile | None = None
     why: str = ""  # how the layout was chosen (Layout.why)
+    md5: str | None = None  # the whole file's, from the manifest: the md5chksum metadata rclone reads
+    expected_etag: str | None = None  # the manifest's, when this layout is the one it was worked out for
 
     @property
     def parts(self) -> int:
@@ -266,11 +286,22 @@ class Job:
         return CONTENT_TYPES.get(PurePosixPath(self.name).suffix, "application/octet-stream")
 
     @classmethod
-    def of(cls, name: str, file: LocalFile, key: str, size: int, sha256: str, config: UploadConfig) -> Job:
-        """``file`` (of ``size`` bytes, as the manifest says) to put at ``key``, laid out by ``config``."""
-        layout = layout_for(size, config)
+    def of(cls, name: str, file: LocalFile, key: str, size: int, sha256: str, config: UploadConfig,
+           artifact: dict[str, Any] | None = None) -> Job:
+        """``file`` (of ``size`` bytes, as the manifest says) to put at ``key``, laid out by ``config``,
+        or, when ``artifact`` (its manifest entry) lists the layout its ETag is for and no flag fixes
+        another, in that layout (see :func:`manifest_layout`)."""
+        layout = manifest_layout(artifact, config) if artifact is not None else None
+        if layout is None:
+            layout = layout_for(size, config)
+        md5 = artifact.get("md5") if artifact is not None else None
+        expected = artifact.get("etag") if artifact is not None else None
+        listed_part = artifact.get("part_size") if artifact is not None else None
+        if (layout.part_size if layout.multipart else None) != listed_part:
+            expected = None  # --chunk-size laid it out otherwise: the manifest's ETag is not this one's
         return cls(name, file.path, key, size, sha256, layout.part_size, layout.multipart, file.mtime_ns,
-                   file, layout.why)
+                   file, layout.why, md5 if isinstance(md5, str) else None,
+                   expected if isinstance(expected, str) else None)
 
     def identity(self) -> dict[str, Any]:
         return {"size": self.size, "mtime_ns": self.mtime_ns, "sha256": self.sha256,

@@ -153,8 +153,8 @@ def plan_jobs(rd: ReleaseDir, manifest: dict[str, Any], manifest_file: LocalFile
     jobs: list[Job] = []
     version = str(manifest["version"])
 
-    def add(name: str, file: LocalFile, size: int, sha: str) -> None:
-        jobs.append(Job.of(name, file, artifact_key(prefix, name, version), size, sha, config))
+    def add(name: str, file: LocalFile, size: int, sha: str, art: dict[str, Any] | None = None) -> None:
+        jobs.append(Job.of(name, file, artifact_key(prefix, name, version), size, sha, config, art))
 
     try:
         for art in manifest["artifacts"]:
@@ -167,7 +167,7 @@ def plan_jobs(rd: ReleaseDir, manifest: dict[str, Any], manifest_file: LocalFile
             if file is None:
                 raise InputError(f"{rd.path / name}: listed in manifest.json but missing: "
                                  "rebuild the release")
-            add(name, file, size, sha)
+            add(name, file, size, sha, art)
             if file.size != size:
                 raise InputError(f"{file.path}: size {file.size} does not match manifest.json ({size}): "
                                  "rebuild the release or rerun 'objathor-release manifest'")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from objathor_release.build.etags import MD5CHKSUM_META, md5chksum
 from objathor_release.build.manifest import MANIFEST as MANIFEST_NAME
 from objathor_release.build.manifest import SIGNATURE as SIGNATURE_NAME
 from objathor_release.build.manifest import SUMS as SUMS_NAME
@@ -243,7 +244,13 @@ def _verify(client: Any, bucket: str, prefix: str, manifest: dict[str, Any], loc
                             out.append(f"the local {name} does not match the manifest")
             finally:
                 file.close()
+        if want is None and artifact.get("etag") == remote_etag:
+            want = remote_etag  # uploaded in the layout the manifest worked its ETag out for: exact
         out.extend(object_problems(name, size, sha, want, head))
+        if isinstance(artifact.get("md5"), str):
+            remote_md5 = (head.get("Metadata") or {}).get(MD5CHKSUM_META)
+            if remote_md5 is not None and remote_md5 != md5chksum(artifact["md5"]):
+                out.append(f"{MD5CHKSUM_META} metadata {remote_md5} is not the manifest's md5")
         how = "exact"
         if want is None:
             how = "part-count"

@@ -8,7 +8,7 @@ resumable, verified multipart upload, checks the object on the server, and only
 then writes the shard's manifest entry to ``PREFIX/.shards/NAME.json``:
 
     {"entry_format": 1, "version": ..., "plan": <fingerprint>, "etag": ...,
-     "artifact": {"name", "size", "sha256", "members"}}
+     "artifact": {"name", "size", "sha256", "members", "md5", "etag", "part_size"}}
 
 ``plan`` fingerprints what decides the shard's bytes (its asset folders and
 their sizes, the exclude list, the timestamp): an entry whose fingerprint is
@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from objathor_release.build.etags import ETAG_KEYS, file_digests
 from objathor_release.build.manifest import MANIFEST as MANIFEST_NAME
 from objathor_release.build.manifest import MANIFEST_FORMAT, manifest_problems, render_manifest, render_sums
 from objathor_release.build.manifest import SUMS as SUMS_NAME
@@ -60,7 +61,7 @@ ENTRY_DIR = ".shards"
 ENTRY_LIMIT = 256 * 1024 * 1024  # an entry lists its shard's members: far below this even for 1M files
 PLAN_STAMP = "shard.plan"  # in a shard's work folder: the fingerprint of the plan its tar was built from
 _ENTRY_KEYS = {"entry_format", "version", "plan", "etag", "artifact"}
-_ARTIFACT_KEYS = {"name", "size", "sha256", "members"}  # what publish_shard writes
+_ARTIFACT_KEYS = {"name", "size", "sha256", "members"}  # what publish_shard writes, with ETAG_KEYS
 
 
 def entry_key(prefix: str, name: str) -> str:
@@ -108,8 +109,9 @@ class ShardEntry:
         art, etag, plan = doc["artifact"], doc["etag"], doc["plan"]
         if not isinstance(etag, str) or not isinstance(plan, str) or not isinstance(art, dict):
             raise bad("field etag, plan or artifact has the wrong type")
-        if set(art) != _ARTIFACT_KEYS:  # the schema allows other fields; the finish would publish them
-            raise bad(f"its artifact has fields {sorted(art)}, not {sorted(_ARTIFACT_KEYS)}")
+        if not _ARTIFACT_KEYS <= set(art) <= _ARTIFACT_KEYS | set(ETAG_KEYS):  # the finish publishes them
+            raise bad(f"its artifact has fields {sorted(art)}, not {sorted(_ARTIFACT_KEYS)} (and "
+                      f"{', '.join(ETAG_KEYS)})")
         if doc["version"] != version:
             raise bad(f"is for version {doc['version']!r}, not {version}")
         if art.get("name") != name:
@@ -179,7 +181,8 @@ def publish_shard(client: Any, target: S3Target, plan: ShardPlan, index: int, ve
     if art is None:
         built = build_shard(plan, index, work, source_date_epoch=epoch, show_progress=show_progress,
                             verbose=verbose)
-        art = {"name": shard.name, "size": built.size, "sha256": built.sha256, "members": built.members}
+        art = {"name": shard.name, "size": built.size, "sha256": built.sha256, "members": built.members,
+               **built.upload}
         with atomic_write(work / PLAN_STAMP) as fh:
             fh.write(fingerprint.encode())
     else:  # an interrupted run's tar: kept as it is, so its upload resumes from the parts already sent
@@ -227,7 +230,14 @@ def _built_before(work: Path, name: str, fingerprint: str) -> dict[str, Any] | N
     side = read_sidecar(work / name)
     if side is None:
         return None
-    return {"name": name, "size": side["size"], "sha256": side["sha256"], "members": side["members"]}
+    fields = {k: side[k] for k in ETAG_KEYS if k in side}
+    if not fields:  # kept by a version that did not record them
+        try:
+            fields = file_digests(work / name, side["size"])
+        except OSError:
+            return None
+    return {"name": name, "size": side["size"], "sha256": side["sha256"], "members": side["members"],
+            **fields}
 
 
 def _off_plan(plan: ShardPlan, index: int, entry: ShardEntry) -> bool:

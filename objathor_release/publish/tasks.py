@@ -20,6 +20,7 @@ import hashlib
 import logging
 from typing import Any
 
+from objathor_release.build.etags import MD5CHKSUM_META, md5chksum
 from objathor_release.build.manifest import MANIFEST as MANIFEST_NAME
 from objathor_release.errors import ChecksumError, PublishedError, ReleaseError, TransferError
 from objathor_release.publish.client import clean_etag, client_error, error_code, head_or_none
@@ -36,8 +37,8 @@ from objathor_release.publish.remote import SMALL_FILE_LIMIT, expected_digests, 
 from objathor_release.publish.upload_state import UploadState
 from objathor_release.settings import format_size
 
-__all__ = ["abort_upload", "check_existing", "complete_upload", "create_upload", "put_object", "read_whole",
-           "record_complete", "resumable_parts", "settle_taken", "upload_part", "verify_object"]
+__all__ = ["abort_upload", "check_existing", "complete_upload", "create_upload", "metadata", "put_object",
+           "read_whole", "record_complete", "resumable_parts", "settle_taken", "upload_part", "verify_object"]
 
 
 def _int_or(value: Any, default: int) -> int:
@@ -47,6 +48,15 @@ def _int_or(value: Any, default: int) -> int:
         return default
 
 
+
+
+def metadata(job: Job) -> dict[str, str]:
+    """The object metadata of ``job``: its sha256 and, when the manifest lists it, the whole file's
+    md5 as rclone keeps it (``md5chksum``, base64), so ``rclone check`` compares it by hash."""
+    meta = {SHA256_META: job.sha256}
+    if job.md5 is not None:
+        meta[MD5CHKSUM_META] = md5chksum(job.md5)
+    return meta
 
 
 # --------------------------------------------------------------------------- before: what is there
@@ -130,7 +140,7 @@ def put_object(ctx: Context, job: Job, body: PartReader, md5: bytes) -> str:
             resp = ctx.client.put_object(
                 Bucket=ctx.bucket, Key=job.key, Body=body if job.size else b"", ContentLength=job.size,
                 ContentMD5=base64.b64encode(md5).decode(), ContentType=job.content_type,
-                Metadata={SHA256_META: job.sha256}, **extra,
+                Metadata=metadata(job), **extra,
             )
         except bx.ClientError as exc:
             raise_if_taken(exc)
@@ -199,7 +209,7 @@ def resumable_parts(ctx: Context, job: Job, state: UploadState) -> dict[int, str
 def create_upload(ctx: Context, job: Job, state: UploadState) -> UploadState:
     """CreateMultipartUpload; the new resume record (saved) that holds its upload id."""
     create = {"Bucket": ctx.bucket, "Key": job.key, "ContentType": job.content_type,
-              "Metadata": {SHA256_META: job.sha256}}
+              "Metadata": metadata(job)}
     resp = ctx.call(f"starting the upload of {job.name}",
                     lambda: ctx.client.create_multipart_upload(**create))
     upload_id = resp.get("UploadId") if isinstance(resp, dict) else None
@@ -303,6 +313,13 @@ def verify_object(ctx: Context, job: Job, etag: str) -> None:
     """HEAD the new object: its size, ETag and sha256 metadata must be the local file's."""
     head = head_or_none(ctx.client, ctx.bucket, job.key)
     problems = object_problems(job.name, job.size, job.sha256, etag, head)
+    if job.expected_etag is not None and etag != job.expected_etag:
+        problems.append(f"ETag {etag}, manifest.json lists {job.expected_etag} (its md5s are not of "
+                        "these bytes: run 'objathor-release manifest' again)")
+    if job.md5 is not None and head is not None:
+        remote = (head.get("Metadata") or {}).get(MD5CHKSUM_META)
+        if remote != metadata(job)[MD5CHKSUM_META]:
+            problems.append(f"{MD5CHKSUM_META} metadata {remote or 'missing'}")
     if problems:
         raise ChecksumError(f"s3://{ctx.bucket}/{job.key}: {'; '.join(problems)} after upload: "
                             "nothing was published; run the same command again (with --force if it "

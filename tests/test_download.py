@@ -463,7 +463,7 @@ def test_uids_fetch_only_those_assets_by_range(web: Nginx, tmp_path: Path) -> No
     assert all(r["method"] == "GET" and r["status"] == "206" for r in tar_requests)
     assert [r["range"] for r in tar_requests].count("bytes=0-0") == 1  # the probe: size and ETag
     gets = [r for r in tar_requests if r["range"] != "bytes=0-0"]
-    assert len(gets) == 3 and all(r["if_range"] for r in gets)
+    assert len(gets) == 1 and all(r["if_range"] for r in gets)  # three neighbours: one request
     assert sum(int(r["bytes"]) for r in gets) < release.artifact("assets.tar")["size"] / 4
 
     again = download_version("assets", V, path=dest, base_url=base, uids=pick, show_progress=False,
@@ -471,6 +471,53 @@ def test_uids_fetch_only_those_assets_by_range(web: Nginx, tmp_path: Path) -> No
     assert again.parts[0].status == "already there"
     full = download_version("assets", V, path=dest, base_url=base, show_progress=False, http_config=FAST)
     assert full.parts[0].status == "downloaded" and tree(dest / V / "assets") == expected_tree(src)
+
+
+def test_uids_far_apart_or_many_come_in_several_requests(web: Nginx, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neighbours share a request only within the gap and the size bound; each request stays verified."""
+    from objathor_release.fetch import uids as uids_mod
+
+    base, release, src = publish(web, tmp_path, features=False, holodeck=False, n_assets=20)
+    members = release.artifact("assets.tar")["members"]
+
+    def span(uid: str) -> tuple[int, int]:
+        mine = [m for m in members if f"/{uid}/" in m["path"] and m["size"]]
+        return min(m["offset"] for m in mine), max(m["offset"] + m["size"] for m in mine)
+
+    pick = [release.uids[i] for i in (0, 1, 2, 10, 19)]
+    gap = span(release.uids[10])[0] - span(release.uids[2])[1] - 1  # 0-2 close, 10 and 19 too far
+    monkeypatch.setattr(uids_mod, "COALESCE_GAP", min(gap, span(release.uids[1])[0] - span(release.uids[0])[1]
+                                                      + 4096))
+    before = len(web.access_log())
+    got = download_version("assets", V, path=tmp_path / "a", base_url=base, uids=pick, show_progress=False,
+                           http_config=FAST)
+    assert got.parts[0].status == "downloaded"
+    gets = [r for r in web.access_log()[before:] if r["uri"].endswith("assets.tar") and r["range"] != "bytes=0-0"]
+    starts = sorted(int(r["range"].removeprefix("bytes=").split("-")[0]) for r in gets)
+    assert starts == [span(release.uids[0])[0], span(release.uids[10])[0], span(release.uids[19])[0]]
+    want = {k: v for k, v in expected_tree(src).items() if k.split("/")[0] in pick}
+    assert tree(tmp_path / "a" / V / "assets") == want
+
+    # a size bound smaller than two assets: one request each, the same files
+    monkeypatch.setattr(uids_mod, "MAX_RANGE", 1)
+    before = len(web.access_log())
+    download_version("assets", V, path=tmp_path / "b", base_url=base, uids=pick[:3], show_progress=False,
+                     http_config=FAST)
+    gets = [r for r in web.access_log()[before:] if r["uri"].endswith("assets.tar") and r["range"] != "bytes=0-0"]
+    assert len(gets) == 3
+    assert tree(tmp_path / "b" / V / "assets") == {k: v for k, v in want.items() if k.split("/")[0] in pick[:3]}
+
+
+def test_a_flipped_byte_in_a_shared_request_lands_none_of_its_assets(web: Nginx, tmp_path: Path) -> None:
+    base, release, _ = publish(web, tmp_path, features=False, holodeck=False)
+    pick = release.uids[2:5]
+    member = next(m for m in release.artifact("assets.tar")["members"] if f"/{pick[2]}/" in m["path"])
+    flip_byte(release.vdir / "assets.tar", member["offset"])
+    with pytest.raises(ChecksumError, match=member["path"]):
+        download_version("assets", V, path=tmp_path / "dl", base_url=base, uids=pick, show_progress=False,
+                         http_config=FAST)
+    assert not any((tmp_path / "dl" / V / "assets" / u).exists() for u in pick)
 
 
 def test_uids_errors(web: Nginx, tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ A release's manifest.json lists every member of assets.tar with its size,
 sha256 and the byte offset of its data. One asset's members sit next to each
 other in the tar, so one Range request from its first member's data to its
 last member's end brings the whole asset; the bytes between members (tar
-headers and padding) are skipped. Each member is hashed as it is written and
-checked; an asset is built in a staging folder and renamed into
+headers and padding) are skipped. Assets close together in the tar share one
+request (:func:`coalesce`), and the requests run on ``--connections`` at once.
+Each member is hashed as it is written and checked; an asset is built in a staging folder and renamed into
 ``DIR/VERSION/assets/<uid>`` only when all of it is verified. The uids done
 are recorded (with the release's sha256) beside the markers, so a later run
 fetches only what is missing, and a full download later simply replaces the
@@ -90,32 +91,39 @@ def fetch_uids(job: Job, part: Part, uids: Sequence[str]) -> PartResult:
     target.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
     stop = threading.Event()
+    groups = coalesce({u: by_uid[u] for u in todo}, COALESCE_GAP, MAX_RANGE)
+    for group in groups:  # members of assets fetched together must not overlap either
+        _check_members(job.source.url("manifest.json"), [m for u in group for m in by_uid[u]],
+                       int(art["size"]))
 
-    def one(uid: str, bar: Progress) -> None:
-        members = sorted(by_uid[uid], key=lambda m: m["offset"])
+    def one(group: list[str], bar: Progress) -> None:
+        members = sorted((m for u in group for m in by_uid[u]), key=lambda m: m["offset"])
+        what = f"asset {group[0]}" if len(group) == 1 else f"the {len(group)} assets from {group[0]}"
         for attempt in (1, 2):
             try:
                 write_members(job.http, url, info.validator, members, staging, bar, stop=stop, size=info.size)
                 break
             except ChecksumError as exc:
-                remove_path(staging / uid)
+                for uid in group:
+                    remove_path(staging / uid)
                 if attempt == 2:
                     raise
-                job.note(f"{exc}; deleted it, retrying asset {uid} once")
+                job.note(f"{exc}; deleted it, retrying {what} once")
         if stop.is_set():
-            return  # another asset failed: this one may be incomplete
-        replace_dir(staging / uid, target / uid, staging / f".old-{uid}")
+            return  # another request failed: this one may be incomplete
+        for uid in group:
+            replace_dir(staging / uid, target / uid, staging / f".old-{uid}")
         with lock:
-            have.add(uid)
+            have.update(group)
             with atomic_write(record) as fh:
                 fh.write(json.dumps({"sha256": sha, "top": top, "uids": sorted(have)}).encode())
 
     try:
-        span = sum(_span(by_uid[u]) for u in todo)
+        span = sum(_span([m for u in g for m in by_uid[u]]) for g in groups)
         with progress(span, f"download {len(todo)} assets", enabled=job.show_progress) as bar:
             pool = ThreadPoolExecutor(job.http.config.connections, thread_name_prefix="uid")
             try:
-                for future in [pool.submit(one, u, bar) for u in todo]:
+                for future in [pool.submit(one, g, bar) for g in groups]:
                     future.result()
             except BaseException:
                 stop.set()
@@ -126,6 +134,37 @@ def fetch_uids(job: Job, part: Part, uids: Sequence[str]) -> PartResult:
         remove_path(staging)
     return PartResult(part.what, target, "downloaded", True, need,
                       note=f"{len(todo)} asset(s) fetched, {len(uids) - len(todo)} already there")
+
+
+# Assets that sit close together in the tar come in one Range request: a gap of up to COALESCE_GAP
+# bytes of other assets is fetched and skipped (cheaper than a round trip over a long link), and a
+# request grows to at most MAX_RANGE bytes so that a large selection still spreads over connections.
+COALESCE_GAP = 256 * 1024
+MAX_RANGE = 32 * 1024 * 1024
+
+
+def coalesce(members_of: Mapping[str, list[dict[str, Any]]], gap: int, most: int) -> list[list[str]]:
+    """The uids of ``members_of`` in groups fetched by one request each, in tar order: consecutive
+    assets whose data lie at most ``gap`` bytes apart, while the group spans at most ``most`` bytes.
+    An asset of empty files only is a group of its own (it needs no request)."""
+    spans = []
+    for uid, members in members_of.items():
+        sized = [m for m in members if m["size"] > 0]
+        if not sized:
+            spans.append((-1, -1, uid))
+            continue
+        spans.append((min(m["offset"] for m in sized), max(m["offset"] + m["size"] for m in sized), uid))
+    spans.sort()
+    groups: list[list[str]] = []
+    start = end = -1
+    for lo, hi, uid in spans:
+        if lo >= 0 and groups and start >= 0 and 0 <= lo - end <= gap and hi - start <= most:
+            groups[-1].append(uid)
+            end = max(end, hi)
+            continue
+        groups.append([uid])
+        start, end = lo, hi
+    return groups
 
 
 def write_members(http: Http, url: str, validator: str | None, members: list[dict[str, Any]],

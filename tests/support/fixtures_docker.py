@@ -87,11 +87,11 @@ def release_image(docker_client: Any, base_image: str) -> str:
     try:
         dockerimage.build_image(base_image, tags=[TEST_IMAGE], source_date_epoch=TEST_EPOCH,
                                 client=docker_client)
-    finally:
-        stray.unlink()
+    finally:  # the environment first: a canary left set would change every later test
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        stray.unlink()  # it must still be there: the build saw it (and must have left it out)
     return TEST_IMAGE

@@ -145,6 +145,7 @@ def test_an_old_sidecar_without_md5s_is_completed_by_the_manifest(tmp_path: Path
     ({"md5": "a" * 32, "etag": "b" * 32 + "-3", "part_size": True}, "part_size"),
     ({"etag": "a" * 32}, "md5 None"),
     ({"part_size": 5 * MiB}, "md5 None"),
+    ({"md5": "a" * 32, "etag": "b" * 32 + "-1", "part_size": 5 * MiB, "size": 0}, "an empty file"),
 ])
 def test_a_manifest_with_inconsistent_etag_fields_is_one_line(tmp_path: Path, fields: dict[str, Any],
                                                               says: str) -> None:
@@ -155,11 +156,34 @@ def test_a_manifest_with_inconsistent_etag_fields_is_one_line(tmp_path: Path, fi
     art = m["artifacts"][0]
     for k in ("md5", "etag", "part_size"):
         art.pop(k, None)
-    art.update(fields, size=11 * MiB)
+    art.update({"size": 11 * MiB, **fields})
     (rel / "manifest.json").write_text(render_manifest(m))
     with pytest.raises(InputError) as e:
         load_manifest(rel)
     assert "manifest.json: field " in str(e.value) and says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_listed_layout_outside_the_s3_limits_is_not_used(tmp_path: Path) -> None:
+    """A manifest may list a part size no upload can use (a hand-made one): the upload then lays the
+    file out itself and does not expect the listed ETag."""
+    from objathor_release.publish.localfiles import ReleaseDir
+    from objathor_release.publish.parts import Job
+    from objathor_release.settings import UploadConfig
+
+    (tmp_path / "big.bin").write_bytes(b"x" * (11 * MiB))
+    size = 60 * 1024 * MiB  # the size listed: 12,288 parts of 5 MiB would be over the 10,000 limit
+    art = {"name": "big.bin", "size": size, "md5": "a" * 32, "etag": "b" * 32 + "-12288",
+           "part_size": 5 * MiB}
+    assert etag_problem(art) is None  # consistent in itself
+    with ReleaseDir(tmp_path) as rd:
+        file = rd.open("big.bin")
+        assert file is not None
+        try:
+            job = Job.of("big.bin", file, "k", size, "0" * 64, UploadConfig(), art)
+        finally:
+            file.close()
+    assert job.part_size != 5 * MiB and job.parts <= 10_000
+    assert job.expected_etag is None and job.md5 == "a" * 32
 
 
 # --------------------------------------------------------------------------- on the server

@@ -116,6 +116,8 @@ def etag_problem(art: dict[str, Any]) -> str | None:
         return None
     if type(part) is not int or part < 1 or type(size) is not int:
         return f"part_size {part!r} is not a whole number of bytes"
+    if size < 1:
+        return f"part_size {part} for an empty file (an empty file is one PUT)"
     want = max(1, -(-size // part))
     if not etag.endswith(f"-{want}"):
         return f"etag {etag} does not end in -{want} ({size} bytes in parts of {part})"

@@ -228,6 +228,25 @@ def entry_of(s3_client: Any, bucket: str, k: int) -> dict[str, Any]:
     return doc
 
 
+def run_every_shard_job(tree_src: Path, tmp_path: Path, bucket: str, s3_env: dict[str, str]) -> None:
+    for k in range(shard_count(tree_src)):
+        assert job(tree_src, tmp_path / f"j{k}", bucket, s3_env, "--only-shard", str(k)).returncode == 0
+
+
+def finish_after_forging_entry_0(tree_src: Path, tmp_path: Path, bucket: str, s3_env: dict[str, str],
+                                 s3_client: Any, forge: Any) -> str:
+    """Every shard job run, shard 0's entry rewritten by ``forge``, then the finish: its one error
+    line (and nothing published)."""
+    run_every_shard_job(tree_src, tmp_path, bucket, s3_env)
+    doc = entry_of(s3_client, bucket, 0)
+    forge(doc)
+    s3_client.put_object(Bucket=bucket, Key=f"{JOB_V}/.shards/assets-00000.tar.json", Body=json.dumps(doc))
+    line = one_line_error(job(tree_src, tmp_path / "finish", bucket, s3_env, "--finish"))
+    listed = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    assert f"{JOB_V}/manifest.json" not in listed, "nothing published"
+    return line
+
+
 def test_a_shard_resumed_from_its_kept_tar_after_the_version_is_published(
         tree_src: Path, tmp_path: Path, bucket: str, s3_env: dict[str, str], s3_client: Any) -> None:
     """The version is published; shard 0's job is run again, its entry write fails (the tar and its
@@ -235,9 +254,7 @@ def test_a_shard_resumed_from_its_kept_tar_after_the_version_is_published(
     published-version check must read as the tar's own sha256 (it read the fresh build's, unset here)."""
     from tests.support.faultproxy import PASS, FaultProxy, Request, status
 
-    n = shard_count(tree_src)
-    for k in range(n):
-        assert job(tree_src, tmp_path / f"j{k}", bucket, s3_env, "--only-shard", str(k)).returncode == 0
+    run_every_shard_job(tree_src, tmp_path, bucket, s3_env)
     assert job(tree_src, tmp_path / "finish", bucket, s3_env, "--finish").returncode == 0
     s3_client.delete_object(Bucket=bucket, Key=f"{JOB_V}/.shards/assets-00000.tar.json")
 
@@ -259,6 +276,7 @@ def test_a_shard_resumed_from_its_kept_tar_after_the_version_is_published(
 
 def _dup_path(art: dict[str, Any]) -> None:
     """A member's path replaced by another's of the same asset folder: the count of files unchanged."""
+    assert len(art["members"]) >= 2
     art["members"][1]["path"] = art["members"][0]["path"]
 
 
@@ -270,17 +288,9 @@ def _other_size(art: dict[str, Any]) -> None:
 @pytest.mark.parametrize("forge", [_dup_path, _other_size], ids=["a path listed twice", "a member's size"])
 def test_an_entry_whose_members_are_not_its_shards_files_is_refused(
         tree_src: Path, tmp_path: Path, bucket: str, s3_env: dict[str, str], s3_client: Any, forge: Any) -> None:
-    n = shard_count(tree_src)
-    for k in range(n):
-        assert job(tree_src, tmp_path / f"j{k}", bucket, s3_env, "--only-shard", str(k)).returncode == 0
-    doc = entry_of(s3_client, bucket, 0)
-    assert len(doc["artifact"]["members"]) >= 2
-    forge(doc["artifact"])
-    s3_client.put_object(Bucket=bucket, Key=f"{JOB_V}/.shards/assets-00000.tar.json", Body=json.dumps(doc))
-    line = one_line_error(job(tree_src, tmp_path / "finish", bucket, s3_env, "--finish"))
+    line = finish_after_forging_entry_0(tree_src, tmp_path, bucket, s3_env, s3_client,
+                                        lambda doc: forge(doc["artifact"]))
     assert "assets-00000.tar" in line and "--only-shard 0" in line, line
-    listed = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])}
-    assert f"{JOB_V}/manifest.json" not in listed, "nothing published"
 
 
 # ---------------------------------------------------------------------- a sharded download
@@ -379,13 +389,5 @@ def _extra_field(doc: dict[str, Any]) -> None:
 @pytest.mark.parametrize("forge", [_format_true, _extra_field], ids=["entry_format true", "an extra field"])
 def test_an_entry_not_as_a_shard_job_writes_it_is_refused(
         tree_src: Path, tmp_path: Path, bucket: str, s3_env: dict[str, str], s3_client: Any, forge: Any) -> None:
-    n = shard_count(tree_src)
-    for k in range(n):
-        assert job(tree_src, tmp_path / f"j{k}", bucket, s3_env, "--only-shard", str(k)).returncode == 0
-    doc = entry_of(s3_client, bucket, 0)
-    forge(doc)
-    s3_client.put_object(Bucket=bucket, Key=f"{JOB_V}/.shards/assets-00000.tar.json", Body=json.dumps(doc))
-    line = one_line_error(job(tree_src, tmp_path / "finish", bucket, s3_env, "--finish"))
+    line = finish_after_forging_entry_0(tree_src, tmp_path, bucket, s3_env, s3_client, forge)
     assert f"s3://{bucket}/{JOB_V}/.shards/assets-00000.tar.json" in line, line
-    listed = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])}
-    assert f"{JOB_V}/manifest.json" not in listed, "nothing published"

@@ -278,9 +278,10 @@ def write_manifest(release_dir: str | Path, version: str, *, show_progress: bool
                 if isinstance(side.get("excludes"), list) and not name.startswith("holodeck"):
                     known[name] = side["excludes"]  # the Holodeck base keeps every file: not the list
             elif name.endswith(".tar"):
-                scan = scan_tar(path, on_bytes=bar.update)
+                digests = UploadDigests(planned_part_size(sizes[name]))
+                scan = scan_tar(path, on_bytes=bar.update, digests=digests)
                 art = {"name": name, "size": scan.size, "sha256": scan.sha256, "members": scan.members,
-                       **_etag_fields(path, scan.size)}
+                       **(digests.fields() if scan.size == sizes[name] else _etag_fields(path, scan.size))}
             else:
                 size, sha, fields = _hash_file(path, bar.update, sizes[name])
                 art = {"name": name, "size": size, "sha256": sha, "members": [],

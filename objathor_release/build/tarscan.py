@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from objathor_release.build import tarformat as tf
+from objathor_release.build.etags import UploadDigests
 from objathor_release.errors import InputError
 from objathor_release.fsutil import open_regular
 
@@ -66,15 +67,19 @@ class ScanResult:
 class _HashingReader:
     """Reads a file sequentially, hashing every byte consumed."""
 
-    def __init__(self, fh: BinaryIO, on_bytes: Callable[[int], None]) -> None:
+    def __init__(self, fh: BinaryIO, on_bytes: Callable[[int], None],
+                 digests: UploadDigests | None = None) -> None:
         self.fh = fh
         self.sha = hashlib.sha256()
         self.pos = 0
         self.on_bytes = on_bytes
+        self.digests = digests
 
     def read(self, n: int) -> bytes:
         data = self.fh.read(n)
         self.sha.update(data)
+        if self.digests is not None:
+            self.digests.update(data)
         self.pos += len(data)
         self.on_bytes(len(data))
         return data
@@ -216,8 +221,10 @@ def _display(path: str | Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def scan_tar(path: str | Path, *, on_bytes: Callable[[int], None] = lambda n: None) -> ScanResult:
-    """Read a tar in one streaming pass: whole-file sha256 plus every regular member's figures.
+def scan_tar(path: str | Path, *, on_bytes: Callable[[int], None] = lambda n: None,
+             digests: UploadDigests | None = None) -> ScanResult:
+    """Read a tar in one streaming pass: whole-file sha256 plus every regular member's figures
+    (and every byte fed to ``digests``, when given, for the artifact's ETag fields).
 
     Understands ustar, GNU (long names) and pax headers. ``members`` holds
     ``{"path", "size", "sha256", "offset"}`` for each regular file, ``offset``
@@ -231,7 +238,7 @@ def scan_tar(path: str | Path, *, on_bytes: Callable[[int], None] = lambda n: No
         raise InputError(f"{_display(path)}: cannot be read ({exc.strerror}): replace it with the "
                          "archive, or remove it") from None
     with raw:
-        r = _HashingReader(raw, on_bytes)
+        r = _HashingReader(raw, on_bytes, digests)
         try:
             for h in iter_headers(r):
                 if h.kind not in tf.REGULAR_TYPES:

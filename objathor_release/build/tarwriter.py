@@ -44,13 +44,14 @@ _Item = tuple[bytearray, int] | None
 
 class _Md5(threading.Thread):
     """Feeds written buffers to one md5 of the :class:`~.etags.UploadDigests` (``feed``: the whole
-    file's or the parts'), then hands them on (``then``). Two of these, one after the other, so
+    file's or the parts'), then hands each on (``then``: the next thread's queue, or None when this is
+    the last thread and the buffer goes back to ``free``). Two of these, one after the other, so
     each md5 can run on a core of its own beside the reading and the sha256s."""
 
-    def __init__(self, name: str, feed: Callable[[memoryview], None], then: queue.Queue[Any]) -> None:
+    def __init__(self, name: str, feed: Callable[[memoryview], None], free: queue.Queue[bytearray],
+                 then: queue.Queue[_Item] | None = None) -> None:
         super().__init__(name=name, daemon=True)
-        self.feed = feed
-        self.then = then
+        self.feed, self.free, self.then = feed, free, then
         self.full: queue.Queue[_Item] = queue.Queue()
 
     def run(self) -> None:
@@ -58,13 +59,12 @@ class _Md5(threading.Thread):
             buf, n = item
             with memoryview(buf) as view:
                 self.feed(view[:n])
-            self.then.put(buf if isinstance(self.then, _FreeList) else item)
-        if not isinstance(self.then, _FreeList):
+            if self.then is None:
+                self.free.put(buf)
+            else:
+                self.then.put(item)
+        if self.then is not None:
             self.then.put(None)
-
-
-class _FreeList(queue.Queue[bytearray]):
-    """The buffers ready to be filled."""
 
 
 class _Writer(threading.Thread):
@@ -76,11 +76,11 @@ class _Writer(threading.Thread):
         self.fh = fh
         self.sha = hashlib.sha256()
         self.full: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
-        self.free: _FreeList = _FreeList()
+        self.free: queue.Queue[bytearray] = queue.Queue()
         for _ in range(n_buffers):
             self.free.put(bytearray(BUFFER))
         self.parts = _Md5("tar-md5-parts", digests.update_parts, self.free)
-        self.md5 = _Md5("tar-md5", digests.update_whole, self.parts.full)
+        self.md5 = _Md5("tar-md5", digests.update_whole, self.free, then=self.parts.full)
         self.error: BaseException | None = None
         self.written = 0
 

@@ -158,7 +158,7 @@ def coalesce(members_of: Mapping[str, list[dict[str, Any]]], gap: int, most: int
     groups: list[list[str]] = []
     start = end = -1
     for lo, hi, uid in spans:
-        if lo >= 0 and groups and start >= 0 and 0 <= lo - end <= gap and hi - start <= most:
+        if lo >= 0 and start >= 0 and 0 <= lo - end <= gap and hi - start <= most:
             groups[-1].append(uid)
             end = max(end, hi)
             continue
